@@ -1,0 +1,58 @@
+"""Optional dependencies: import them where used, fail with the pip extra to install."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+#: top-level module -> the extra of `pip install -e ".[extra]"` that provides it
+EXTRA_OF: dict[str, str] = {
+    "xlstm": "models",
+    "gymnasium": "envs",
+    "ale_py": "envs",
+    "cv2": "envs",
+    "mujoco": "envs",
+    "dm_control": "envs",
+    "shimmy": "envs",
+    "metaworld": "envs",
+    "robosuite": "envs",
+    "procgen": "envs",
+    "gym": "envs",
+    "gym3": "envs",
+    "umap": "analysis",
+    "sklearn": "analysis",
+    "plotly": "analysis",
+    "kaleido": "analysis",
+    "tensorboard": "analysis",
+    "papermill": "notebooks",
+    "ipywidgets": "notebooks",
+    "anywidget": "notebooks",
+    "nbformat": "notebooks",
+    "mamba_ssm": "gpu",
+    "causal_conv1d": "gpu",
+    "triton": "gpu",
+    "transformers": "dev",
+    "playwright": "dev",
+}
+
+
+def require(module: str, purpose: str | None = None) -> ModuleType:
+    """Import `module` or raise an ImportError that names the pip extra providing it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        top = module.split(".")[0]
+        extra = EXTRA_OF.get(top, "all")
+        what = f" (needed for {purpose})" if purpose else ""
+        raise ImportError(
+            f"lramlab: optional package '{top}' is not installed{what}. "
+            f'Install it with: pip install -e ".[{extra}]"  (original error: {err})'
+        ) from err
+
+
+def available(module: str) -> tuple[bool, str]:
+    """(True, "") if `module` imports, else (False, reason)."""
+    try:
+        importlib.import_module(module)
+        return True, ""
+    except Exception as err:  # noqa: BLE001 - any import failure makes it unavailable
+        return False, f"{type(err).__name__}: {err}"
