@@ -1,0 +1,144 @@
+"""Decision Transformer backbone: KV-cache step == forward, sliding window, resets, causality.
+
+Random tensors are inputs to the layers (math), not stand-ins for data. fp32: the cached and the
+full attention agree to ~5e-7; the bound 1e-4 leaves headroom for other BLAS orderings.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lramlab.models.backbones.dt import DTBackbone
+
+TOL = dict(atol=1e-4, rtol=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # many tiny ops: extra intra-op threads only wait on each other on a shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model(context_steps=10, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = SimpleNamespace(d_model=32, n_layers=2, n_heads=4, context_steps=context_steps, dropout=0.0, **kw)
+    return DTBackbone(cfg).eval()
+
+
+def _stream(m, x, l, reset_at=None):
+    """Step through x (B, L, D) l tokens at a time; row 1 is reset before token `reset_at`."""
+    state, outs = m.init_state(x.shape[0]), []
+    for t in range(0, x.shape[1], l):
+        if t == reset_at:
+            state.reset(torch.tensor([False, True]))
+        o, state = m.step(x[:, t:t + l], state)
+        outs.append(o)
+    return torch.cat(outs, 1)
+
+
+@pytest.mark.parametrize("l", [1, 3])
+def test_step_equals_forward_while_the_stream_fits(l):
+    m = _model()
+    x = torch.randn(2, 30, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(_stream(m, x, l), m(x), **TOL)
+
+
+@pytest.mark.parametrize("l", [1, 3])
+@pytest.mark.parametrize("reset_at", [None, 15])
+def test_past_the_window_step_equals_forward_over_the_last_window(l, reset_at):
+    # window W = 30 tokens (C = 10 steps of 3); a step's outputs equal forward over the W tokens
+    # ending with that step (a reset row: only its tokens since the reset)
+    m = _model()
+    w = m.window
+    assert w == 30
+    x = torch.randn(2, 90, 32)
+    with torch.no_grad():
+        ys = _stream(m, x, l, reset_at)
+        for t in range(0, 90, l):
+            for row in range(2):
+                lo = max(0, t + l - w)
+                if reset_at is not None and row == 1 and t >= reset_at:
+                    lo = max(lo, reset_at)
+                ref = m(x[row:row + 1, lo:t + l])[:, -l:]
+                torch.testing.assert_close(ys[row:row + 1, t:t + l], ref, **TOL)
+        # the cache never grows past the window
+        state = m.init_state(2)
+        for t in range(0, 90, l):
+            _, state = m.step(x[:, t:t + l], state)
+        assert state.k.shape[3] == w and state.length <= w
+
+
+def test_smaller_window_for_evaluation():
+    m = _model(dt_n_positions=60)
+    assert m.n_positions == 60 and m.window == 30
+    m.window = 12
+    x = torch.randn(1, 40, 32)
+    with torch.no_grad():
+        ys = _stream(m, x, 3)
+        for t in range(0, 40, 3):
+            hi = min(t + 3, 40)
+            ref = m(x[:, max(0, hi - 12):hi])[:, -(hi - t):]
+            torch.testing.assert_close(ys[:, t:hi], ref, **TOL)
+    with pytest.raises(ValueError, match="window=61"):
+        m.window = 61
+    with pytest.raises(ValueError, match="61 tokens but the DT has 60 positions"):
+        m(torch.randn(1, 61, 32))
+
+
+def test_causal():
+    m = _model()
+    x = torch.randn(2, 30, 32)
+    x2 = x.clone()
+    x2[:, 17] += torch.randn(32)  # not a constant shift: the LayerNorms would cancel that
+    with torch.no_grad():
+        y, y2 = m(x), m(x2)
+    torch.testing.assert_close(y2[:, :17], y[:, :17], atol=1e-6, rtol=0)
+    assert (y2[:, 17:] - y[:, 17:]).abs().amax(dim=-1).min() > 1e-4
+
+
+def test_gradients_reach_every_parameter():
+    m = _model().train()
+    y, hidden = m(torch.randn(2, 30, 32), output_hidden_states=True)
+    assert len(hidden) == 2
+    torch.testing.assert_close(m.ln_f(hidden[-1]), y)
+    y.square().mean().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_bad_input():
+    m = _model()
+    with pytest.raises(ValueError, match=r"expected \(B, l, 32\)"):
+        m.step(torch.randn(2, 3, 16), m.init_state(2))
+    with pytest.raises(ValueError, match="batch 3"):
+        m.step(torch.randn(3, 1, 32), m.init_state(2))
+    with pytest.raises(ValueError, match="31 tokens at once"):
+        m.step(torch.randn(1, 31, 32), m.init_state(1))
+    with pytest.raises(ValueError, match="n_heads=5"):
+        DTBackbone(SimpleNamespace(d_model=32, n_layers=2, n_heads=5, context_steps=10))
+    with pytest.raises(ValueError, match="dt_n_positions=20"):
+        _model(dt_n_positions=20)
+
+
+def test_builds_from_lramconfig_and_16M_param_count():
+    config = pytest.importorskip("lramlab.models.config")
+    backbones = pytest.importorskip("lramlab.models.backbones")
+    cfg = config.LRAMConfig(backbone="dt", size="tiny")
+    m = backbones.make_backbone(cfg).eval()
+    assert isinstance(m, DTBackbone)
+    assert m.window == cfg.context_tokens == 150 and m.n_positions == cfg.dt_n_positions
+    x = torch.randn(1, 12, cfg.d_model)
+    with torch.no_grad():
+        torch.testing.assert_close(_stream(m, x, 3), m(x), **TOL)
+    # 16M preset: 4 GPT-2 blocks of width 512 (12 D^2 + 13 D each) + ln_f + wpe (1600 x 512)
+    with torch.device("meta"):
+        big = backbones.make_backbone(config.LRAMConfig(backbone="dt", size="16M"))
+    d = 512
+    n_params = sum(p.numel() for p in big.parameters())
+    assert n_params == 4 * (12 * d * d + 13 * d) + 2 * d + 1600 * d == 13_429_760
