@@ -1,0 +1,304 @@
+"""`lramlab data generate`: real trajectories from running a policy in a real simulator.
+
+    lramlab data generate --task darkroom/goal-2-0 --episodes 1000 --out data            # learning history
+    lramlab data generate --task metaworld/reach-v2 --episodes 100 --policy expert:noise=0.3 --out data
+    lramlab data generate --task 'darkroom/*' --episodes 1000 --out data                  # all 100 goals
+
+Writes the store layout ``DIR/<domain>/<name>/episode_%06d.hdf5`` (numbered in generation order)
+plus ``meta.json`` (task, policy spec and its resolved config, seed, how episode seeds derive) and
+``stats.json`` (returns, lengths, success; via `lramlab.data.store.write_stats`).
+
+Determinism and resume: episode i of a per-step policy uses the seed
+``episode_seed(seed, i) = SeedSequence([seed, i]).generate_state(1)[0]`` for both ``env.reset`` and
+the policy, so it depends on (seed, i) only. A learning history (Dark-Room ``history``) is one
+sequential learner, replayed from its start on resume (it is fast) -- existing episodes are
+checked against the replay. Re-running the same command resumes: complete episode files are kept
+(the store writes atomically; a file exists only when whole), a partial one is redone. A re-run
+with a different task/policy/seed in the same directory is refused (meta.json mismatch).
+One generator per task directory at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lramlab.data import policies as P
+
+META_VERSION = 1
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The seed of episode `index` of a run with `seed` (env reset and policy randomness)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def _task_spec(task):
+    from lramlab.manifests import get_task
+
+    return task if hasattr(task, "domain") and hasattr(task, "action_kind") else get_task(task)
+
+
+def _existing(task_dir: Path) -> dict[int, Path]:
+    """Episode index -> file for complete episode files; incomplete/corrupt ones are removed."""
+    import h5py
+
+    from lramlab.data.store import list_episode_files
+
+    found: dict[int, Path] = {}
+    for p in list_episode_files(task_dir):
+        stem = p.stem
+        if not stem.startswith("episode_") or not stem[8:].isdigit():
+            continue
+        try:
+            with h5py.File(p, "r") as f:
+                ok = int(f.attrs.get("complete", 0)) == 1
+        except (OSError, ValueError):
+            ok = False
+        if ok:
+            found[int(stem[8:])] = p
+        else:  # cannot happen with the store's atomic writes, but never keep a broken file
+            p.unlink()
+    # tmp files of writes that were killed (the store names them .episode_XXXXXX.hdf5.*.tmp)
+    for tmp in task_dir.glob(".episode_*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return found
+
+
+def _write_meta(task_dir: Path, meta: dict) -> None:
+    from lramlab.data.store import atomic_write_text
+
+    atomic_write_text(task_dir / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+
+
+def _check_meta(task_dir: Path, meta: dict, keys: tuple[str, ...]) -> None:
+    path = task_dir / "meta.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); remove it or use another --out") from err
+    for k in keys:
+        if k in old and old[k] != meta.get(k):
+            raise ValueError(
+                f"{path}: field {k!r} is {old[k]!r} but this run has {meta.get(k)!r}; the directory holds "
+                f"data generated with other settings. Use the same settings to resume, or another --out.")
+
+
+def _to_episode(states, actions, rewards, terminated: bool, success) -> dict[str, np.ndarray]:
+    ep = {"states": np.stack(states), "actions": np.asarray(actions), "rewards": np.asarray(rewards, np.float32)}
+    dones = np.zeros(len(rewards), dtype=bool)
+    dones[-1] = bool(terminated)  # the store's convention: done only where the episode terminated
+    ep["dones"] = dones
+    if success is not None:
+        ep["success"] = np.asarray(success, dtype=bool)
+    return ep
+
+
+def rollout_episode(env, policy: P.Policy, seed: int, obs_kind: str = "state",
+                    max_steps: int | None = None) -> dict[str, np.ndarray]:
+    """One episode: reset env and policy with `seed`, act until terminated/truncated (or max_steps)."""
+    obs, info = env.reset(seed=int(seed))
+    policy.reset(int(seed))
+    S, A, R, succ = [], [], [], []
+    has_success = False
+    terminated = False
+    t = 0
+    while True:
+        o = np.asarray(obs)
+        if obs_kind == "image" and o.ndim == 2:
+            o = o[None]
+        a = policy.act(o)
+        S.append(o)
+        obs, r, terminated, truncated, info = env.step(a)
+        policy.observe(float(r))
+        A.append(a)
+        R.append(float(r))
+        if "success" in info:
+            has_success = True
+        succ.append(bool(info.get("success", False)))
+        t += 1
+        if terminated or truncated or (max_steps is not None and t >= max_steps):
+            break
+    actions = np.asarray(A)
+    if actions.dtype.kind == "f":
+        actions = np.clip(actions, -1.0, 1.0).astype(np.float32)
+    else:
+        actions = actions.astype(np.int64)
+    ep = _to_episode(S, actions, R, terminated, succ if has_success else None)
+    if ep["states"].dtype != np.uint8:
+        ep["states"] = ep["states"].astype(np.float32)
+    return ep
+
+
+def generate(task, episodes: int, policy: str | None = None, out: str | Path = "data", seed: int = 0,
+             progress: bool = True, throttle: float = 0.0, max_steps: int | None = None,
+             compress: bool | None = None) -> Path:
+    """Generate (or resume) `episodes` episodes of `task` under `out`; returns the task directory.
+
+    policy: a spec (see `lramlab.data.policies`), default per domain (`default_policy`).
+    throttle: seconds to sleep after each written episode (demos and resume tests only).
+    compress: gzip the episode files (default: for image observations).
+    """
+    from lramlab.data.store import write_episode, write_stats
+
+    spec = _task_spec(task)
+    episodes = int(episodes)
+    if episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    policy = policy or P.default_policy(spec.domain)
+    kind, _ = P.parse_spec(policy)
+    task_dir = Path(out) / spec.domain / spec.name
+    task_dir.mkdir(parents=True, exist_ok=True)
+    compress = spec.obs_kind == "image" if compress is None else bool(compress)
+    meta: dict[str, Any] = {
+        "task": spec.id, "policy": policy, "seed": int(seed), "generator": "lramlab.data.generate",
+        "meta_version": META_VERSION,
+        "episode_seeds": "numpy SeedSequence([seed, index]).generate_state(1)[0]",
+    }
+    if kind == "history":
+        if spec.domain != "darkroom":
+            raise ValueError(f"policy {policy!r}: learning histories are implemented for Dark-Room only, "
+                             f"not {spec.id!r}")
+        cfg = P.history_config(policy).resolved(episodes)
+        meta.update(policy_config={"algorithm": "tabular Q-learning, epsilon-greedy", **asdict(cfg)},
+                    episodes=episodes,
+                    episode_seeds="one learner per history: numpy default_rng([seed, goal_x, goal_y]); "
+                                  "episode i uses the i-th block of its stream")
+        _check_meta(task_dir, meta, ("task", "policy", "seed", "policy_config", "episodes"))
+    else:
+        meta["max_steps"] = max_steps
+        _check_meta(task_dir, meta, ("task", "policy", "seed", "max_steps"))
+    existing = _existing(task_dir)
+    meta["episodes"] = max(episodes, max(existing, default=-1) + 1)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes, initial=sum(1 for i in existing if i < episodes),
+                   desc=f"generate {spec.id}", unit="ep")
+    try:
+        if kind == "history":
+            _write_meta(task_dir, meta)
+            from lramlab.envs.darkroom import parse_goal
+
+            goal = parse_goal(spec)
+            for i, ep in enumerate(P.iter_darkroom_history(goal, episodes, seed, cfg)):
+                if i in existing:
+                    from lramlab.data.store import read_episode
+
+                    old = read_episode(existing[i], keys=("actions",))["actions"]
+                    if not np.array_equal(old, ep["actions"]):
+                        raise ValueError(f"{existing[i]}: differs from the replayed learning history "
+                                         f"(episode {i}); the directory holds other data. Use another --out.")
+                    continue
+                write_episode(task_dir, i, ep, compress=compress, task=spec.id)
+                if bar is not None:
+                    bar.update(1)
+                if throttle:
+                    time.sleep(throttle)
+        else:
+            todo = [i for i in range(episodes) if i not in existing]
+            if todo:
+                from lramlab.envs import make_env
+
+                pol = P.make_policy(policy, spec, work_dir=task_dir, progress=progress) if kind != "ppo" \
+                    else _ppo_policy(policy, spec, task_dir, seed, progress)
+                meta["policy_config"] = pol.config()
+                _write_meta(task_dir, meta)
+                env = make_env(spec, seed=seed)
+                try:
+                    with P.single_thread():
+                        for i in todo:
+                            ep = rollout_episode(env, pol, episode_seed(seed, i), spec.obs_kind, max_steps)
+                            write_episode(task_dir, i, ep, compress=compress, task=spec.id)
+                            if bar is not None:
+                                bar.update(1)
+                            if throttle:
+                                time.sleep(throttle)
+                finally:
+                    env.close()
+            elif not (task_dir / "meta.json").exists():
+                _write_meta(task_dir, meta)
+    finally:
+        if bar is not None:
+            bar.close()
+    write_stats(task_dir)
+    return task_dir
+
+
+def _ppo_policy(policy: str, spec, task_dir: Path, seed: int, progress: bool) -> P.Policy:
+    """Train the PPO specialist once (seeded by the run's seed unless the spec sets one), reuse it on resume."""
+    _, rest = P.parse_spec(policy)
+    kw = P._parse_kv(rest, P.PPOConfig, policy)
+    kw.setdefault("seed", int(seed))
+    cfg = P.PPOConfig(**kw)
+    path = task_dir / "ppo_specialist.pt"
+    if not path.exists():
+        P.train_ppo(spec, path, cfg, progress=progress)
+    pol = P.load_checkpoint_policy(path, spec)
+    pol.spec = policy
+    base = pol.config()
+    pol.config = lambda: {**base, "ppo": asdict(cfg), "checkpoint": str(path.name)}  # type: ignore[method-assign]
+    return pol
+
+
+def expand_tasks(patterns: list[str]) -> list[str]:
+    """Task ids for names or glob patterns (``darkroom/*``, ``metaworld/*-v2``)."""
+    from lramlab.manifests import get_task, list_tasks
+
+    out: list[str] = []
+    for pat in patterns:
+        if any(ch in pat for ch in "*?["):
+            hits = [t.id for t in list_tasks() if fnmatch.fnmatch(t.id, pat)]
+            if not hits:
+                raise ValueError(f"--task {pat!r} matches no task")
+            out.extend(hits)
+        else:
+            out.append(get_task(pat).id)
+    return list(dict.fromkeys(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="lramlab data generate",
+        description="Generate trajectories by running a policy in a real simulator (resumable).",
+        epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World) | "
+               "checkpoint:<path> | ppo[:steps=<n>,...] | history[:explore_episodes=<n>,...] (Dark-Room). "
+               "Defaults: darkroom -> history, metaworld -> expert, others -> random.")
+    ap.add_argument("--task", action="append", required=True,
+                    help="task id or glob (repeatable), e.g. darkroom/goal-2-0 or 'darkroom/*'")
+    ap.add_argument("--episodes", type=int, required=True, help="episodes per task")
+    ap.add_argument("--policy", default=None, help="policy spec (default depends on the domain)")
+    ap.add_argument("--out", required=True, help="dataset root; data goes to OUT/<domain>/<name>/")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)  # for resume tests
+    args = ap.parse_args(argv)
+    try:
+        tasks = expand_tasks(args.task)
+        for t in tasks:
+            d = generate(t, args.episodes, args.policy, args.out, args.seed, progress=not args.no_progress,
+                         throttle=args.throttle, max_steps=args.max_steps)
+            stats = json.loads((d / "stats.json").read_text())
+            rs = stats["return_stats"]
+            extra = f", success {stats['success_rate']:.2f}" if "success_rate" in stats else ""
+            print(f"{stats['task']}: {stats['n_episodes']} episodes, {stats['n_transitions']} steps, "
+                  f"return mean {rs['mean']:.3f} [{rs['min']:.3f}, {rs['max']:.3f}]{extra} -> {d}")
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, ImportError) as err:
+        print(f"lramlab data generate: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,521 @@
+"""`lramlab data import FORMAT SRC --task T --out DIR`: published datasets -> the lramlab store.
+
+Formats (none needs its original package installed):
+
+- ``native`` -- LRAM's released layout: a directory of per-episode HDF5 files (any names, taken
+  in natural order: ``0.hdf5 < 2.hdf5 < 10.hdf5``) with ``states``, ``actions``, ``rewards``
+  (+ ``dones``, ``returns_to_go``, ``success`` when present; returns-to-go are recomputed and a
+  present one must agree). Image states may be (T, 64, 64), (T, 1, 64, 64) or RGB (T, 3, 64, 64) /
+  (T, 64, 64, 3) uint8 (converted to grayscale).
+- ``robomimic`` -- one HDF5 file as released for robomimic / Mimicgen:
+  ``data/demo_<i>/{obs/<key>, actions, rewards, dones}``. The chosen low-dim obs keys
+  (``--obs-keys``; default all (T, d) keys, sorted) are concatenated into the states. Rewards are
+  the sparse success signal, so ``success = rewards > 0``; a demo ends terminated.
+- ``minari`` -- a Minari dataset directory (``<dir>/data/main_data.hdf5`` or ``main_data.hdf5``
+  itself): groups ``episode_<i>/{observations (T+1, ...), actions, rewards, terminations,
+  truncations, infos}``, metadata in ``data/metadata.json`` (Minari >= 0.5) or the file attrs
+  (older). The final observation is dropped. Dict observations are flattened by ``--obs-keys``.
+  Box actions with bounds other than [-1, 1] (from the metadata's action space) are rescaled
+  linearly to [-1, 1]. ``infos/success`` (or ``is_success``) becomes ``success``.
+- ``dqn-replay`` -- DQN-Replay (Agarwal et al., 2020) as released for Atari: per checkpoint N,
+  gzipped ``.npy`` arrays ``$store$_{observation,action,reward,terminal}_ckpt.N.gz`` (+ optional
+  ``add_count_ckpt.N.gz``). Frames (84, 84) uint8 are resized to (1, 64, 64) (cv2 INTER_AREA).
+  Episodes are split after each ``terminal``; when ``add_count`` exceeds the buffer size the
+  circular buffer is unrolled oldest-first. The trailing segment without a terminal is dropped,
+  and so is the leading one for checkpoints N > 0 or a wrapped buffer (it is the tail of an episode
+  that began earlier).
+
+Episodes are written through `lramlab.data.store.write_episode` (validated, atomic) as
+``OUT/<domain>/<name>/episode_%06d.hdf5`` in source order, then ``meta.json`` and ``stats.json``.
+If the task is in the manifests, the observation shape and action space are checked against it.
+
+Shape letters: T timesteps, H/W frame height/width, C channels.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+FORMATS = ("native", "robomimic", "minari", "dqn-replay")
+
+
+class ImportFormatError(ValueError):
+    """The source does not follow its format; the message names the file, field and expectation."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def to_gray64(frames: np.ndarray, where: str = "frames") -> np.ndarray:
+    """uint8 frames (T, H, W), (T, 1, H, W), (T, 3, H, W) or (T, H, W, 3) -> (T, 1, 64, 64) uint8."""
+    x = np.asarray(frames)
+    if x.dtype != np.uint8:
+        raise ImportFormatError(f"{where}: expected uint8 image frames, got {x.dtype}")
+    if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):
+        x = np.moveaxis(x, 1, -1)  # channels last
+    if x.ndim == 4 and x.shape[-1] == 3:
+        # ITU-R 601 luma, as cv2.COLOR_RGB2GRAY
+        x = np.rint(x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114).clip(0, 255).astype(np.uint8)
+    elif x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 3:
+        raise ImportFormatError(f"{where}: expected image frames (T, H, W[, C]), got shape {frames.shape}")
+    if x.shape[1:] != (64, 64):
+        from lramlab._optional import require
+
+        cv2 = require("cv2", "resizing image frames to 64x64")
+        x = np.stack([cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) for f in x])
+    return x[:, None]
+
+
+def _task_spec(task: str):
+    """TaskSpec from the manifests, or a bare namespace for an id not in them (no shape checks)."""
+    try:
+        from lramlab.manifests import UnknownTaskError, get_task
+    except ImportError:  # pragma: no cover - manifests are part of lramlab
+        get_task, UnknownTaskError = None, KeyError
+    if get_task is not None:
+        try:
+            return get_task(task)
+        except UnknownTaskError:
+            if "/" not in task:
+                raise
+    if "/" not in task:
+        raise ValueError(f"task {task!r}: expected '<domain>/<name>'")
+    domain, name = task.split("/", 1)
+    print(f"lramlab data import: note: {task!r} is not in the manifests; shapes are not checked",
+          file=sys.stderr)
+    return SimpleNamespace(domain=domain, name=name, id=task, obs_shape=None, action_kind=None,
+                           action_dim=None, obs_kind=None)
+
+
+def _check_against(spec, ep: dict, where: str) -> None:
+    if getattr(spec, "obs_shape", None) is None:
+        return
+    shape = tuple(ep["states"].shape[1:])
+    if shape != tuple(spec.obs_shape):
+        raise ImportFormatError(f"{where}: states have shape {shape} per step, task {spec.id} expects "
+                                f"obs_shape {tuple(spec.obs_shape)}")
+    a = ep["actions"]
+    if spec.action_kind == "discrete":
+        if a.ndim != 1:
+            raise ImportFormatError(f"{where}: actions have shape {a.shape}, task {spec.id} has discrete actions")
+        if len(a) and int(a.max()) >= int(spec.action_dim):
+            raise ImportFormatError(f"{where}: action {int(a.max())} out of range, task {spec.id} has "
+                                    f"{spec.action_dim} actions")
+    else:
+        if a.ndim != 2 or a.shape[1] != int(spec.action_dim):
+            raise ImportFormatError(f"{where}: actions have shape {a.shape}, task {spec.id} expects "
+                                    f"(T, {spec.action_dim}) continuous actions")
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+def _flatten_obs(group, keys: list[str] | None, where: str, drop_last: bool = False) -> np.ndarray:
+    """Concatenate low-dim obs datasets (T, d...) of an HDF5 group into (T, sum d) float32."""
+    h5py = _h5py()
+    if isinstance(group, h5py.Dataset):
+        x = group[()]
+        return x[:-1] if drop_last else x
+    if keys is None:
+        keys = sorted(k for k in group if isinstance(group[k], h5py.Dataset) and group[k].ndim <= 2)
+        if not keys:
+            raise ImportFormatError(f"{where}: no low-dimensional observation keys (T, d) found; "
+                                    f"has {sorted(group)}")
+    parts = []
+    for k in keys:
+        if k not in group:
+            raise ImportFormatError(f"{where}: observation key {k!r} missing; available: {sorted(group)}")
+        x = np.asarray(group[k][()])
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.ndim != 2:
+            raise ImportFormatError(f"{where}/{k}: expected a (T, d) low-dim observation, got shape {x.shape}")
+        parts.append(x.astype(np.float32))
+    lengths = {len(p) for p in parts}
+    if len(lengths) != 1:
+        raise ImportFormatError(f"{where}: observation keys {keys} have different lengths {sorted(lengths)}")
+    out = np.concatenate(parts, axis=1)
+    return out[:-1] if drop_last else out
+
+
+def _require(group, key: str, where: str):
+    if key not in group:
+        raise ImportFormatError(f"{where}: dataset {key!r} missing (has {sorted(group)})")
+    return group[key][()]
+
+
+# ----------------------------------------------------------------------------- native
+
+
+def iter_native(src: Path, **_: Any) -> Iterator[tuple[str, dict]]:
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"native import: {src} is not a directory")
+    files = sorted([p for p in src.iterdir() if p.suffix in (".hdf5", ".h5") and not p.name.startswith(".")],
+                   key=lambda p: _natural_key(p.name))
+    if not files:
+        raise ImportFormatError(f"{src}: no per-episode .hdf5/.h5 files found")
+    h5py = _h5py()
+    from lramlab.data.store import returns_to_go
+
+    for p in files:
+        try:
+            f = h5py.File(p, "r")
+        except OSError as err:
+            raise ImportFormatError(f"{p}: cannot be opened as HDF5 ({err})") from err
+        with f:
+            states = _require(f, "states", str(p))
+            ep = {"states": states, "actions": _require(f, "actions", str(p)),
+                  "rewards": np.asarray(_require(f, "rewards", str(p)), dtype=np.float32)}
+            T = len(ep["rewards"])
+            if states.dtype == np.uint8 and states.ndim >= 3:
+                ep["states"] = to_gray64(states, f"{p}: states")
+            else:
+                ep["states"] = np.asarray(states, dtype=np.float32).reshape(T, -1)
+            a = np.asarray(ep["actions"])
+            if np.issubdtype(a.dtype, np.integer):
+                ep["actions"] = a.reshape(T).astype(np.int64)
+            else:
+                ep["actions"] = a.reshape(T, -1).astype(np.float32)
+            d = np.asarray(f["dones"][()]).astype(bool).reshape(-1) if "dones" in f else None
+            if d is not None:
+                if len(d) != T:
+                    raise ImportFormatError(f"{p}: dataset 'dones' has {len(d)} steps, 'rewards' has {T}")
+                dones = np.zeros(T, dtype=bool)
+                dones[-1] = bool(d[-1])  # the store marks only a terminal last step
+                if d[:-1].any():
+                    raise ImportFormatError(f"{p}: dataset 'dones' is True before the last step "
+                                            f"(at {int(np.flatnonzero(d[:-1])[0])}): more than one episode in a file")
+                ep["dones"] = dones
+            if "returns_to_go" in f:
+                g = np.asarray(f["returns_to_go"][()], dtype=np.float64).reshape(-1)
+                ref = returns_to_go(ep["rewards"])
+                if len(g) != T or not np.allclose(g, ref, rtol=1e-4, atol=1e-3):
+                    raise ImportFormatError(f"{p}: dataset 'returns_to_go' is not sum(rewards[t:]) "
+                                            "(undiscounted) -- refusing to guess its convention")
+            if "success" in f:
+                ep["success"] = np.asarray(f["success"][()]).astype(bool).reshape(T)
+        yield str(p), ep
+
+
+# ----------------------------------------------------------------------------- robomimic
+
+
+def iter_robomimic(src: Path, obs_keys: list[str] | None = None, **_: Any) -> Iterator[tuple[str, dict]]:
+    src = Path(src)
+    h5py = _h5py()
+    try:
+        f = h5py.File(src, "r")
+    except OSError as err:
+        raise ImportFormatError(f"{src}: cannot be opened as HDF5 ({err})") from err
+    with f:
+        if "data" not in f:
+            raise ImportFormatError(f"{src}: group 'data' missing (robomimic layout data/demo_<i>/...)")
+        demos = sorted((k for k in f["data"] if k.startswith("demo")), key=_natural_key)
+        if not demos:
+            raise ImportFormatError(f"{src}: no data/demo_<i> groups")
+        for name in demos:
+            g = f["data"][name]
+            where = f"{src}:data/{name}"
+            if "obs" not in g:
+                raise ImportFormatError(f"{where}: group 'obs' missing")
+            states = _flatten_obs(g["obs"], obs_keys, f"{where}/obs")
+            actions = np.asarray(_require(g, "actions", where), dtype=np.float32)
+            rewards = np.asarray(_require(g, "rewards", where), dtype=np.float32).reshape(-1)
+            T = len(rewards)
+            if len(states) != T or len(actions) != T:
+                raise ImportFormatError(f"{where}: obs has {len(states)} steps, actions {len(actions)}, "
+                                        f"rewards {T}; expected equal lengths")
+            actions = _clip_unit(actions.reshape(T, -1), f"{where}/actions")
+            dones = np.zeros(T, dtype=bool)
+            dones[-1] = True  # a demonstration ends when the task is done
+            yield where, {"states": states, "actions": actions, "rewards": rewards, "dones": dones,
+                          "success": rewards > 0}
+
+
+def _clip_unit(a: np.ndarray, where: str, tol: float = 1e-4) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    if lo < -1 - tol or hi > 1 + tol:
+        raise ImportFormatError(f"{where}: continuous actions must lie in [-1, 1], got range [{lo:.4g}, {hi:.4g}]")
+    return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- minari
+
+
+def _minari_paths(src: Path) -> tuple[Path, Path | None]:
+    src = Path(src)
+    for cand in (src, src / "data" / "main_data.hdf5", src / "main_data.hdf5"):
+        if cand.is_file() and cand.name.endswith(".hdf5"):
+            meta = cand.parent / "metadata.json"
+            return cand, meta if meta.is_file() else None
+    raise FileNotFoundError(f"minari import: no main_data.hdf5 under {src} (expected <dataset>/data/main_data.hdf5)")
+
+
+def _space_from_meta(text) -> dict | None:
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode()
+    if isinstance(text, str):
+        try:
+            text = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+    return text if isinstance(text, dict) else None
+
+
+def iter_minari(src: Path, obs_keys: list[str] | None = None, **_: Any) -> Iterator[tuple[str, dict]]:
+    path, meta_path = _minari_paths(Path(src))
+    h5py = _h5py()
+    with h5py.File(path, "r") as f:
+        meta = json.loads(meta_path.read_text()) if meta_path else dict(f.attrs)
+        act_space = _space_from_meta(meta.get("action_space"))
+        episodes = sorted((k for k in f if k.startswith("episode_")), key=_natural_key)
+        if not episodes:
+            raise ImportFormatError(f"{path}: no episode_<i> groups")
+        for name in episodes:
+            g = f[name]
+            where = f"{path}:{name}"
+            obs = g["observations"] if "observations" in g else None
+            if obs is None:
+                raise ImportFormatError(f"{where}: 'observations' missing")
+            rewards = np.asarray(_require(g, "rewards", where), dtype=np.float32).reshape(-1)
+            T = len(rewards)
+            term = np.asarray(_require(g, "terminations", where)).astype(bool).reshape(-1)
+            trunc = np.asarray(_require(g, "truncations", where)).astype(bool).reshape(-1)
+            if isinstance(obs, h5py.Dataset) and obs.dtype == np.uint8 and obs.ndim >= 3:
+                states = to_gray64(obs[()][:-1], f"{where}/observations")
+            else:
+                states = _flatten_obs(obs, obs_keys, f"{where}/observations", drop_last=True)
+                states = np.asarray(states, dtype=np.float32).reshape(len(states), -1)
+            if len(states) != T:
+                raise ImportFormatError(f"{where}: {len(states) + 1} observations for {T} steps; Minari stores "
+                                        "T + 1 observations (the final one included)")
+            a = np.asarray(_require(g, "actions", where))
+            if np.issubdtype(a.dtype, np.integer) or (act_space or {}).get("type") == "Discrete":
+                actions = a.reshape(T).astype(np.int64)
+                start = int((act_space or {}).get("start", 0) or 0)
+                actions = actions - start
+            else:
+                actions = a.reshape(T, -1).astype(np.float64)
+                if act_space and act_space.get("type") == "Box":
+                    lo = np.asarray(act_space["low"], dtype=np.float64).reshape(-1)
+                    hi = np.asarray(act_space["high"], dtype=np.float64).reshape(-1)
+                    if np.isfinite(lo).all() and np.isfinite(hi).all() and not (
+                            np.allclose(lo, -1) and np.allclose(hi, 1)):
+                        actions = 2.0 * (actions - lo) / (hi - lo) - 1.0  # linear map onto [-1, 1]
+                actions = _clip_unit(actions.astype(np.float32), f"{where}/actions")
+            if len(term) != T or len(trunc) != T:
+                raise ImportFormatError(f"{where}: terminations/truncations must have {T} steps")
+            ep = {"states": states, "actions": actions, "rewards": rewards,
+                  "dones": np.r_[np.zeros(T - 1, dtype=bool), term[-1:]]}
+            if term[:-1].any() or trunc[:-1].any():
+                raise ImportFormatError(f"{where}: episode ends before its last step (terminations/truncations)")
+            succ = _minari_success(g, T)
+            if succ is not None:
+                ep["success"] = succ
+            yield where, ep
+
+
+def _minari_success(g, T: int) -> np.ndarray | None:
+    h5py = _h5py()
+    if "infos" not in g:
+        return None
+    infos = g["infos"]
+    if isinstance(infos, h5py.Group):
+        for key in ("success", "is_success"):
+            if key in infos:
+                s = np.asarray(infos[key][()]).astype(bool).reshape(-1)
+                # infos has T + 1 entries when the reset info is included
+                return s[-T:] if len(s) >= T else None
+        return None
+    try:  # Minari >= 0.5: one JSON string per step
+        rows = [json.loads(x.decode() if isinstance(x, bytes) else x) for x in infos[()]]
+    except (ValueError, TypeError):
+        return None
+    vals = [r.get("success", r.get("is_success")) if isinstance(r, dict) else None for r in rows]
+    if len(vals) < T or any(v is None for v in vals[-T:]):
+        return None
+    return np.asarray(vals[-T:], dtype=bool)
+
+
+# ----------------------------------------------------------------------------- DQN-Replay
+
+_DQN_KEYS = ("observation", "action", "reward", "terminal")
+
+
+def _load_gz(path: Path) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as fh:
+            return np.load(fh, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ImportFormatError(f"{path}: not a gzipped .npy array ({err})") from err
+
+
+def dqn_checkpoints(src: Path) -> list[int]:
+    src = Path(src)
+    ids = sorted({int(m.group(1)) for p in src.glob("$store$_observation_ckpt.*.gz")
+                  if (m := re.search(r"_ckpt\.(\d+)\.gz$", p.name))})
+    return ids
+
+
+def iter_dqn_replay(src: Path, checkpoints: list[int] | None = None, **_: Any) -> Iterator[tuple[str, dict]]:
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"dqn-replay import: {src} is not a directory")
+    ids = checkpoints if checkpoints else dqn_checkpoints(src)
+    if not ids:
+        raise ImportFormatError(f"{src}: no $store$_observation_ckpt.<N>.gz files")
+    for n in ids:
+        arrays = {}
+        for key in _DQN_KEYS:
+            p = src / f"$store$_{key}_ckpt.{n}.gz"
+            if not p.is_file():
+                raise ImportFormatError(f"{src}: {p.name} missing (checkpoint {n} needs "
+                                        f"{', '.join(f'$store$_{k}_ckpt.{n}.gz' for k in _DQN_KEYS)})")
+            arrays[key] = _load_gz(p)
+        obs, act, rew, term = (arrays[k] for k in _DQN_KEYS)
+        size = len(obs)
+        for key in _DQN_KEYS[1:]:
+            if len(arrays[key]) != size:
+                raise ImportFormatError(f"{src}: $store$_{key}_ckpt.{n}.gz has {len(arrays[key])} entries, "
+                                        f"observations have {size}")
+        if obs.ndim != 3 or obs.dtype != np.uint8:
+            raise ImportFormatError(f"{src}: $store$_observation_ckpt.{n}.gz: expected (N, 84, 84) uint8 frames, "
+                                    f"got {obs.shape} {obs.dtype}")
+        count_path = src / f"add_count_ckpt.{n}.gz"
+        valid = size
+        drop_first = n > 0  # checkpoint N > 0 starts inside the previous checkpoint's last episode
+        if count_path.is_file():
+            add_count = int(_load_gz(count_path))
+            if add_count < size:  # buffer not yet full: only the first add_count entries are data
+                valid = add_count
+            else:  # circular buffer: the oldest entry sits at the cursor
+                cursor = add_count % size
+                drop_first = drop_first or add_count > size  # the oldest entry is mid-episode
+                obs, act, rew, term = (np.roll(x, -cursor, axis=0) for x in (obs, act, rew, term))
+        obs, act, rew, term = obs[:valid], act[:valid], rew[:valid], term[:valid].astype(bool)
+        ends = np.flatnonzero(term)
+        start = 0
+        for k, end in enumerate(ends):
+            if k == 0 and drop_first:
+                start = end + 1
+                continue
+            sl = slice(start, end + 1)
+            T = end + 1 - start
+            dones = np.zeros(T, dtype=bool)
+            dones[-1] = True
+            yield f"{src}:ckpt {n}:steps {start}-{end}", {
+                "states": to_gray64(obs[sl], f"{src}: $store$_observation_ckpt.{n}.gz"),
+                "actions": act[sl].astype(np.int64), "rewards": rew[sl].astype(np.float32), "dones": dones}
+            start = end + 1
+
+
+# ----------------------------------------------------------------------------- driver
+
+ITERATORS: dict[str, Callable[..., Iterator[tuple[str, dict]]]] = {
+    "native": iter_native, "robomimic": iter_robomimic, "minari": iter_minari, "dqn-replay": iter_dqn_replay,
+}
+
+
+def import_dataset(fmt: str, src: str | Path, task: str, out: str | Path, overwrite: bool = False,
+                   max_episodes: int | None = None, progress: bool = True, **options: Any) -> Path:
+    """Import `src` (in format `fmt`) as task `task` under `out`; returns the task directory.
+
+    options: ``obs_keys`` (robomimic, minari), ``checkpoints`` (dqn-replay).
+    A task directory that already holds episodes is refused unless ``overwrite`` (which removes them).
+    """
+    from lramlab.data.store import atomic_write_text, list_episode_files, write_episode, write_stats
+
+    if fmt not in ITERATORS:
+        raise ValueError(f"unknown import format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    spec = _task_spec(task)
+    task_dir = Path(out) / spec.domain / spec.name
+    old = list_episode_files(task_dir) if task_dir.exists() else []
+    if old:
+        if not overwrite:
+            raise ValueError(f"{task_dir} already holds {len(old)} episode files; pass --overwrite to replace them")
+        for p in old:
+            p.unlink()
+        for name in ("stats.json", "meta.json"):
+            (task_dir / name).unlink(missing_ok=True)
+    task_dir.mkdir(parents=True, exist_ok=True)
+    it = ITERATORS[fmt](Path(src), **options)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc=f"import {fmt} -> {spec.id}", unit="ep")
+    n = 0
+    try:
+        for where, ep in it:
+            if max_episodes is not None and n >= max_episodes:
+                break
+            _check_against(spec, ep, where)
+            image = ep["states"].dtype == np.uint8
+            write_episode(task_dir, n, ep, compress=image, task=spec.id)
+            n += 1
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    if n == 0:
+        raise ImportFormatError(f"{src}: no complete episodes found")
+    meta = {"task": spec.id, "policy": f"imported:{fmt}", "source_format": fmt, "source": str(Path(src).resolve()),
+            "seed": None, "episodes": n, "generator": "lramlab.data.importers",
+            "options": {k: v for k, v in options.items() if v is not None}}
+    atomic_write_text(task_dir / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+    write_stats(task_dir)
+    return task_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lramlab data import",
+                                 description="Import a published dataset format into the lramlab store.")
+    ap.add_argument("format", choices=FORMATS)
+    ap.add_argument("src", help="source: directory (native, minari, dqn-replay) or HDF5 file (robomimic)")
+    ap.add_argument("--task", required=True, help="task id <domain>/<name> to store the data under")
+    ap.add_argument("--out", required=True, help="dataset root")
+    ap.add_argument("--obs-keys", default=None, help="comma-separated observation keys (robomimic, minari)")
+    ap.add_argument("--ckpt", type=int, action="append", default=None, help="DQN-Replay checkpoint(s) to import")
+    ap.add_argument("--max-episodes", type=int, default=None)
+    ap.add_argument("--overwrite", action="store_true", help="replace episodes already in the task directory")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    opts: dict[str, Any] = {}
+    if args.obs_keys:
+        opts["obs_keys"] = [k.strip() for k in args.obs_keys.split(",") if k.strip()]
+    if args.ckpt:
+        opts["checkpoints"] = args.ckpt
+    try:
+        d = import_dataset(args.format, args.src, args.task, args.out, overwrite=args.overwrite,
+                           max_episodes=args.max_episodes, progress=not args.no_progress, **opts)
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
+        print(f"lramlab data import: {err}", file=sys.stderr)
+        return 2
+    stats = json.loads((d / "stats.json").read_text())
+    print(f"{stats['task']}: imported {stats['n_episodes']} episodes, {stats['n_transitions']} steps -> {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
