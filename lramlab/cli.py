@@ -13,6 +13,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("tasks",): ("lramlab.manifests:main", "list tasks and whether they run on this machine"),
     ("data", "check"): ("lramlab.data.store:check_main", "validate a dataset directory"),
     ("data", "generate"): ("lramlab.data.generate:main", "generate trajectories in a simulator"),
+    ("data", "pack"): ("lramlab.data.store:pack_main", "pack each task's episodes into packed.hdf5 for faster reads"),
     ("data", "import"): ("lramlab.data.importers:main", "import a published dataset format"),
     ("bench", "data"): ("lramlab.data.bench:main", "data-loading throughput benchmark"),
     ("bench", "latency"): ("lramlab.bench.latency:main", "per-timestep agent latency benchmark"),

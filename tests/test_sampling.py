@@ -247,18 +247,6 @@ def test_worker_loader_gives_the_same_batches_and_resumes(train_ds):
     _same(next(it), expected[4])
 
 
-def test_bench_data_runs(capsys):
-    from lramlab.data.bench import main
-
-    assert main(["--tiny", "--windows", "32", "--batch-size", "16", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert "synthetic" in out["content"]
-    assert {r["domain"] for r in out["results"]} == {"bench-state", "bench-image"}
-    for r in out["results"]:
-        assert r["windows_per_s"] > 0 and r["needed_windows_per_s"] == 16.0
-        assert r["ratio"] == pytest.approx(r["windows_per_s"] / 16.0)
-
-
 def test_reward_scale_from_manifests_when_not_given(tiny_root):
     manifests = pytest.importorskip("lramlab.manifests", reason="manifests module not available")
     spec = manifests.get_task("atari/pong")

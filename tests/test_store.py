@@ -1,4 +1,5 @@
-"""HDF5 trajectory store: round trips, atomic writes, validation of bad files, `lramlab data check`."""
+"""HDF5 trajectory store: round trips, atomic writes, validation of bad files, `lramlab data check`,
+batched durability (StoreWriter, fsync batching, recovery of the unsynced tail after a power loss)."""
 from __future__ import annotations
 
 import json
@@ -8,15 +9,19 @@ import h5py
 import numpy as np
 import pytest
 
+from lramlab.data import store
 from lramlab.data.store import (
+    StoreWriter,
     TaskData,
     TrajectoryFileError,
     check_dataset,
     check_main,
     episode_length,
     find_tasks,
+    is_complete,
     list_episode_files,
     read_episode,
+    recover_unsynced,
     returns_to_go,
     write_episode,
     write_stats,
@@ -98,23 +103,47 @@ def test_write_is_atomic_on_crash(tmp_path, tiny_episodes, monkeypatch):
     good = write_episode(d, 0, ep)
     before = good.read_bytes()
     calls = {"n": 0}
-    real = h5py.Group.create_dataset
+    real = store._raw_dataset  # the uncompressed path's dataset writer
 
-    def crash_midway(self, name, *a, **kw):
+    def crash_midway(f, name, *a, **kw):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("simulated crash while writing")
-        return real(self, name, *a, **kw)
+        return real(f, name, *a, **kw)
 
-    monkeypatch.setattr(h5py.Group, "create_dataset", crash_midway)
+    monkeypatch.setattr(store, "_raw_dataset", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         write_episode(d, 0, tiny_episodes["control/pendulum"][1])  # overwrite: old file must survive
     with pytest.raises(KeyboardInterrupt):
         calls["n"] = 0
         write_episode(d, 1, ep)  # new file: must not appear at all
     monkeypatch.undo()
-    assert good.read_bytes() == before
+    assert calls["n"] == 3 and good.read_bytes() == before
     assert sorted(p.name for p in d.iterdir()) == ["episode_000000.hdf5"]  # no tmp left, no half file
+
+
+def test_low_level_write_makes_the_high_level_layout(tmp_path, tiny_episodes):
+    """The fast write path gives the same datasets and attrs as h5py's create_dataset / attrs."""
+    ep = tiny_episodes["control/pendulum"][0]
+    p = write_episode(tmp_path / "t", 4, ep, task="control/pendulum")
+    ref = tmp_path / "ref.hdf5"
+    got = read_episode(p)
+    with h5py.File(ref, "w") as f:
+        f.attrs["task"] = "control/pendulum"
+        f.attrs["index"] = 4
+        for k, v in got.items():
+            f.create_dataset(k, data=v)
+        f.attrs["complete"] = 1
+    with h5py.File(p, "r") as a, h5py.File(ref, "r") as b:
+        assert sorted(a) == sorted(b) and list(a.attrs) == list(b.attrs)
+        for k in b.attrs:
+            assert a.attrs.get_id(k).dtype == b.attrs.get_id(k).dtype and a.attrs[k] == b.attrs[k]
+        for k in b:
+            x, y = a[k], b[k]
+            assert (x.dtype, x.shape, x.chunks, x.compression) == (y.dtype, y.shape, y.chunks, y.compression)
+            assert x.id.get_create_plist().get_layout() == y.id.get_create_plist().get_layout()
+            assert x.id.get_create_plist().get_obj_track_times() == y.id.get_create_plist().get_obj_track_times()
+            np.testing.assert_array_equal(x[()], y[()])
 
 
 def test_write_rejects_bad_input(tmp_path, tiny_episodes):
@@ -256,3 +285,286 @@ def test_check_lists_every_invalid_file(tmp_path, tiny_root, capsys):
 def test_returns_to_go_helper():
     r = np.array([1.0, 0.0, -2.0, 3.0], np.float32)
     np.testing.assert_array_equal(returns_to_go(r), [2.0, 1.0, 1.0, 3.0])
+
+
+# ----------------------------------------------------------------------------- durability
+def test_max_act_dim_matches_tokenizer():
+    from lramlab.tokenizer import MAX_ACT_DIM
+
+    assert store.MAX_ACT_DIM == MAX_ACT_DIM
+
+
+def test_write_episode_fsync_flag(tmp_path, tiny_episodes, monkeypatch):
+    import os
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    ep = tiny_episodes["control/pendulum"][0]
+    write_episode(tmp_path / "a", 0, ep)
+    assert len(synced) == 2  # the file, then its directory
+    synced.clear()
+    p = write_episode(tmp_path / "b", 0, ep, fsync=False)
+    assert synced == [] and is_complete(p) and sorted(x.name for x in p.parent.iterdir()) == [p.name]
+    np.testing.assert_array_equal(read_episode(p)["states"], ep["states"])
+
+
+def _spy_fsync(monkeypatch) -> list:
+    """Record the episode files StoreWriter fsyncs (names, in order)."""
+    seen = []
+    real = store._fsync_file
+
+    def spy(path, missing_ok=False):
+        seen.append(store.Path(path).name)
+        return real(path, missing_ok)
+
+    monkeypatch.setattr(store, "_fsync_file", spy)
+    return seen
+
+
+def _marker(d):
+    p = d / store.UNSYNCED_NAME
+    return json.loads(p.read_text())["from_index"] if p.exists() else None
+
+
+def test_store_writer_batches_fsync_and_marks_the_unsynced(tmp_path, tiny_episodes, monkeypatch):
+    eps = tiny_episodes["control/pendulum"]
+    d = tmp_path / "control" / "pendulum"
+    synced = _spy_fsync(monkeypatch)
+    names = [f"episode_{i:06d}.hdf5" for i in range(6)]
+    with StoreWriter(d, sync_every=3, sync_seconds=1e9) as w:
+        w.write(0, eps[0])
+        assert _marker(d) == 0 and synced == [] and is_complete(d / names[0])
+        w.write(1, eps[1])
+        assert synced == []
+        w.write(2, eps[2])  # third write: the batch is synced, the marker goes
+        assert synced == names[:3] and _marker(d) is None
+        w.write(5, eps[5])
+        w.write(3, eps[3])  # a lower index than the marker's: the marker is lowered first
+        assert _marker(d) == 3 and synced == names[:3]
+        with pytest.raises(TrajectoryFileError, match="finite"):
+            w.write(4, dict(eps[4], rewards=np.full(len(eps[4]["rewards"]), np.nan, np.float32)))
+        assert not (d / names[4]).exists() and _marker(d) == 3
+    assert sorted(synced) == sorted(names[:3] + [names[5], names[3]]) and _marker(d) is None
+    assert not list(d.glob(".*"))  # no marker, no tmp files
+    # the writer's summaries are what reading the files gives
+    from_files = write_stats(d)
+    assert write_stats(d, summaries=w.summaries) == from_files
+    assert sorted(w.summaries) == [names[i] for i in (0, 1, 2, 3, 5)]
+    for i in (0, 1, 2, 3, 5):
+        np.testing.assert_array_equal(read_episode(d / names[i])["actions"], eps[i]["actions"].astype(np.float32))
+    with pytest.raises(ValueError, match="closed"):
+        w.write(4, eps[4])
+    with pytest.raises(ValueError, match="sync_every must be >= 1, got 0"):
+        StoreWriter(d, sync_every=0)
+
+
+def _zero_dataset(path, key):
+    """Zero the raw bytes of a contiguous dataset in place: what a lost data block reads back as."""
+    with h5py.File(path, "r") as f:
+        off, n = f[key].id.get_offset(), f[key].id.get_storage_size()
+    with open(path, "r+b") as fh:
+        fh.seek(off)
+        fh.write(bytes(n))
+
+
+def test_power_loss_tail_is_deleted_a_kill_keeps_it(tmp_path, tiny_episodes, monkeypatch):
+    eps = tiny_episodes["control/pendulum"]
+    d = tmp_path / "t"
+    w = StoreWriter(d, task="control/pendulum", sync_every=3, sync_seconds=1e9)
+    for i in range(5):
+        w.write(i, eps[i])
+    # power loss: the writer never closes; 3 and 4 were never fsync'd. Model the damage a power
+    # loss can do to them: a truncated file, and a whole-looking file whose data blocks are zeros.
+    assert _marker(d) == 3
+    p3, p4 = d / "episode_000003.hdf5", d / "episode_000004.hdf5"
+    _zero_dataset(p3, "actions")
+    data = p4.read_bytes()
+    p4.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TrajectoryFileError, match="cannot be opened as HDF5"):
+        read_episode(p4)
+    assert is_complete(p3) and not read_episode(p3)["actions"].any()  # no reader can tell: the marker must
+    monkeypatch.setattr(store, "_boot_id", lambda: "a-later-boot")
+    w2 = StoreWriter(d, task="control/pendulum")
+    assert sorted(p.name for p in w2.recovered) == [p3.name, p4.name]
+    assert [p.name for p in list_episode_files(d)] == [f"episode_{i:06d}.hdf5" for i in range(3)]
+    assert _marker(d) is None and all(is_complete(p) for p in list_episode_files(d))
+    # a process kill (same boot): the unsynced files are whole; they are fsync'd and kept
+    monkeypatch.undo()
+    for i in range(3, 6):
+        w2.write(i, eps[i])
+    assert _marker(d) == 3
+    (d / ".episode_000006.hdf5.x.tmp").write_bytes(b"killed mid-write")
+    synced = _spy_fsync(monkeypatch)
+    assert recover_unsynced(d) == []
+    assert synced == [f"episode_{i:06d}.hdf5" for i in range(3, 6)]
+    assert len(list_episode_files(d)) == 6 and not list(d.glob(".*"))
+
+
+def test_every_truncation_and_damage_is_rejected_by_name(tmp_path, tiny_root):
+    """A cut file never reads as an episode; damaged metadata is a TrajectoryFileError, never a KeyError."""
+    for task in ("control/pendulum", "atari/pong"):
+        src = list_episode_files(tiny_root / task)[0]
+        data = src.read_bytes()
+        n = len(data)
+        p = tmp_path / "episode_000000.hdf5"
+        for cut in sorted({*range(0, n, max(1, n // 40)), n - 1}):
+            p.write_bytes(data[:cut])
+            assert not is_complete(p), cut
+            with pytest.raises(TrajectoryFileError, match="cannot be opened as HDF5"):
+                read_episode(p)
+        meta_end = min(n, 4096)  # superblock, object headers and attributes live in the first blocks
+        for off in range(0, meta_end, 128):
+            b = bytearray(data)
+            b[off:off + 128] = bytes(len(b[off:off + 128]))
+            p.write_bytes(bytes(b))
+            try:
+                read_episode(p)
+            except TrajectoryFileError as err:
+                assert err.path == str(p)
+
+
+def test_generate_after_power_loss_regenerates_the_tail(tmp_path, monkeypatch):
+    from lramlab.data.generate import generate
+
+    ref = generate("darkroom/goal-5-5", 10, "history", tmp_path / "ref", seed=2, progress=False, sync_every=4)
+    out = tmp_path / "lost"
+
+    class PowerLoss(BaseException):
+        pass
+
+    real_write = StoreWriter.write
+
+    def write(self, index, ep):
+        if index == 6:
+            raise PowerLoss  # the machine dies while generating episode 6: no cleanup runs
+        return real_write(self, index, ep)
+
+    monkeypatch.setattr(StoreWriter, "write", write)
+    monkeypatch.setattr(StoreWriter, "close", lambda self: None)
+    with pytest.raises(PowerLoss):
+        generate("darkroom/goal-5-5", 10, "history", out, seed=2, progress=False, sync_every=4)
+    monkeypatch.undo()
+    d = out / "darkroom" / "goal-5-5"
+    assert _marker(d) == 4 and len(list_episode_files(d)) == 6
+    _zero_dataset(d / "episode_000004.hdf5", "actions")  # whole-looking, wrong data
+    (d / "episode_000005.hdf5").write_bytes(b"")  # delayed allocation: a zero-length file
+    monkeypatch.setattr(store, "_boot_id", lambda: "after-the-reboot")
+    generate("darkroom/goal-5-5", 10, "history", out, seed=2, progress=False, sync_every=4)
+    ta, tb = TaskData(ref), TaskData(d)
+    for i in range(10):
+        a, b = ta.read(i), tb.read(i)
+        assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a), i
+    assert check_dataset(out).ok and _marker(d) is None
+    assert json.loads((d / "stats.json").read_text()) == json.loads((ref / "stats.json").read_text())
+
+
+# ----------------------------------------------------------------------------- packed layout
+def _same_reads(a: TaskData, b: TaskData, windows=((0, None), (3, 9))):
+    assert a.lengths.tolist() == b.lengths.tolist()
+    for i in range(len(a)):
+        for start, stop in windows:
+            x, y = a.read(i, start, stop), b.read(i, start, stop)
+            assert set(x) == set(y), i
+            for k in x:
+                assert x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k]), (i, k)
+
+
+@pytest.fixture
+def data_copy(tmp_path, tiny_root):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    return root
+
+
+def test_packed_reads_equal_episode_reads(data_copy, capsys):
+    import pickle
+
+    from lramlab.data.store import pack_main, pack_task, use_packed
+
+    assert pack_main([str(data_copy)]) == 0
+    assert capsys.readouterr().out.count("-> packed.hdf5") == 5
+    for task in ("atari/pong", "control/pendulum", "classic/cartpole"):
+        d = data_copy / task
+        packed, files = TaskData(d), TaskData(d, packed=False)
+        assert packed.packed == d / "packed.hdf5" and files.packed is None
+        assert (packed.obs_kind, packed.obs_shape, packed.act_dim) == (files.obs_kind, files.obs_shape, files.act_dim)
+        _same_reads(packed, files)
+        _same_reads(pickle.loads(pickle.dumps(packed)), files)  # what a DataLoader worker gets
+        with use_packed(False):
+            assert TaskData(d).packed is None
+    # gzip packs read through h5py instead of memory maps: same windows
+    d = data_copy / "atari/pong"
+    assert pack_task(d) == (d / "packed.hdf5", False)  # current: kept
+    pack_task(d, compress=True, force=True)
+    with h5py.File(d / "packed.hdf5") as f:
+        assert f["states"].compression == "gzip"
+    _same_reads(TaskData(d), TaskData(d, packed=False))
+    assert check_dataset(data_copy).ok  # the pack is never taken for an episode
+    assert pack_main([str(data_copy)]) == 0 and "current, kept" in capsys.readouterr().out
+    assert pack_main([str(data_copy / "nope")]) == 2
+
+
+def test_stale_or_broken_pack_is_ignored(data_copy, tiny_episodes):
+    from lramlab.data.store import pack_task
+
+    d = data_copy / "control/pendulum"
+    pack_task(d)
+    n = len(list_episode_files(d))
+    write_episode(d, n, tiny_episodes["control/pendulum"][0])  # a new episode: the pack lacks it
+    with pytest.warns(UserWarning, match="stale"):
+        td = TaskData(d)
+    assert td.packed is None and len(td) == n + 1
+    pack_task(d)
+    assert TaskData(d).packed is not None and len(TaskData(d)) == n + 1
+    write_episode(d, 1, tiny_episodes["control/pendulum"][2])  # an episode rewritten in place
+    with pytest.warns(UserWarning, match=r"episode_000001\.hdf5 changed"):
+        td = TaskData(d)
+    np.testing.assert_array_equal(td.read(1)["states"], tiny_episodes["control/pendulum"][2]["states"])
+    pack_task(d)
+    data = (d / "packed.hdf5").read_bytes()
+    (d / "packed.hdf5").write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert TaskData(d).packed is None
+
+
+def test_pack_is_atomic_and_checks_its_input(data_copy, tiny_episodes, monkeypatch):
+    from lramlab.data.store import pack_task
+
+    d = data_copy / "control/pendulum"
+    real = h5py.Group.create_dataset
+
+    def crash(self, name, *a, **kw):
+        if name == "offsets":
+            raise KeyboardInterrupt("killed while packing")
+        return real(self, name, *a, **kw)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pack_task(d)
+    monkeypatch.undo()
+    assert not (d / "packed.hdf5").exists() and not list(d.glob(".*"))
+    first = tiny_episodes["control/pendulum"][0]
+    ep = dict(first, success=np.zeros(len(first["rewards"]), bool))
+    write_episode(d, 50, ep)
+    with pytest.raises(TrajectoryFileError, match=r"episode_000050\.hdf5.*'success'.*not others"):
+        pack_task(d)
+
+
+def test_sampler_batches_identical_packed_or_not(data_copy):
+    from conftest import TINY_SPECS
+    from lramlab.data.sampling import DomainBalancedSampler, SamplerConfig, TrajectoryDataset
+    from lramlab.data.store import pack_task, use_packed
+
+    for d in find_tasks(data_copy):
+        pack_task(d)
+    with use_packed(False):
+        plain = TrajectoryDataset(data_copy, task_specs=TINY_SPECS)
+    packed = TrajectoryDataset(data_copy, task_specs=TINY_SPECS)
+    assert all(t.packed is not None for t in packed.data) and all(t.packed is None for t in plain.data)
+    a = DomainBalancedSampler(plain, SamplerConfig(batch_size=16, seed=5), as_torch=False)
+    b = DomainBalancedSampler(packed, SamplerConfig(batch_size=16, seed=5), as_torch=False)
+    for _ in range(3):
+        for x, y in zip(a.next_update(), b.next_update()):
+            assert x["domain"] == y["domain"]
+            assert all(np.array_equal(x[k], y[k]) for k in x if k != "domain")

@@ -16,6 +16,10 @@ checked against the replay. Re-running the same command resumes: complete episod
 (the store writes atomically; a file exists only when whole), a partial one is redone. A re-run
 with a different task/policy/seed in the same directory is refused (meta.json mismatch).
 One generator per task directory at a time.
+
+Durability: files are fsync'd in batches (`StoreWriter`, every `sync_every` episodes or 30 s, and
+at the end), not one by one. A killed process loses nothing it finished; after a power loss the
+episodes written since the last sync (`.unsynced.json` names them) are deleted on resume and redone.
 """
 from __future__ import annotations
 
@@ -48,23 +52,16 @@ def _task_spec(task):
 
 def _existing(task_dir: Path) -> dict[int, Path]:
     """Episode index -> file for complete episode files; incomplete/corrupt ones are removed."""
-    import h5py
-
-    from lramlab.data.store import list_episode_files
+    from lramlab.data.store import is_complete, list_episode_files
 
     found: dict[int, Path] = {}
     for p in list_episode_files(task_dir):
         stem = p.stem
         if not stem.startswith("episode_") or not stem[8:].isdigit():
             continue
-        try:
-            with h5py.File(p, "r") as f:
-                ok = int(f.attrs.get("complete", 0)) == 1
-        except (OSError, ValueError):
-            ok = False
-        if ok:
+        if is_complete(p):  # opens as HDF5 (a truncated file does not) and has `complete`
             found[int(stem[8:])] = p
-        else:  # cannot happen with the store's atomic writes, but never keep a broken file
+        else:  # only after a power loss (or damage): never keep a broken file
             p.unlink()
     # tmp files of writes that were killed (the store names them .episode_XXXXXX.hdf5.*.tmp)
     for tmp in task_dir.glob(".episode_*.tmp"):
@@ -141,14 +138,16 @@ def rollout_episode(env, policy: P.Policy, seed: int, obs_kind: str = "state",
 
 def generate(task, episodes: int, policy: str | None = None, out: str | Path = "data", seed: int = 0,
              progress: bool = True, throttle: float = 0.0, max_steps: int | None = None,
-             compress: bool | None = None) -> Path:
+             compress: bool | None = None, sync_every: int = 256) -> Path:
     """Generate (or resume) `episodes` episodes of `task` under `out`; returns the task directory.
 
     policy: a spec (see `lramlab.data.policies`), default per domain (`default_policy`).
     throttle: seconds to sleep after each written episode (demos and resume tests only).
     compress: gzip the episode files (default: for image observations).
+    sync_every: episodes per fsync batch (`lramlab.data.store.StoreWriter`): a power loss costs a
+    redo of at most that many (or 30 s of) episodes; a process kill never leaves a damaged file.
     """
-    from lramlab.data.store import write_episode, write_stats
+    from lramlab.data.store import StoreWriter, write_stats
 
     spec = _task_spec(task)
     episodes = int(episodes)
@@ -177,6 +176,10 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
     else:
         meta["max_steps"] = max_steps
         _check_meta(task_dir, meta, ("task", "policy", "seed", "max_steps"))
+    # Files are atomic; fsyncs are batched by the StoreWriter (see lramlab.data.store). Opening it
+    # settles what an earlier run wrote but never made durable: kept after a kill, deleted after a
+    # reboot, so a power loss's damaged tail is regenerated, never taken for whole episodes.
+    writer = StoreWriter(task_dir, task=spec.id, compress=compress, sync_every=sync_every)
     existing = _existing(task_dir)
     meta["episodes"] = max(episodes, max(existing, default=-1) + 1)
     bar = None
@@ -200,7 +203,7 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
                         raise ValueError(f"{existing[i]}: differs from the replayed learning history "
                                          f"(episode {i}); the directory holds other data. Use another --out.")
                     continue
-                write_episode(task_dir, i, ep, compress=compress, task=spec.id)
+                writer.write(i, ep)
                 if bar is not None:
                     bar.update(1)
                 if throttle:
@@ -219,7 +222,7 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
                     with P.single_thread():
                         for i in todo:
                             ep = rollout_episode(env, pol, episode_seed(seed, i), spec.obs_kind, max_steps)
-                            write_episode(task_dir, i, ep, compress=compress, task=spec.id)
+                            writer.write(i, ep)
                             if bar is not None:
                                 bar.update(1)
                             if throttle:
@@ -229,10 +232,24 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
             elif not (task_dir / "meta.json").exists():
                 _write_meta(task_dir, meta)
     finally:
+        writer.close()  # the files written are whole: make them durable, also when leaving by an error
         if bar is not None:
             bar.close()
-    write_stats(task_dir)
+    if writer.summaries or not _stats_current(task_dir):
+        # entries of the episodes written now come from the writer: only older files are read
+        write_stats(task_dir, summaries=writer.summaries)
     return task_dir
+
+
+def _stats_current(task_dir: Path) -> bool:
+    """stats.json lists exactly the episode files present (then a run that wrote nothing keeps it)."""
+    from lramlab.data.store import list_episode_files
+
+    try:
+        stats = json.loads((task_dir / "stats.json").read_text())
+        return [e["file"] for e in stats["episodes"]] == [p.name for p in list_episode_files(task_dir)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _ppo_policy(policy: str, spec, task_dir: Path, seed: int, progress: bool) -> P.Policy:

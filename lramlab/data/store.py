@@ -5,6 +5,8 @@ Layout::
     DIR/<domain>/<name>/episode_000000.hdf5   one episode per file
     DIR/<domain>/<name>/meta.json             {"task": id, "policy": ..., "seed": ..., ...}
     DIR/<domain>/<name>/stats.json            episode lengths, returns (and success), see `write_stats`
+    DIR/<domain>/<name>/packed.hdf5           optional: all episodes concatenated (`pack_task`,
+                                              `lramlab data pack`); readers use it while current
 
 A task directory may also be passed directly (the released layout: a flat directory of episode
 files). Episode datasets (T timesteps, O state dims, A continuous action dims):
@@ -20,6 +22,20 @@ File attrs: `task`, `index` (written first) and `complete=1` (written last, just
 atomic rename). A reader rejects a file without `complete` -- unless `require_complete=False`,
 for files from LRAM's released data, which never had the attribute.
 
+Atomicity vs durability. Every write goes to a hidden tmp file that is renamed into place only
+when whole, so a KILLED process never leaves a file that looks complete. Durability (surviving a
+POWER LOSS) needs fsync, which costs milliseconds per file: `write_episode(fsync=True)` (default)
+syncs each file; `StoreWriter` (used by `lramlab data generate`) writes without fsync and syncs the
+files and the directory once per `sync_every` episodes / `sync_seconds` / at close. Before its
+first unsynced write it durably records the lowest unsynced index (and the kernel boot id) in
+`.unsynced.json`; the next writer on that directory (`recover_unsynced`) keeps those files if the
+machine has not rebooted since (a killed process: the data is whole in the page cache) and
+otherwise deletes every episode file from that index on, so after a power loss the possibly
+damaged tail (zero-length, truncated or zero-filled files) is regenerated instead of trusted. A
+damaged file is also rejected by every reader when it fails to open (HDF5 detects a file shorter
+than its superblock says; damaged metadata) or lacks `complete` -- but zeroed blocks inside raw
+uncompressed data read back as zeros, which is why the marker, not the reader, guards the tail.
+
 Every read is validated; a bad file raises `TrajectoryFileError` naming the file, the dataset
 and what was expected. Reading a window reads only that slice (h5py hyperslab reads).
 """
@@ -31,22 +47,25 @@ import os
 import re
 import sys
 import tempfile
+import time
+import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from lramlab.tokenizer import MAX_ACT_DIM
-
 REQUIRED_KEYS = ("states", "actions", "rewards", "returns_to_go", "dones")
 OPTIONAL_KEYS = ("success",)
 ALL_KEYS = REQUIRED_KEYS + OPTIONAL_KEYS
 EPISODE_GLOB = ("*.hdf5", "*.h5")
+UNSYNCED_NAME = ".unsynced.json"  # StoreWriter's marker: episodes from this index on may not be durable
 PACKED_NAME = "packed.hdf5"  # reserved for a packed per-task layout; never read as an episode
 # Continuous actions are stored in [-1, 1]; float32 round-off from the writer's clipping is tolerated.
 _ACTION_TOL = 1e-5
+MAX_ACT_DIM = 8  # = lramlab.tokenizer.MAX_ACT_DIM (kept here: importing the tokenizer imports torch)
 
 
 class TrajectoryFileError(ValueError):
@@ -196,6 +215,19 @@ def _normalise_episode(path, episode: Mapping[str, np.ndarray]) -> dict[str, np.
     return ep
 
 
+def _fsync_file(path, missing_ok: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if missing_ok:  # replaced or removed since it was written: nothing of ours to sync
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(d: Path) -> None:
     try:
         fd = os.open(d, os.O_RDONLY)
@@ -225,47 +257,211 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def write_episode(task_dir, index: int, episode: Mapping[str, np.ndarray], compress: bool = False,
-                  task: str | None = None) -> Path:
-    """Validate `episode` and write it to `task_dir/episode_{index:06d}.hdf5` atomically.
-
-    `episode` needs `states`, `actions`, `rewards`; `returns_to_go` is computed when absent and
-    `dones` defaults to True at the last step. `compress` uses gzip (level 4) with chunks along
-    time, so a window read decompresses only the chunks it touches. The file appears under its
-    final name only when complete (tmp file + flush + fsync + os.replace).
-    """
-    h5py = _h5py()
-    task_dir = Path(task_dir)
-    task_dir.mkdir(parents=True, exist_ok=True)
+def _prepare(task_dir: Path, index: int, episode: Mapping[str, np.ndarray]) -> tuple[Path, dict]:
     final = task_dir / episode_filename(index)
     ep = _normalise_episode(final, episode)
     T = _check_shapes(final, {k: v.shape for k, v in ep.items()}, {k: v.dtype for k, v in ep.items()})
     _check_values(final, ep, 0, T)
-    if task is None:
-        task = _task_id_of(task_dir)
+    return final, ep
+
+
+def _raw_dataset(f, key: str, arr: np.ndarray) -> None:
+    """`f.create_dataset(key, data=arr)` (contiguous, no filters, no timestamps: the same file
+    structure) through h5py's low-level API, which costs about half as much -- for a short episode
+    the high-level calls were the largest share of the write."""
+    h5py = _h5py()
+    arr = np.ascontiguousarray(arr)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)  # h5py's default too: files do not change with the clock
+    tid = h5py.h5t.py_create(arr.dtype, logical=True)
+    dsid = h5py.h5d.create(f.id, key.encode(), tid, h5py.h5s.create_simple(arr.shape), dcpl=dcpl)
+    dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
+
+
+def _int_attr(f, name: str, value: int) -> None:
+    """`f.attrs[name] = int(value)` (an int64 scalar), low-level for the same reason."""
+    h5py = _h5py()
+    a = h5py.h5a.create(f.id, name.encode(), h5py.h5t.py_create(np.dtype(np.int64)), h5py.h5s.create(h5py.h5s.SCALAR))
+    a.write(np.array(int(value), dtype=np.int64))
+
+
+def _write_file(task_dir: Path, final: Path, index: int, ep: Mapping[str, np.ndarray], compress: bool,
+                task: str, fsync: bool) -> None:
+    """tmp file -> datasets -> `complete` -> (fsync) -> os.replace -> (fsync dir)."""
+    h5py = _h5py()
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=task_dir)
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs["task"] = task
-            f.attrs["index"] = int(index)
+            _int_attr(f, "index", index)
             for key, arr in ep.items():
-                kw = {}
                 if compress:
                     row = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
                     steps = int(max(1, min(len(arr), (64 * 1024) // max(1, row), 256)))  # ~64 KiB chunks
-                    kw = dict(compression="gzip", compression_opts=4, chunks=(steps,) + arr.shape[1:])
-                f.create_dataset(key, data=arr, **kw)
-            f.attrs["complete"] = 1  # last: a file without it was never finished
-            f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+                    f.create_dataset(key, data=arr, compression="gzip", compression_opts=4,
+                                     chunks=(steps,) + arr.shape[1:])
+                else:
+                    _raw_dataset(f, key, arr)
+            _int_attr(f, "complete", 1)  # last: a file without it was never finished
+        if fsync:
+            _fsync_file(tmp)
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(task_dir)
+    if fsync:
+        _fsync_dir(task_dir)
+
+
+def write_episode(task_dir, index: int, episode: Mapping[str, np.ndarray], compress: bool = False,
+                  task: str | None = None, fsync: bool = True) -> Path:
+    """Validate `episode` and write it to `task_dir/episode_{index:06d}.hdf5` atomically.
+
+    `episode` needs `states`, `actions`, `rewards`; `returns_to_go` is computed when absent and
+    `dones` defaults to True at the last step. `compress` uses gzip (level 4) with chunks along
+    time, so a window read decompresses only the chunks it touches. The file appears under its
+    final name only when complete (tmp file + flush + os.replace), whatever `fsync` says.
+    `fsync=True` also makes it durable (file and directory fsync'd) before returning; for many
+    episodes use `StoreWriter`, which batches the fsyncs and marks what is not yet durable.
+    """
+    task_dir = Path(task_dir)
+    task_dir.mkdir(parents=True, exist_ok=True)
+    final, ep = _prepare(task_dir, index, episode)
+    _write_file(task_dir, final, index, ep, compress, _task_id_of(task_dir) if task is None else task, fsync)
     return final
+
+
+def _episode_index(path: Path) -> int | None:
+    """Index from an `episode_<digits>.hdf5` name (None for other names)."""
+    stem = Path(path).stem
+    return int(stem[8:]) if stem.startswith("episode_") and stem[8:].isdigit() else None
+
+
+def _summary(name: str, ep: Mapping[str, np.ndarray]) -> dict:
+    """The stats.json entry of one episode (see `write_stats`)."""
+    out = {"file": name, "length": int(len(ep["rewards"])),
+           "return": float(np.sum(ep["rewards"], dtype=np.float64))}
+    if "success" in ep:
+        out["success"] = bool(np.asarray(ep["success"]).any())
+    return out
+
+
+def _boot_id() -> str | None:
+    """This kernel boot's id (Linux): unchanged since a write means no crash / power loss since."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def recover_unsynced(task_dir) -> list[Path]:
+    """Settle what a `StoreWriter` wrote but never made durable; returns the files deleted.
+
+    `.unsynced.json` (written durably before the first unsynced write) names the lowest such
+    index. If the machine has not rebooted since (same kernel boot id: the writer was only killed),
+    the files are whole and still in the page cache: they are fsync'd and kept. Otherwise (power
+    loss, crash, another machine, no boot id) every episode file with index >= `from_index` is
+    deleted, so a possibly damaged tail is regenerated rather than trusted. Also removes tmp files
+    of killed writes. Safe to call when nothing is pending; only while no writer works in `task_dir`.
+    """
+    task_dir = Path(task_dir)
+    removed: list[Path] = []
+    marker = task_dir / UNSYNCED_NAME
+    if marker.exists():
+        j = _read_json(marker)
+        if not (isinstance(j, dict) and isinstance(j.get("from_index"), int)):
+            j = {"from_index": 0}  # unreadable marker: nothing in the directory can be trusted as durable
+        same_boot = j.get("boot_id") is not None and j.get("boot_id") == _boot_id()
+        for p in list_episode_files(task_dir):
+            i = _episode_index(p)
+            if i is not None and i >= j["from_index"]:
+                if same_boot:
+                    _fsync_file(p, missing_ok=True)
+                else:
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        _fsync_dir(task_dir)  # the fsyncs / deletions are durable before the marker goes
+        marker.unlink(missing_ok=True)
+    for tmp in task_dir.glob(".*.tmp"):  # writes (episodes, json) that were killed midway
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(task_dir)
+    return removed
+
+
+class StoreWriter:
+    """Writes the episodes of one task directory, atomically, with batched durability.
+
+    Each file is atomic (tmp + `complete` + os.replace) as with `write_episode`; fsync happens
+    once per `sync_every` episodes or `sync_seconds`, and at `close()` (also on leaving a `with`
+    block by an exception). Until then, `.unsynced.json` (written durably first) names the lowest
+    index that may not be durable; `recover_unsynced`, run when a writer opens the directory,
+    keeps those files after a mere process kill (fsyncing them) and deletes them after a reboot.
+    So: a kill never leaves a file that looks whole and loses nothing finished; a power loss loses
+    at most the episodes since the last sync, which are then absent and regenerated.
+
+    `summaries` maps file name -> stats.json entry of each episode written, for `write_stats`.
+    One writer per task directory at a time.
+    """
+
+    def __init__(self, task_dir, task: str | None = None, compress: bool = False, sync_every: int = 256,
+                 sync_seconds: float = 30.0, recover: bool = True):
+        if sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+        if not sync_seconds > 0:
+            raise ValueError(f"sync_seconds must be > 0, got {sync_seconds}")
+        self.task_dir = Path(task_dir)
+        self.task_dir.mkdir(parents=True, exist_ok=True)
+        self.task = _task_id_of(self.task_dir) if task is None else task
+        self.compress, self.sync_every, self.sync_seconds = bool(compress), int(sync_every), float(sync_seconds)
+        self.recovered = recover_unsynced(self.task_dir) if recover else []
+        self.summaries: dict[str, dict] = {}
+        self._pending: list[Path] = []
+        self._marked: int | None = None  # from_index recorded in the marker, None: no marker
+        self._last_sync = time.monotonic()
+        self.closed = False
+
+    def _mark(self, index: int) -> None:
+        if self._marked is None or index < self._marked:
+            atomic_write_text(self.task_dir / UNSYNCED_NAME,
+                              json.dumps({"from_index": int(index), "boot_id": _boot_id(), "pid": os.getpid()}))
+            self._marked = int(index)
+
+    def write(self, index: int, episode: Mapping[str, np.ndarray]) -> Path:
+        """Validate and write episode `index` (atomic; durable at the next sync)."""
+        if self.closed:
+            raise ValueError(f"StoreWriter({self.task_dir}) is closed")
+        final, ep = _prepare(self.task_dir, index, episode)
+        self._mark(index)
+        _write_file(self.task_dir, final, index, ep, self.compress, self.task, fsync=False)
+        self._pending.append(final)
+        self.summaries[final.name] = _summary(final.name, ep)
+        if len(self._pending) >= self.sync_every or time.monotonic() - self._last_sync >= self.sync_seconds:
+            self.sync()
+        return final
+
+    def sync(self) -> None:
+        """Make every episode written so far durable, then clear the marker."""
+        for p in self._pending:
+            _fsync_file(p, missing_ok=True)
+        _fsync_dir(self.task_dir)
+        if self._marked is not None:
+            (self.task_dir / UNSYNCED_NAME).unlink(missing_ok=True)  # if this is lost: only a redo
+            _fsync_dir(self.task_dir)
+            self._marked = None
+        self._pending.clear()
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.sync()
+            self.closed = True
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # the files written are whole: make them durable even when leaving by an error
 
 
 # ----------------------------------------------------------------------------- read
@@ -275,41 +471,65 @@ def _open(path, require_complete: bool = True):
         f = h5py.File(path, "r")
     except (OSError, ValueError) as err:  # truncated, not HDF5, unreadable
         raise TrajectoryFileError(path, None, f"cannot be opened as HDF5 (truncated or corrupt?): {err}") from err
-    if require_complete and int(f.attrs.get("complete", 0)) != 1:
+    try:
+        complete = int(f.attrs.get("complete", 0)) if require_complete else 1
+    except (KeyError, OSError, RuntimeError, TypeError, ValueError) as err:  # damaged attribute storage
+        f.close()
+        raise TrajectoryFileError(path, None, f"attr 'complete' cannot be read (corrupt file?): {err}") from err
+    if complete != 1:
         f.close()
         raise TrajectoryFileError(path, None, "attr 'complete' is missing: the write never finished")
     return f
 
 
+# Damaged HDF5 metadata (e.g. a zeroed block) surfaces from h5py as any of these; readers turn them
+# into a TrajectoryFileError naming the file and dataset.
+_H5_ERRORS = (KeyError, OSError, RuntimeError, ValueError)
+
+
 def _file_meta(path, f) -> tuple[int, dict, dict]:
     shapes, dtypes = {}, {}
     for key in ALL_KEYS:
-        if key in f:
-            ds = f[key]
-            shapes[key], dtypes[key] = tuple(ds.shape), ds.dtype
+        try:
+            if key in f:
+                ds = f[key]
+                shapes[key], dtypes[key] = tuple(ds.shape), ds.dtype
+        except _H5_ERRORS as err:
+            raise TrajectoryFileError(path, key, f"cannot be opened (corrupt file?): {err}") from err
     return _check_shapes(path, shapes, dtypes), shapes, dtypes
 
 
-def _datasets(f) -> dict:
-    return {k: f[k] for k in ALL_KEYS if k in f}
+def _datasets(f, path=None) -> dict:
+    out = {}
+    for k in ALL_KEYS:
+        try:
+            if k in f:
+                out[k] = f[k]
+        except _H5_ERRORS as err:
+            raise TrajectoryFileError(path or f.filename, k, f"cannot be opened (corrupt file?): {err}") from err
+    return out
 
 
-def _read_open(path, dsets: Mapping, start, stop, keys, T: int) -> dict[str, np.ndarray]:
-    """Read [start, stop) of the given h5py datasets (T already validated from metadata)."""
+def _read_open(path, dsets: Mapping, start, stop, keys, T: int, base: int = 0,
+               copy: bool = False) -> dict[str, np.ndarray]:
+    """Read [start, stop) of the given datasets (T already validated from metadata).
+
+    `dsets` holds h5py datasets or arrays (views of a packed file's memory maps, where the
+    episode starts at row `base`; `copy` makes the result own its memory)."""
     s = 0 if start is None else int(start)
     e = T if stop is None else int(stop)
     if not (0 <= s < e <= T):
         raise TrajectoryFileError(path, None, f"expected a window 0 <= start < stop <= {T}, got [{s}, {e})")
     keys = tuple(dsets) if keys is None else tuple(keys)
     out = {}
-    key = None
-    try:
-        for key in keys:
-            if key not in dsets:
-                raise TrajectoryFileError(path, key, "missing")
-            out[key] = dsets[key][s:e]  # hyperslab read: only this slice leaves the disk
-    except OSError as err:  # a damaged chunk surfaces only when read
-        raise TrajectoryFileError(path, key, f"read failed (corrupt data?): {err}") from err
+    for key in keys:
+        if key not in dsets:
+            raise TrajectoryFileError(path, key, "missing")
+        try:
+            x = dsets[key][base + s:base + e]  # hyperslab read: only this slice leaves the disk
+        except _H5_ERRORS as err:  # a damaged chunk surfaces only when read
+            raise TrajectoryFileError(path, key, f"read failed (corrupt data?): {err}") from err
+        out[key] = x.copy() if copy and isinstance(x, np.ndarray) else x  # own the memory, not a view of the map
     _check_values(path, out, s, T)
     if "states" in out and out["states"].dtype != np.uint8:
         out["states"] = out["states"].astype(np.float32, copy=False)
@@ -331,7 +551,16 @@ def read_episode(path, start: int | None = None, stop: int | None = None, keys: 
     f = _open(path, require_complete)
     with f:
         T = _file_meta(path, f)[0]
-        return _read_open(path, _datasets(f), start, stop, keys, T)
+        return _read_open(path, _datasets(f, path), start, stop, keys, T)
+
+
+def is_complete(path) -> bool:
+    """The file opens as HDF5 and carries `complete=1` (what resume logic keeps; data not read)."""
+    try:
+        _open(path).close()
+    except TrajectoryFileError:
+        return False
+    return True
 
 
 def episode_length(path, require_complete: bool = True) -> int:
@@ -395,9 +624,14 @@ class TaskData:
     `.task` id, `.episode_paths`, `.lengths` (np.ndarray of T per episode), `.read(i, start, stop)`.
     Lengths come from `stats.json` when it lists exactly the files present, else from file metadata.
     Handles are cached per process (re-opened after a fork) in an LRU of `max_open` files.
+
+    When the directory holds a `packed.hdf5` (`pack_task`) that is current -- made from exactly
+    the episode files present, unchanged since (name, size, mtime) -- reads come from it instead
+    (`.packed` is its path, else None); a stale or unreadable one is ignored with a warning.
+    `packed=False` (or `use_packed(False)`, or LRAMLAB_NO_PACKED=1) always reads the episode files.
     """
 
-    def __init__(self, task_dir, require_complete: bool = True, max_open: int = 512):
+    def __init__(self, task_dir, require_complete: bool = True, max_open: int = 512, packed: bool | None = None):
         self.task_dir = Path(task_dir)
         self.episode_paths = list_episode_files(self.task_dir)
         if not self.episode_paths:
@@ -408,7 +642,13 @@ class TaskData:
         self.max_open = max_open
         self._handles: OrderedDict[int, object] = OrderedDict()
         self._pid = os.getpid()
-        self.lengths = self._lengths()
+        self._pk = None  # index of a current packed.hdf5 (see _PackedIndex)
+        self._pk_arrays = None  # per-process {key: memmap | h5py dataset} of the packed file
+        self._pk_file = None
+        if _packed_enabled() if packed is None else packed:
+            self._pk = _PackedIndex.load(self.task_dir, self.episode_paths, warn=True)
+        self.packed = self._pk.path if self._pk is not None else None
+        self.lengths = np.diff(self._pk.offsets) if self._pk is not None else self._lengths()
         first = self.meta_of(0)
         self.obs_kind = "image" if len(first["states"]) == 4 else "state"
         self.obs_shape = first["states"][1:]
@@ -428,7 +668,18 @@ class TaskData:
         return np.asarray([episode_length(p, self.require_complete) for p in self.episode_paths], dtype=np.int64)
 
     def meta_of(self, i: int) -> dict[str, tuple]:
+        if self._pk is not None:
+            return {k: (int(self.lengths[i]),) + shp[1:] for k, shp in self._pk.shapes.items()}
         return self._file(i)[2]
+
+    def _packed_arrays(self) -> dict:
+        if os.getpid() != self._pid:  # h5py handles must not cross a fork
+            self._handles.clear()
+            self._pk_arrays = self._pk_file = None
+            self._pid = os.getpid()
+        if self._pk_arrays is None:
+            self._pk_file, self._pk_arrays = self._pk.open()
+        return self._pk_arrays
 
     def _file(self, i: int):
         """(h5py file, {name: dataset}, shapes) of episode i, opened and shape-checked once."""
@@ -449,7 +700,7 @@ class TaskData:
             f.close()
             raise
         # dataset objects are cached: an h5py name lookup costs more than a 50-step slice read
-        h = self._handles[i] = (f, _datasets(f), shapes)
+        h = self._handles[i] = (f, _datasets(f, path), shapes)
         while len(self._handles) > self.max_open:
             _, old = self._handles.popitem(last=False)
             old[0].close()
@@ -458,16 +709,25 @@ class TaskData:
     def read(self, i: int, start: int | None = None, stop: int | None = None,
              keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Validated read of episode i, timesteps [start, stop)."""
+        if self._pk is not None:
+            where = f"{self._pk.path} (episode {self.episode_paths[i].name})"
+            return _read_open(where, self._packed_arrays(), start, stop, keys, int(self.lengths[i]),
+                              base=int(self._pk.offsets[i]), copy=True)
         return _read_open(self.episode_paths[i], self._file(i)[1], start, stop, keys, int(self.lengths[i]))
 
     def close(self) -> None:
         for h in self._handles.values():
             h[0].close()
         self._handles.clear()
+        self._pk_arrays = None
+        if self._pk_file is not None:
+            self._pk_file.close()
+            self._pk_file = None
 
     def __getstate__(self):  # picklable for DataLoader workers: handles are re-opened there
         d = dict(self.__dict__)
         d["_handles"] = OrderedDict()
+        d["_pk_arrays"] = d["_pk_file"] = None
         return d
 
     def __del__(self):
@@ -477,14 +737,204 @@ class TaskData:
             pass
 
 
+# ----------------------------------------------------------------------------- packed layout
+_PACKED_FORMAT = "lramlab-packed-v1"
+_USE_PACKED = [True]
+
+
+def _packed_enabled() -> bool:
+    return _USE_PACKED[-1] and os.environ.get("LRAMLAB_NO_PACKED", "") in ("", "0")
+
+
+@contextmanager
+def use_packed(enabled: bool):
+    """Within the block, new `TaskData` objects read packed.hdf5 files (True) or never (False)."""
+    _USE_PACKED.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _USE_PACKED.pop()
+
+
+def _source_stat(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    st = [p.stat() for p in paths]
+    return (np.asarray([x.st_size for x in st], dtype=np.int64),
+            np.asarray([x.st_mtime_ns for x in st], dtype=np.int64))
+
+
+@dataclass
+class _PackedIndex:
+    """What a reader needs from a packed.hdf5: offsets, shapes, and how to map each dataset."""
+
+    path: Path
+    offsets: np.ndarray  # (E+1,) row of each episode's first step; offsets[-1] = N
+    shapes: dict  # key -> full (N, ...) shape
+    mmap: dict  # key -> (byte offset, dtype) for contiguous uncompressed datasets, else absent
+
+    @classmethod
+    def load(cls, task_dir: Path, episode_paths: list[Path], warn: bool = False) -> "_PackedIndex | None":
+        """The index if task_dir/packed.hdf5 exists and is current for `episode_paths`, else None."""
+        path = Path(task_dir) / PACKED_NAME
+        if not path.exists():
+            return None
+        try:
+            with _open(path) as f:
+                if f.attrs.get("format") != _PACKED_FORMAT:
+                    raise TrajectoryFileError(path, None, f"attr 'format': expected {_PACKED_FORMAT!r}, "
+                                                          f"got {f.attrs.get('format')!r}")
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["files"][()]]
+                size, mtime = f["source_size"][()], f["source_mtime_ns"][()]
+                offsets = np.asarray(f["offsets"][()], dtype=np.int64)
+                N, shapes, dtypes = _file_meta(path, f)
+                mmap = {}
+                for key in shapes:
+                    ds = f[key]
+                    off = ds.id.get_offset()
+                    if ds.chunks is None and off is not None and ds.dtype.isnative:
+                        mmap[key] = (int(off), ds.dtype)
+        except (TrajectoryFileError, *_H5_ERRORS) as err:
+            if warn:
+                warnings.warn(f"{path}: unreadable, reading the episode files instead ({err})", stacklevel=3)
+            return None
+        cur = [p.name for p in episode_paths]
+        stale = None
+        if names != cur:
+            stale = f"it packs {len(names)} episode files, the directory has {len(cur)} (or other names)"
+        else:
+            cs, cm = _source_stat(episode_paths)
+            if not (np.array_equal(cs, size) and np.array_equal(cm, mtime)):
+                bad = int(np.flatnonzero((cs != size) | (cm != mtime))[0])
+                stale = f"{cur[bad]} changed since it was packed"
+        if stale is None and not (len(offsets) == len(cur) + 1 and offsets[0] == 0 and offsets[-1] == N
+                                  and (np.diff(offsets) > 0).all()):
+            stale = "its offsets do not match its datasets"
+        if stale:
+            if warn:
+                warnings.warn(f"{path} is stale ({stale}); reading the episode files instead. "
+                              f"Run `lramlab data pack {task_dir}` again.", stacklevel=3)
+            return None
+        return cls(path=path, offsets=offsets, shapes=shapes, mmap=mmap)
+
+    def open(self) -> tuple[object, dict]:
+        """(open h5py file, {key: array-like}): np.memmap where the dataset is contiguous raw bytes,
+        else the h5py dataset (chunked / compressed: hyperslab reads)."""
+        f = _open(self.path)
+        out = {}
+        for key, shp in self.shapes.items():
+            if key in self.mmap:
+                off, dt = self.mmap[key]
+                # a plain ndarray view (it keeps the map alive): slicing it skips np.memmap's overhead
+                out[key] = np.memmap(self.path, dtype=dt, mode="r", offset=off, shape=shp).view(np.ndarray)
+            else:
+                out[key] = f[key]
+        return f, out
+
+
+def pack_task(task_dir, compress: bool = False, force: bool = False,
+              require_complete: bool = True) -> tuple[Path, bool]:
+    """Write `task_dir/packed.hdf5`: every episode of the task concatenated, for faster window reads.
+
+    Datasets as in an episode file but (N, ...) over all N steps, in `list_episode_files` order,
+    plus `offsets` (E+1,), `files` (episode names) and `source_size` / `source_mtime_ns`, by which
+    a reader knows the pack is current. `compress=False` stores raw contiguous arrays, which
+    readers memory-map (fastest; images take their uncompressed size); `compress=True` uses gzip
+    chunks as `write_episode` does. Every episode is read validated; the file appears atomically.
+    Returns (path, written); a current pack is kept unless `force`.
+    """
+    h5py = _h5py()
+    task_dir = Path(task_dir)
+    paths = list_episode_files(task_dir)
+    if not paths:
+        raise FileNotFoundError(f"{task_dir}: no episode files (*.hdf5) to pack")
+    final = task_dir / PACKED_NAME
+    if not force and _PackedIndex.load(task_dir, paths) is not None:
+        return final, False
+    size, mtime = _source_stat(paths)
+    metas = []
+    for p in paths:
+        with _open(p, require_complete) as f:
+            metas.append(_file_meta(p, f))
+    _, shapes0, dtypes0 = metas[0]
+    for p, (_, shapes, dtypes) in zip(paths, metas):
+        if set(shapes) != set(shapes0):
+            odd = sorted(set(shapes) ^ set(shapes0))[0]
+            raise TrajectoryFileError(p, odd, f"present in some episodes of {task_dir} but not others: "
+                                              f"a packed file needs the same datasets in every episode")
+        for k in shapes:
+            if shapes[k][1:] != shapes0[k][1:] or dtypes[k] != dtypes0[k]:
+                raise TrajectoryFileError(p, k, f"expected shape (T,) + {shapes0[k][1:]} {dtypes0[k]} "
+                                                f"like {paths[0].name}, got {shapes[k]} {dtypes[k]}")
+    lengths = np.asarray([m[0] for m in metas], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    N = int(offsets[-1])
+    fd, tmp = tempfile.mkstemp(prefix=f".{PACKED_NAME}.", suffix=".tmp", dir=task_dir)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["task"] = _task_id_of(task_dir)
+            f.attrs["format"] = _PACKED_FORMAT
+            dsets = {}
+            for k, shp in shapes0.items():
+                kw = {}
+                if compress:
+                    row = int(np.prod(shp[1:], dtype=np.int64)) * dtypes0[k].itemsize
+                    steps = int(max(1, min(N, (64 * 1024) // max(1, row), 256)))
+                    kw = dict(compression="gzip", compression_opts=4, chunks=(steps,) + shp[1:])
+                dsets[k] = f.create_dataset(k, shape=(N,) + shp[1:], dtype=dtypes0[k], **kw)
+            for p, a, b in zip(paths, offsets[:-1], offsets[1:]):
+                ep = read_episode(p, require_complete=require_complete)  # validated
+                for k, arr in ep.items():
+                    dsets[k][a:b] = arr
+            f.create_dataset("offsets", data=offsets)
+            f.create_dataset("files", data=[p.name for p in paths], dtype=h5py.string_dtype())
+            f.create_dataset("source_size", data=size)
+            f.create_dataset("source_mtime_ns", data=mtime)
+            f.attrs["n_episodes"] = len(paths)
+            f.attrs["complete"] = 1
+        after = _source_stat(paths)
+        if not (np.array_equal(after[0], size) and np.array_equal(after[1], mtime)):
+            raise RuntimeError(f"{task_dir}: episode files changed while packing; run the pack again")
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(task_dir)
+    return final, True
+
+
+def pack_main(argv: list[str]) -> int:
+    """`lramlab data pack DIR`: write one packed.hdf5 per task (concatenated episodes + offsets)."""
+    ap = argparse.ArgumentParser(prog="lramlab data pack", description=pack_main.__doc__)
+    ap.add_argument("dir", help="dataset root (DIR/<domain>/<name>/...) or one task directory")
+    ap.add_argument("--compress", action="store_true",
+                    help="gzip chunks (smaller, slower reads); default raw arrays that readers memory-map")
+    ap.add_argument("--force", action="store_true", help="re-pack tasks whose pack is current")
+    ap.add_argument("--released", action="store_true",
+                    help="files come from LRAM's released data (no 'complete' attribute required)")
+    ap.add_argument("--progress", action="store_true", help="show a progress bar")
+    args = ap.parse_args(argv)
+    try:
+        dirs = find_tasks(args.dir)
+        it = dirs
+        if args.progress:
+            from tqdm import tqdm
+
+            it = tqdm(dirs, desc="pack", unit="task")
+        for d in it:
+            path, written = pack_task(d, compress=args.compress, force=args.force,
+                                      require_complete=not args.released)
+            print(f"{d}: {'packed' if written else 'current, kept'} -> {path.name} "
+                  f"({path.stat().st_size / 2**20:.1f} MiB)")
+    except (FileNotFoundError, TrajectoryFileError, RuntimeError) as err:
+        print(f"lramlab data pack: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 # ----------------------------------------------------------------------------- stats and check
 def _episode_summary(path: Path, require_complete: bool) -> dict:
-    ep = read_episode(path, require_complete=require_complete)
-    out = {"file": path.name, "length": int(len(ep["rewards"])),
-           "return": float(np.sum(ep["rewards"], dtype=np.float64))}
-    if "success" in ep:
-        out["success"] = bool(ep["success"].any())
-    return out
+    return _summary(path.name, read_episode(path, require_complete=require_complete))
 
 
 def _return_stats(returns: list[float]) -> dict:
@@ -494,14 +944,18 @@ def _return_stats(returns: list[float]) -> dict:
     return {"mean": float(r.mean()), "std": float(r.std()), "min": float(r.min()), "max": float(r.max())}
 
 
-def write_stats(task_dir, require_complete: bool = True) -> dict:
+def write_stats(task_dir, require_complete: bool = True, summaries: Mapping[str, dict] | None = None) -> dict:
     """Read every episode of `task_dir` (validated) and write `stats.json` atomically; returns it.
 
     Keys: task, n_episodes, n_transitions, episodes [{file, length, return[, success]}],
     lengths, returns, return_stats {mean, std, min, max}, and success_rate when recorded.
+    `summaries` (file name -> entry, e.g. `StoreWriter.summaries`) gives the entries of episodes
+    the caller has just written and validated, so those files are not read again.
     """
     task_dir = Path(task_dir)
-    eps = [_episode_summary(p, require_complete) for p in list_episode_files(task_dir)]
+    summaries = summaries or {}
+    eps = [dict(summaries[p.name]) if p.name in summaries else _episode_summary(p, require_complete)
+           for p in list_episode_files(task_dir)]
     stats = {
         "task": _task_id_of(task_dir),
         "n_episodes": len(eps),
