@@ -1,0 +1,1 @@
+"""Benchmarks: `lramlab bench latency` (lramlab.bench.latency)."""
