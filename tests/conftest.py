@@ -13,6 +13,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests use tiny models: one intra-op thread is faster than two on a 2-core CI machine
+    (thread hand-off costs more than a tiny matmul), and makes timings of other tests steadier."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+
 TINY_SPECS = {
     "classic/cartpole": {"domain": "classic", "reward_scale": 10.0, "action_kind": "discrete", "action_dim": 2},
     "classic/acrobot": {"domain": "classic", "reward_scale": 10.0, "action_kind": "discrete", "action_dim": 3},
