@@ -1,0 +1,361 @@
+"""In-context learning on Dark-Room with Algorithm Distillation (paper §4.3, App. D.4).
+
+Training: the learning histories of the 80 train goals (one task directory per goal, episodes in
+learning order, `lramlab data generate --task 'darkroom/*' --policy history`), cut into windows
+of C = 2 episodes = 200 timesteps that span consecutive episodes of one history (`HistoryDataset`),
+so the model sees how returns improve from one episode to the next.
+Evaluation: on the 20 hold-out goals, 40 consecutive episodes ("ICL trials") per goal with the
+recurrent state / KV cache carried across episodes and no weight update; R̂ restarts at the target
+return (80, the paper's value) at every trial. The Transformer attends to the last 2 episodes
+(its KV window is set to the training context). All goals step together in one `DarkRoomVec`.
+
+    res = run_icl(ICLConfig(data="data/", backbone="xlstm", size="16M", steps=20_000, out="runs/icl-xlstm"))
+    res.returns        # (G, trials) return per hold-out goal and trial
+    res.mean_curve     # (trials,) mean over goals
+
+`lramlab icl --data DIR --backbone xlstm --steps N --out RUN_DIR [--checkpoint CKPT] [--json]`.
+
+Shape letters: G goals, N trials, C context timesteps, B windows.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from lramlab.data.sampling import VAL_FRACTION, TrajectoryDataset
+
+EPISODE_LENGTH = 100
+
+
+# ----------------------------------------------------------------------------------------
+# windows that span consecutive episodes of a learning history
+
+
+class HistoryDataset(TrajectoryDataset):
+    """Windows of C timesteps over a task's episodes laid end to end (its learning history).
+
+    A task directory holds one history, episodes in file order. The split is contiguous, not
+    hashed: the LAST k = max(1, round(val_fraction * n)) episodes are the validation part (tasks
+    with >= 2 episodes), so training windows never contain validation steps and validation
+    windows never reach back into training episodes. `history_start` drops that leading
+    fraction of the training part (e.g. the early, random-walk episodes).
+
+    Window end points are every timestep of the split (episodes weighted by length, as in
+    `TrajectoryDataset`); a window ending at step `end` of episode i holds the previous C steps of
+    the split's episodes i, i-1, ..., left-padded where the split starts. R̂ and rewards are the
+    episodes' own (R̂ restarts at each episode's return), as in AD with RTG conditioning.
+    """
+
+    def __init__(self, roots, split: str = "train", context_len: int = 200,
+                 val_fraction: float = VAL_FRACTION, history_start: float = 0.0, **kw: Any):
+        if split not in ("train", "val", "all"):
+            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+        if not 0.0 <= history_start < 1.0:
+            raise ValueError(f"history_start={history_start!r}: expected 0 <= value < 1")
+        super().__init__(roots, split="all", context_len=context_len, val_fraction=val_fraction, **kw)
+        self.split = split
+        self.history_start = float(history_start)
+        eps = []
+        for d in self.data:
+            n = len(d)
+            k = max(1, int(val_fraction * n + 0.5)) if (n >= 2 and val_fraction > 0) else 0
+            if split == "val":
+                sel = np.arange(n - k, n)
+            elif split == "train":
+                first = int(history_start * (n - k))
+                sel = np.arange(first, n - k)
+            else:
+                sel = np.arange(n)
+            eps.append(sel.astype(np.int64))
+        self.episodes = eps
+        self.lengths = [d.lengths[e] for d, e in zip(self.data, self.episodes)]
+        self.starts = [np.concatenate([[0], np.cumsum(ln)]).astype(np.int64) for ln in self.lengths]
+        self.n_steps = np.array([int(s[-1]) for s in self.starts], dtype=np.int64)
+
+    def fill_window(self, out: dict, b: int, ti: int, episode: int, end: int, start: int | None = None) -> None:
+        """Row b := the C steps ending at step `end` of file episode `episode`, across episodes.
+
+        `start` (a step of the same episode, as `sampling.validation_items` gives) keeps the
+        window inside that episode, like the base class; without it the window reaches back
+        through the split's earlier episodes.
+        """
+        C, info = self.context_len, self.infos[ti]
+        eps = self.episodes[ti]
+        pos = int(np.searchsorted(eps, episode))
+        if pos >= len(eps) or eps[pos] != episode:
+            raise ValueError(f"{self.tasks[ti]}: episode {episode} is not in the {self.split!r} split")
+        if start is not None:
+            if not max(0, int(end) - C + 1) <= int(start) <= int(end):
+                raise ValueError(f"window start {start} outside [{max(0, int(end) - C + 1)}, {end}]")
+            pos_stop = pos  # do not cross into the previous episode
+        else:
+            pos_stop = 0
+        pieces = []
+        need, cur_end = C, int(end)
+        while need > 0 and pos >= pos_stop:
+            ep = int(eps[pos])
+            first = max(0, cur_end - need + 1) if start is None else int(start)
+            pieces.append(self.data[ti].read(ep, first, cur_end + 1,
+                                             keys=("states", "actions", "rewards", "returns_to_go")))
+            need -= cur_end - first + 1
+            pos -= 1
+            if pos >= 0:
+                cur_end = int(self.data[ti].lengths[eps[pos]]) - 1
+        pieces.reverse()
+        w = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+        n = len(w["rewards"])
+        p = C - n  # left padding
+        if "images" in out:
+            out["images"][b, p:] = w["states"]
+        else:
+            d = w["states"].shape[1]
+            out["states"][b, p:, :d] = w["states"]
+        a = w["actions"]
+        if a.ndim == 2:
+            out["actions"][b, p:, : a.shape[1]] = a
+            out["act_dim"][b] = a.shape[1]
+        else:
+            if len(a) and a.max() >= info.action_dim:
+                raise ValueError(f"{self.tasks[ti]}: actions {int(a.max())} >= n_actions {info.action_dim}")
+            out["actions"][b, p:] = a
+            out["n_actions"][b] = info.action_dim
+        out["rtg"][b, p:] = w["returns_to_go"] / info.reward_scale
+        out["rewards"][b, p:] = w["rewards"] / info.reward_scale
+        out["mask"][b, p:] = True
+        out["task_index"][b] = ti
+
+
+    def validation_items(self, domain: str, rank: int = 0, world_size: int = 1) -> list[tuple[int, int, int]]:
+        """Windows tiling each task's split stream (its episodes end to end) from the END backwards,
+        so every timestep is a target exactly once and windows span episode boundaries (the
+        earliest one is shorter, left-padded). Window j goes to rank j % world_size."""
+        C = self.context_len
+        items = []
+        for ti in self.domain_tasks[domain]:
+            n = int(self.n_steps[ti])
+            if n == 0:
+                continue
+            ends = np.arange(n - 1, -1, -C)[::-1]
+            eps, steps = self.locate(ti, ends)
+            items.extend((ti, int(e), int(s)) for e, s in zip(eps, steps))
+        return items[rank::world_size]
+
+
+# ----------------------------------------------------------------------------------------
+# in-context evaluation
+
+
+def darkroom_spec():
+    """The TaskSpec fields every Dark-Room goal shares (reward scale, 5 actions, (x, y) obs)."""
+    from lramlab.envs.darkroom import HOLDOUT_GOALS, task_name
+    from lramlab.manifests import get_task
+
+    return get_task(task_name(HOLDOUT_GOALS[0]))
+
+
+def goals_of(which: str | Sequence) -> list[tuple[int, int]]:
+    """"holdout" (20) | "train" (80) | a list of tasks/goals -> goal cells."""
+    from lramlab.envs import darkroom as dr
+
+    if isinstance(which, str):
+        if which == "holdout":
+            return list(dr.HOLDOUT_GOALS)
+        if which == "train":
+            return list(dr.TRAIN_GOALS)
+        return [dr.parse_goal(t) for t in which.split(",") if t]
+    return [dr.parse_goal(g) for g in which]
+
+
+@torch.no_grad()
+def icl_rollouts(model: torch.nn.Module, goals: Sequence, trials: int = 40, *, target_return: float = 80.0,
+                 greedy: bool = False, seed: int = 0, context_steps: int | None = None,
+                 progress: bool = False) -> np.ndarray:
+    """Returns (G, trials): `trials` consecutive Dark-Room episodes per goal, context carried over.
+
+    All G goals step together (DarkRoomVec, one model batch). No weight updates. For the DT the
+    KV window is `context_steps` timesteps (default: the model's training context).
+    """
+    from lramlab.envs.darkroom import DarkRoomVec
+    from lramlab.rollout import Agent
+
+    goals = goals_of(goals)
+    if trials < 1:
+        raise ValueError(f"trials={trials}: expected >= 1")
+    cfg = model.cfg
+    steps = int(context_steps or cfg.context_steps)
+    bb = getattr(model, "backbone", None)
+    if cfg.backbone == "dt" and bb is not None and hasattr(type(bb), "window"):
+        bb.window = min(cfg.tokens_per_step * steps, bb.n_positions)  # the last C timesteps
+    was_training = model.training
+    model.eval()
+    env = DarkRoomVec(goals)
+    agent = Agent(model, darkroom_spec(), len(goals), greedy=greedy, target_return=target_return, seed=seed)
+    out = np.zeros((len(goals), trials), dtype=np.float64)
+    it = range(trials)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=f"ICL {cfg.backbone}", unit="trial")
+    for k in it:
+        obs = env.reset()
+        if k > 0:
+            agent.new_episode()  # same context, R̂ back to the target
+        done = False
+        while not done:
+            a = agent.act(obs)
+            obs, r, _, trunc, _ = env.step(a)
+            agent.observe(r)
+            out[:, k] += r
+            done = bool(trunc.all())
+    if was_training:
+        model.train()
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# config, result, run
+
+
+@dataclass
+class ICLConfig:
+    """An AD experiment on Dark-Room (paper App. D.4 values as defaults)."""
+
+    data: str = ""                        # dataset root holding darkroom/goal-X-Y learning histories
+    backbone: str = "xlstm"               # xlstm | mamba | dt
+    size: str = "16M"                     # paper: 16M agents
+    slstm_at: str | None = None           # xLSTM ratio/positions (None: [7:1])
+    train_goals: str = "train"            # "train" (the 80 goals found in data) or a comma list of tasks
+    eval_goals: str = "holdout"           # "holdout" (20 goals), "train", or a comma list
+    context_episodes: int = 2             # context = 2 episodes = 200 timesteps
+    steps: int = 20_000                   # updates
+    batch_size: int = 128
+    lr: float = 1e-4
+    warmup: int = 4000
+    history_start: float = 0.0            # skip this leading fraction of each history in training
+    val_fraction: float = 0.025
+    trials: int = 40                      # consecutive in-context episodes per goal
+    target_return: float = 80.0           # R̂ at the start of every trial (raw units)
+    greedy: bool = False                  # paper samples (deterministic: false)
+    seed: int = 0
+    amp: bool = True
+    device: str = "auto"
+    num_threads: int = 0
+    out: str = "runs/icl"                 # run directory (training run + icl.json)
+    checkpoint: str | None = None         # evaluate this model instead of training one
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.data and not self.checkpoint:
+            raise ValueError("ICLConfig: give data=DIR (to train) or checkpoint=... (to evaluate only)")
+        for name in ("context_episodes", "steps", "batch_size", "trials"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 1")
+        if not self.target_return > 0:
+            raise ValueError(f"target_return={self.target_return!r}: expected > 0")
+
+    @property
+    def context(self) -> int:
+        return self.context_episodes * EPISODE_LENGTH
+
+
+@dataclass
+class ICLResult:
+    backbone: str
+    goals: list[tuple[int, int]]
+    returns: np.ndarray                   # (G, trials)
+    run_dir: Path | None = None
+    train_metrics: dict = field(default_factory=dict)
+
+    @property
+    def mean_curve(self) -> np.ndarray:
+        """(trials,) mean return over goals per trial."""
+        return self.returns.mean(axis=0)
+
+    def to_dict(self) -> dict:
+        return {"backbone": self.backbone, "goals": [list(g) for g in self.goals],
+                "returns": self.returns.tolist(), "mean_curve": self.mean_curve.tolist(),
+                "run_dir": str(self.run_dir) if self.run_dir else None, "train_metrics": self.train_metrics}
+
+
+def train_config_for(cfg: ICLConfig):
+    """The TrainConfig of the AD training run (history windows, context of 2 episodes)."""
+    from lramlab.envs import darkroom as dr
+    from lramlab.train import TrainConfig
+    from lramlab.train.loop import found_tasks
+
+    if cfg.train_goals == "train":
+        found = set(found_tasks([cfg.data]))
+        tasks = tuple(t for t in dr.all_tasks("train") if t in found)
+        if not tasks:
+            raise ValueError(f"no Dark-Room train-goal histories (darkroom/goal-X-Y) under {cfg.data}")
+    else:
+        tasks = tuple(dr.task_name(g) for g in goals_of(cfg.train_goals))
+    return TrainConfig(data=(cfg.data,), tasks=tasks, window="history", history_start=cfg.history_start,
+                       val_fraction=cfg.val_fraction, backbone=cfg.backbone, size=cfg.size, slstm_at=cfg.slstm_at,
+                       steps=cfg.steps, batch_size=cfg.batch_size, context=cfg.context, lr=cfg.lr,
+                       warmup=min(cfg.warmup, cfg.steps), amp=cfg.amp, seed=cfg.seed, device=cfg.device,
+                       out=cfg.out, val_every=0, ckpt_every=max(1, cfg.steps // 4), log_every=10,
+                       progress=cfg.progress, num_threads=cfg.num_threads)
+
+
+def run_icl(cfg: ICLConfig) -> ICLResult:
+    """Train an AD agent on the train goals' histories (unless `checkpoint`), then run ICL trials."""
+    from lramlab.train.checkpoint import load_model_from_checkpoint
+    from lramlab.train.distributed import pick_device
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    metrics: dict = {}
+    run_dir = Path(cfg.out)
+    if cfg.checkpoint:
+        src = cfg.checkpoint
+    else:
+        from lramlab.train import run
+
+        res = run(train_config_for(cfg))
+        metrics, src, run_dir = res.metrics, str(res.model_path), res.run_dir
+    device = pick_device(cfg.device)
+    model = load_model_from_checkpoint(src, map_location=device)
+    goals = goals_of(cfg.eval_goals)
+    rets = icl_rollouts(model, goals, cfg.trials, target_return=cfg.target_return, greedy=cfg.greedy,
+                        seed=cfg.seed, context_steps=cfg.context, progress=cfg.progress)
+    result = ICLResult(backbone=model.cfg.backbone, goals=goals, returns=rets, run_dir=run_dir,
+                       train_metrics=metrics)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from lramlab.data.store import atomic_write_text
+
+    atomic_write_text(run_dir / "icl.json", json.dumps({"config": asdict(cfg), **result.to_dict()}, indent=1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lramlab icl --data DIR --backbone B --steps N --out RUN_DIR [--checkpoint CKPT] [--json]`."""
+    from lramlab.train.config import config_from_args, parser_for
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser_for(ICLConfig, prog="lramlab icl")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = p.parse_args(argv)
+    as_json = args.json
+    del args.json
+    try:
+        cfg = config_from_args(ICLConfig, args)
+    except ValueError as err:
+        p.error(str(err))
+    res = run_icl(cfg)
+    if as_json:
+        print(json.dumps(res.to_dict(), indent=1))
+    else:
+        curve = res.mean_curve
+        print(f"ICL {res.backbone}: {len(res.goals)} goals x {len(curve)} trials -> {res.run_dir}/icl.json")
+        print("mean return per trial: " + " ".join(f"{v:.1f}" for v in curve))
+    return 0
+
+
+__all__ = ["HistoryDataset", "ICLConfig", "ICLResult", "icl_rollouts", "run_icl", "train_config_for", "main"]

@@ -1,0 +1,45 @@
+"""Training (paper App. C): `run(TrainConfig) -> RunResult` is the one entry point.
+
+    from lramlab.train import TrainConfig, run
+    res = run(TrainConfig(data=("data/",), backbone="xlstm", size="16M", steps=1000, out="runs/x"))
+
+Command line (the same dataclass, see `lramlab.train.config`):
+
+    lramlab train --data DIR [DIR ...] --backbone xlstm --size 16M --steps N --batch-size B \
+        --context C --out RUN_DIR [--resume] [--lr ... --warmup ... --tasks ... --domains ...]
+    torchrun --nproc_per_node=N -m lramlab.train ...      # DDP (gloo on CPU, NCCL on GPU)
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from lramlab.train.config import TrainConfig, config_from_args, parser_for
+from lramlab.train.loop import RunResult, run, train_step, validate
+
+__all__ = ["TrainConfig", "RunResult", "run", "train_step", "validate", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lramlab train ...`: parse TrainConfig from the command line and run it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser_for(TrainConfig, prog="lramlab train", required=("data", "out"))
+    p.add_argument("--json", action="store_true", help="print the RunResult as JSON at the end")
+    args = p.parse_args(argv)
+    as_json = args.json
+    del args.json
+    try:
+        cfg = config_from_args(TrainConfig, args)
+    except ValueError as err:
+        p.error(str(err))
+    res = run(cfg)
+    from lramlab.train.distributed import env_world
+
+    if env_world()[0] == 0:
+        if as_json:
+            print(json.dumps(res.to_dict(), indent=2, default=str))
+        else:
+            keys = ("train/loss", "val/perplexity", "val/loss")
+            summary = ", ".join(f"{k}={res.metrics[k]:.4g}" for k in keys if k in res.metrics)
+            print(f"lramlab train: {res.step} steps in {res.wall_s:.1f}s -> {res.run_dir} ({summary})")
+    return 0
