@@ -167,3 +167,99 @@ def test_inplace_chunk_matches_functional_chunk(lazy, piece, per_head, monkeypat
     assert torch.equal(m, m_ref.view(-1)) or torch.allclose(m, m_ref.view(-1), atol=1e-5)
     if lazy:
         assert a.min() > -31  # the scale was folded back in, never left to underflow
+
+
+# ------------------------------------------------------------------ numba CPU kernels (_xlstm_step)
+def _kernels():
+    from lramlab.models.backbones import _xlstm_step
+
+    k = _xlstm_step.kernels()
+    if k is None:
+        pytest.skip("numba is not installed: the fast step runs on torch ops only")
+    return k
+
+
+@pytest.mark.parametrize("impl", ["numba", "torch"])
+@pytest.mark.parametrize("slstm_at", [(1,), ()], ids=["7:1", "1:0"])
+def test_both_step_impls_equal_parallel_forward(impl, slstm_at):
+    if impl == "numba":
+        _kernels()
+    bb = backbone(slstm_at, n_layers=3)
+    bb.step_impl = impl
+    assert bb.effective_step_impl() == impl
+    x = tokens(2, 24, 64)
+    with torch.no_grad():
+        ref = bb(x)
+        # a 21-token piece (torch ops: longer than the fused kernel takes), then 3-token steps
+        state = bb.init_state(2)
+        ys = [bb.step(x[:, :21], state)[0]] + [bb.step(p, state)[0] for p in x[:, 21:].split(3, dim=1)]
+    assert (torch.cat(ys, dim=1) - ref).abs().max().item() <= ATOL
+
+
+def test_numba_and_torch_impls_agree_on_the_16m_block_shapes():
+    """One mLSTM block of the 16M preset's width (DH=256 heads, 1024 inner) from a non-zero state."""
+    _kernels()
+    bb = backbone((), n_layers=1, d_model=512, n_heads=4)
+    x = tokens(1, 12, 512)
+    outs = {}
+    with torch.no_grad():
+        for impl in ("torch", "numba"):
+            bb.step_impl = impl
+            state = bb.init_state(1)
+            outs[impl] = torch.cat([bb.step(p, state)[0] for p in x.split(3, dim=1)], dim=1)
+        ref = bb(x)
+    assert (outs["numba"] - outs["torch"]).abs().max().item() <= ATOL
+    assert (outs["numba"] - ref).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 7, 9])
+@pytest.mark.parametrize("bias", [False, True])
+def test_numba_linear_rows_equals_linear(M, bias):
+    k = _kernels()
+    g = torch.Generator().manual_seed(M)
+    x, W, b = torch.randn(M, 37, generator=g), torch.randn(23, 37, generator=g), torch.randn(23, generator=g)
+    out = torch.full((M, 23), float("nan"))
+    k.linear_rows(x.numpy(), W.numpy(), b.numpy(), bias, out.numpy())
+    assert torch.allclose(out, torch.nn.functional.linear(x, W, b if bias else None), atol=1e-5, rtol=1e-5)
+
+
+def test_cached_step_weights_follow_an_optimizer_step():
+    """The fused/converted step weights are cached; an optimizer step (in-place update) must
+    invalidate them, for both implementations."""
+    bb = backbone((1,))
+    x = tokens(1, 9, 64)
+    with torch.no_grad():
+        for impl in ("numba", "torch"):
+            bb.step_impl = impl
+            run_steps(bb, x, 3)  # builds and caches the step weights
+    bb.train()
+    opt = torch.optim.SGD(bb.parameters(), lr=0.5)
+    bb(x).pow(2).mean().backward()
+    opt.step()
+    bb.eval()
+    with torch.no_grad():
+        ref = bb(x)
+        for impl in ("numba", "torch"):
+            bb.step_impl = impl
+            assert (run_steps(bb, x, 3) - ref).abs().max().item() <= ATOL, impl
+        # and after loading other weights
+        other = backbone((1,), seed=9)
+        bb.load_state_dict(other.state_dict())
+        ref = other(x)
+        for impl in ("numba", "torch"):
+            bb.step_impl = impl
+            assert (run_steps(bb, x, 3) - ref).abs().max().item() <= ATOL, impl
+
+
+def test_latency_bench_times_step_kernels_side_by_side():
+    from lramlab.bench.latency import agent_latency_over_contexts
+
+    rows = agent_latency_over_contexts("xlstm", "tiny", [2, 5], 1, warmup=1, reps=2,
+                                       xlstm_kernels=["fast", "fast-torch", "reference"])
+    names = [(r["backbone"], r["context_steps"]) for r in rows]
+    assert names == [("xlstm", 2), ("xlstm", 5), ("xlstm-torchstep", 2), ("xlstm-torchstep", 5),
+                     ("xlstm-pkgstep", 2), ("xlstm-pkgstep", 5)]
+    assert {r["step_impl"] for r in rows if r["backbone"] == "xlstm-torchstep"} == {"torch"}
+    assert all(r["median_ms"] > 0 and r["state_mb"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="fastest"):
+        agent_latency_over_contexts("xlstm", "tiny", [2], 1, reps=1, xlstm_kernels=["fastest"])

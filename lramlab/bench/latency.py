@@ -254,25 +254,54 @@ def estimate_state_bytes(backbone: str, size: str, B: int, C: int) -> int:
     return 4 * cfg.n_layers * B * 2 * cfg.d_model * (cfg.mamba_d_state + cfg.mamba_d_conv)
 
 
+XLSTM_STEP_KERNELS = ("fast", "fast-torch", "reference")
+_XLSTM_ROW_NAME = {"fast": "xlstm", "fast-torch": "xlstm-torchstep", "reference": "xlstm-pkgstep"}
+
+
 def agent_latency_over_contexts(backbone: str, size: str, contexts: list[int], batch_size: int, *, device="cpu",
                                 obs: str = "state", warmup: int = 5, reps: int = 30, chunkwise: bool = True,
                                 kernel: str = "fast", step_weights: str = "float32", prefill_mode: str = "compute",
-                                model=None) -> list[dict]:
+                                model=None, xlstm_kernels: Optional[list[str]] = None) -> list[dict]:
     """Per-timestep latency of the agent step at each context C, one row per C, timed round-robin.
 
     Recurrent backbones: one stream is prefilled once and its state copied at each C
     (prefill_mode "skip" only counts the steps: a recurrent state has the same size and cost
-    whatever it holds). DT: a KV cache of 3C tokens per C (window 3C + 3, see module docstring)."""
+    whatever it holds). DT: a KV cache of 3C tokens per C (window 3C + 3, see module docstring).
+    xlstm_kernels (xLSTM only; replaces `kernel`): step implementations timed side by side, round-robin
+    in the same loop over the same weights: "fast" (lramlab's step with its numba CPU kernels when
+    numba is installed), "fast-torch" (the same step on torch ops only, the previous fast path),
+    "reference" (the package's own token step loop, chunkwise=False). Rows are named
+    xlstm / xlstm-torchstep / xlstm-pkgstep."""
     from lramlab.models.agent import AgentState
 
     device = torch.device(device)
     B, Cs = batch_size, sorted(set(contexts))
+    variants = list(xlstm_kernels) if (backbone == "xlstm" and xlstm_kernels) else [kernel]
+    for v in variants:
+        if v not in XLSTM_STEP_KERNELS and backbone == "xlstm":
+            raise ValueError(f"xlstm step kernel {v!r}; valid: {', '.join(XLSTM_STEP_KERNELS)}")
+    first_fast = next((v for v in variants if v != "reference"), None)
     if model is None:
-        model = _build(backbone, size, max(Cs), device, kernel, step_weights=step_weights)
+        model = _build(backbone, size, max(Cs), device, "fast" if first_fast else "reference", step_weights=step_weights)
+    models = {}
+    for v in variants:
+        if backbone == "xlstm" and v == "reference" and model.backbone.step_kernel != "reference":
+            ref = _build(backbone, size, max(Cs), device, "reference", step_weights=step_weights)
+            ref.load_state_dict(model.state_dict())
+            models[v] = ref
+        else:
+            models[v] = model
     o, rtg, prev_r = _bench_inputs(B, device, obs)
-    name = backbone + ("-pkgstep" if kernel == "reference" and backbone == "xlstm" else "")
-    if backbone == "xlstm" and step_weights != "float32":
-        name += f"-{step_weights}w"
+
+    def row_name(v):
+        name = backbone
+        if backbone == "xlstm":
+            name = _XLSTM_ROW_NAME.get(v, backbone) if xlstm_kernels else (
+                backbone + ("-pkgstep" if v == "reference" else ""))
+            if step_weights != "float32" and v != "reference":
+                name += f"-{step_weights}w"
+        return name
+
     with torch.inference_mode(), PeakMemory(device) as mem:
         t0 = time.perf_counter()
         if backbone == "dt":
@@ -283,33 +312,52 @@ def agent_latency_over_contexts(backbone: str, size: str, contexts: list[int], b
                 states[C] = AgentState(bstate, B, steps=C)
             how = "cache sized, not computed"
         elif prefill_mode == "skip":
-            states = {C: AgentState(model.init_state(batch_size=B).backbone, B, steps=C) for C in Cs}
+            states = {C: AgentState(models[variants[0]].init_state(batch_size=B).backbone, B, steps=C) for C in Cs}
             how = "skipped (fixed-size state)"
         else:
             states = prefill_states(model, B, Cs, obs=obs)
             how = "computed"
         prefill_s = time.perf_counter() - t0
+        all_states = {}
+        for v in variants:
+            for C in Cs:
+                if v == "reference" and backbone == "xlstm" and first_fast:
+                    # the package's state format differs; its state has a fixed size (cost independent of C)
+                    all_states[v, C] = AgentState(models[v].init_state(batch_size=B).backbone, B, steps=C)
+                else:
+                    all_states[v, C] = states[C] if len(variants) == 1 else copy.deepcopy(states[C])
 
-        def stepper(C):
-            st = states[C]
+        def stepper(v, C):
+            st, mdl = all_states[v, C], models[v]
+            impl = {"fast": "numba", "fast-torch": "torch"}.get(v)
+            chunk = chunkwise and v != "reference" if xlstm_kernels else chunkwise
 
             def one_step():
                 if backbone == "dt":
                     st.backbone.length = 3 * C
-                model.step(st, obs=o, rtg=rtg, prev_reward=prev_r, chunkwise=chunkwise)
+                if impl is not None and backbone == "xlstm":
+                    mdl.backbone.step_impl = impl
+                mdl.step(st, obs=o, rtg=rtg, prev_reward=prev_r, chunkwise=chunk)
             return one_step
 
-        res = measure_latency_interleaved({C: stepper(C) for C in Cs}, warmup=warmup, reps=reps)
-        state_mb = {C: tensor_bytes(states[C].backbone) / 2**20 for C in Cs}
+        res = measure_latency_interleaved({(v, C): stepper(v, C) for v in variants for C in Cs},
+                                          warmup=warmup, reps=reps)
+        state_mb = {(v, C): tensor_bytes(all_states[v, C].backbone) / 2**20 for v in variants for C in Cs}
     rows = []
-    for C in Cs:
-        row = {"backbone": name, "size": size, "params": model.num_parameters(), "batch_size": B,
-               "context_steps": C, "device": str(device), "threads": torch.get_num_threads(), "obs": obs,
-               "mode": "chunkwise" if chunkwise else "token", "prefill": how, "prefill_s": round(prefill_s, 3),
-               "state_mb": round(state_mb[C], 3)}
-        row.update({k: round(v, 3) if isinstance(v, float) else v for k, v in res[C].to_dict().items()})
-        row["peak_mem_mb"] = None if mem.mb is None else round(mem.mb, 1)  # of the whole group
-        rows.append(row)
+    for v in variants:
+        for C in Cs:
+            chunk = chunkwise and v != "reference" if xlstm_kernels else chunkwise
+            row = {"backbone": row_name(v), "size": size, "params": model.num_parameters(), "batch_size": B,
+                   "context_steps": C, "device": str(device), "threads": torch.get_num_threads(), "obs": obs,
+                   "mode": "chunkwise" if chunk else "token",
+                   "prefill": "skipped (fixed-size state)" if (v == "reference" and xlstm_kernels) else how,
+                   "prefill_s": round(prefill_s, 3), "state_mb": round(state_mb[v, C], 3)}
+            if backbone == "xlstm" and v != "reference":
+                models[v].backbone.step_impl = "numba" if v == "fast" else "torch"
+                row["step_impl"] = models[v].backbone.effective_step_impl(device)
+            row.update({k: round(x, 3) if isinstance(x, float) else x for k, x in res[v, C].to_dict().items()})
+            row["peak_mem_mb"] = None if mem.mb is None else round(mem.mb, 1)  # of the whole group
+            rows.append(row)
     return rows
 
 
@@ -390,6 +438,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="recurrent backbones: run the C-step context through the model first, or only count it")
     p.add_argument("--xlstm-step-weights", choices=["float32", "float16"], default="float32",
                    help="xLSTM fast step: exact fp32 weights, or fbgemm fp16-packed projection weights (CPU)")
+    p.add_argument("--xlstm-step-kernel", type=_strs, default=["fast"],
+                   help="xLSTM step implementations timed side by side (round-robin, same weights): comma list of "
+                        "fast (lramlab's step with numba CPU kernels when numba is installed), fast-torch (the same "
+                        "step on torch ops only: the previous fast path), reference (the xlstm package's token step)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -415,6 +467,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for r in a.references:
         if r not in ("xlstm-pkgstep", "hf-gpt2"):
             p.error(f"--references: unknown reference {r!r}; valid: xlstm-pkgstep, hf-gpt2, none")
+    for k in a.xlstm_step_kernel:
+        if k not in XLSTM_STEP_KERNELS:
+            p.error(f"--xlstm-step-kernel: unknown kernel {k!r}; valid: {', '.join(XLSTM_STEP_KERNELS)}")
     if a.reps < 1 or a.warmup < 0:
         p.error(f"--reps={a.reps} must be >= 1 and --warmup={a.warmup} >= 0")
     return a
@@ -422,9 +477,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def _fmt(row: dict) -> str:
     if "skipped" in row:
-        return f"{row['backbone']:<14} {row['size']:<9} B={row['batch_size']:<3} C={row['context_steps']:<6} skipped: {row['skipped']}"
+        return f"{row['backbone']:<16} {row['size']:<9} B={row['batch_size']:<3} C={row['context_steps']:<6} skipped: {row['skipped']}"
     mem = "-" if row.get("peak_mem_mb") is None else f"{row['peak_mem_mb']:.0f}"
-    return (f"{row['backbone']:<14} {row['size']:<9} B={row['batch_size']:<3} C={row['context_steps']:<6} "
+    return (f"{row['backbone']:<16} {row['size']:<9} B={row['batch_size']:<3} C={row['context_steps']:<6} "
             f"median {row['median_ms']:8.2f} ms  p10 {row['p10_ms']:8.2f}  p90 {row['p90_ms']:8.2f}  "
             f"cpu {row.get('cpu_median_ms', float('nan')):8.2f}  "
             f"state {row['state_mb']:9.2f} MB  peak {mem:>6} MB")
@@ -458,12 +513,14 @@ def run(args: argparse.Namespace) -> list[dict]:
                     for r in agent_latency_over_contexts(
                             backbone, size, Cs, B, device=args.device, obs=args.obs, warmup=args.warmup,
                             reps=args.reps, chunkwise=chunkwise, prefill_mode=args.prefill,
-                            step_weights=args.xlstm_step_weights if backbone == "xlstm" else "float32"):
+                            step_weights=args.xlstm_step_weights if backbone == "xlstm" else "float32",
+                            xlstm_kernels=args.xlstm_step_kernel if args.xlstm_step_kernel != ["fast"] else None):
                         emit(r)
                 except (MemoryError, RuntimeError) as err:
                     emit({"backbone": backbone, "size": size, "batch_size": B, "context_steps": max(Cs),
                           "skipped": f"{type(err).__name__}: {err}"[:200]})
-                if backbone == "xlstm" and "xlstm-pkgstep" in args.references:
+                if backbone == "xlstm" and "xlstm-pkgstep" in args.references \
+                        and "reference" not in args.xlstm_step_kernel:
                     # the package's own step loop (3 token steps per timestep); fixed-size state, so one context
                     emit(agent_step_latency("xlstm", size, min(Cs), B, device=args.device, obs=args.obs, warmup=2,
                                             reps=max(5, args.reps // 3), kernel="reference", chunkwise=False))

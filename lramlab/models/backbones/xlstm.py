@@ -8,8 +8,11 @@ parameters (STYLE.md §6; `LRAMConfig.xlstm_step_kernel` chooses, `self.step_ker
     attention-like matrix, the same stabiliser as the recurrent form), so a whole timestep of 3
     tokens is one call and every weight matrix is read once per timestep, not once per token; the
     (DH x DH) states are updated in place. sLSTM is recurrent by nature: its projections are batched
-    over the l tokens, only the cell loops. Optionally (`xlstm_step_weights="float16"`, CPU) the
-    big projections use fbgemm fp16-packed weights. Long inputs (a prefill) go in pieces.
+    over the l tokens, only the cell loops. On a CPU with numba (`self.step_impl = "numba"`, the
+    default; "torch" = torch ops only) small steps (B*l <= 12 rows, l <= 16) run on the kernels of
+    `_xlstm_step`: bandwidth-bound small-M projections and one fused call per mLSTM/sLSTM layer
+    core; same fp32 arithmetic up to summation order. Optionally (`xlstm_step_weights="float16"`,
+    CPU) the big projections use fbgemm fp16-packed weights. Long inputs (a prefill) go in pieces.
   - "reference": the package's own `xLSTMBlockStack.step`, one token at a time.
 Both are tested equal to the parallel forward.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,14 @@ log = logging.getLogger(__name__)
 # long context, are cut into pieces so activations stay small); a multiple of 3 (one timestep).
 STEP_PIECE_TOKENS = 192
 _EPS = 1e-6  # the package's mLSTM normaliser epsilon
+_MAX_NUMBA_ROWS = 12  # B * l up to which the numba small-M projection kernel beats MKL
+_MAX_CORE_TOKENS = 16  # longest l the fused numba mLSTM core takes (prefill pieces use torch ops)
+
+
+def _xlstm_step_kernels():
+    from . import _xlstm_step
+
+    return _xlstm_step.kernels()
 
 
 def _resolve_slstm_backend(requested: str) -> str:
@@ -124,7 +135,7 @@ def _conv_step(x: torch.Tensor, hist: torch.Tensor, w: torch.Tensor, b: Optional
         y = (xc.unfold(1, K, 1) * w).sum(-1)  # (B, l, C, K) -> (B, l, C)
     if b is not None:
         y = y + b
-    return y, xc[:, l:]
+    return y, xc[:, l:].clone()  # a compact copy: a view would keep the whole (K-1+l) piece alive
 
 
 def _mlstm_chunk(q, k, v, ipre, fpre, C0, n0, m0, eps: float = _EPS):
@@ -298,10 +309,13 @@ class XLSTMBackbone(nn.Module):
         self.step_kernel = cfg.xlstm_step_kernel
         self.n_heads = cfg.n_heads
         self.step_weights = cfg.xlstm_step_weights
+        # fast-path implementation on a CPU: "numba" (small-M kernels from _xlstm_step, when numba is
+        # installed) or "torch" (torch ops only). Same arithmetic up to summation order.
+        self.step_impl = "numba"
         if self.step_weights == "float16" and not _fp16_packed_linear_available():
             raise ValueError("LRAMConfig.xlstm_step_weights='float16' needs torch's fbgemm fp16 linear ops, "
                              "which this torch build lacks; use 'float32'")
-        self._fast_cache: Optional[tuple[Any, list]] = None
+        self._fast_cache: dict = {}  # step_impl -> (parameter versions, weights)
         self._params: Optional[list] = None
         self.register_state_dict_post_hook(_slstm_to_external)
         self.register_load_state_dict_pre_hook(_slstm_from_external)
@@ -374,32 +388,69 @@ class XLSTMBackbone(nn.Module):
 
     # fast path internals --------------------------------------------------------------------
     def _fast_weights(self) -> list:
-        """Fused/re-laid-out views of the package's weights, cached until a parameter changes."""
+        """Fused/re-laid-out views of the package's weights, cached (per `step_impl`) until a
+        parameter changes (an optimizer step or load_state_dict bumps its `_version`)."""
         if self._params is None:
             self._params = list(self.parameters())
         key = tuple((p.data_ptr(), p._version) for p in self._params)
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self._params)
-        if not grad and self._fast_cache is not None and self._fast_cache[0] == key:
-            return self._fast_cache[1]
+        cached = self._fast_cache.get(self.step_impl)
+        if not grad and cached is not None and cached[0] == key:
+            return cached[1]
         with torch.set_grad_enabled(grad):
             weights = [self._block_weights(block, kind, packed=not grad)
                        for block, kind in zip(self.stack.blocks, self.kinds)]
         if not grad:
-            self._fast_cache = (key, weights)
+            fresh = {impl: kw for impl, kw in self._fast_cache.items() if kw[0] == key}  # drop stale ones
+            self._fast_cache = {**fresh, self.step_impl: (key, weights)}
         return weights
+
+    def effective_step_impl(self, device=None) -> str:
+        """What the fast step runs on `device` (default: the parameters'): "numba" or "torch"."""
+        p = next(self.parameters())
+        device = torch.device(device) if device is not None else p.device
+        if self.step_impl == "numba" and device.type == "cpu" and p.dtype == torch.float32 \
+                and _xlstm_step_kernels() is not None:
+            return "numba"
+        return "torch"
+
+    def _numba(self, weight: torch.Tensor):
+        """The numba kernels when this step may use them for `weight`'s device/dtype, else None."""
+        if self.step_impl != "numba" or weight.device.type != "cpu" or weight.dtype != torch.float32:
+            return None
+        from . import _xlstm_step
+
+        return _xlstm_step.kernels()
 
     def _linear_weights(self, w: dict, name: str, weight, bias, packed: bool) -> None:
         w[name] = (weight, bias, None)
-        if packed and self.step_weights == "float16" and weight.device.type == "cpu" and weight.dtype == torch.float32:
+        if not packed or weight.device.type != "cpu" or weight.dtype != torch.float32:
+            return
+        if self.step_weights == "float16":
             # fbgemm: weights packed once in fp16, fp32 activations and accumulation
             w[name] = (weight, bias, torch.ops.quantized.linear_prepack_fp16(weight.detach(), None if bias is None else bias.detach()))
+        elif self._numba(weight) is not None:
+            # numpy views sharing the parameters' memory, for the small-M kernel (see _xlstm_step)
+            wn = weight.detach().contiguous().numpy()
+            bn = (bias.detach().contiguous().numpy() if bias is not None else wn[0])
+            w[name] = (weight, bias, ("numba", wn, bn, bias is not None))
 
     @staticmethod
     def _lin(x: torch.Tensor, wb) -> torch.Tensor:
         weight, bias, packed = wb
-        if packed is not None:
-            return torch.ops.quantized.linear_dynamic_fp16(x, packed)
-        return F.linear(x, weight, bias)
+        if packed is None:
+            return F.linear(x, weight, bias)
+        if isinstance(packed, tuple):
+            _, wn, bn, has_bias = packed
+            K, O = wn.shape[1], wn.shape[0]
+            x2 = x.reshape(-1, K)
+            if x2.shape[0] > _MAX_NUMBA_ROWS:
+                return F.linear(x, weight, bias)
+            x2 = x2.contiguous()
+            out = x2.new_empty(x2.shape[0], O)
+            _xlstm_step_kernels().linear_rows(x2.numpy(), wn, bn, has_bias, out.numpy())
+            return out.view(*x.shape[:-1], O)
+        return torch.ops.quantized.linear_dynamic_fp16(x, packed)
 
     def _block_weights(self, block, kind: str, packed: bool) -> dict:
         layer = block.xlstm
@@ -422,6 +473,16 @@ class XLSTMBackbone(nn.Module):
             w["outnorm"] = cell.outnorm.weight_proxy.view(self.n_heads, 1, -1)  # (NH, 1, DH)
             w["outnorm_eps"] = cell.outnorm.eps
             w["skip"] = layer.learnable_skip
+            kern = self._numba(layer.proj_up.weight) if packed else None
+            if kern is not None:  # numpy views/copies for the fused mLSTM core (see _xlstm_step.mlstm_core)
+                npy = lambda t: t.detach().contiguous().numpy()  # noqa: E731
+                I = w["I"]
+                has_b = layer.q_proj.bias is not None
+                qkv_b = torch.stack([layer.q_proj.bias, layer.k_proj.bias, layer.v_proj.bias]).reshape(3, I) \
+                    if has_b else torch.zeros(3, I)
+                w["core"] = (npy(w["conv_w"]), npy(w["conv_b"]), npy(layer.q_proj.weight), npy(layer.k_proj.weight),
+                             npy(layer.v_proj.weight), npy(qkv_b), has_b, npy(w["if"]), npy(w["if_b"]),
+                             npy(w["outnorm"].reshape(self.n_heads, -1)), float(w["outnorm_eps"]), npy(w["skip"]))
         else:
             cell = layer.slstm_cell
             NH, DH = cell.config.num_heads, cell.config.head_dim
@@ -437,6 +498,10 @@ class XLSTMBackbone(nn.Module):
             self._linear_weights(w, "ffn_down", block.ffn.proj_down.weight, block.ffn.proj_down.bias, packed)
             w["ffn_act"] = block.ffn.act_fn
             w["NH"], w["DH"] = NH, DH
+            if packed and self._numba(layer.fgate.weight) is not None:  # for _xlstm_step.slstm_core
+                npy = lambda t: t.detach().contiguous().numpy()  # noqa: E731
+                w["core"] = (npy(w["conv_w"]), npy(w["conv_b"]), npy(w["if"]), npy(w["zo"]), npy(w["R"]),
+                             npy(w["bias"].reshape(NH, 4, DH)), npy(w["gn"]), float(w["gn_eps"]))
         return w
 
     def _mlstm_block_step(self, x: torch.Tensor, st: dict, w: dict) -> torch.Tensor:
@@ -444,6 +509,15 @@ class XLSTMBackbone(nn.Module):
         I, NH = w["I"], self.n_heads
         DH, BH, N = I // NH, B * NH, B * l
         up = self._lin(F.layer_norm(x, (D,), w["norm"], None, w["eps"]), w["up"])  # (B, l, 2I)
+        if "core" in w and l <= _MAX_CORE_TOKENS and not torch.is_grad_enabled():
+            # one numba call from the up- to the down-projection (conv, q/k/v, gates, cell, norms)
+            up = up.contiguous()
+            h = up.new_empty(B, l, I)
+            (cw, cb, qw, kw, vw, qkv_b, has_b, gw, gb, onw, on_eps, skip) = w["core"]
+            _xlstm_step_kernels().mlstm_core(
+                up.numpy(), st["conv"].numpy(), cw, cb, qw, kw, vw, qkv_b, has_b, gw, gb, st["C"].numpy(),
+                st["m"].numpy(), st["a"].numpy(), onw, on_eps, skip, _EPS, _LAZY_LIMIT, h.numpy())
+            return x + self._lin(h, w["down"])
         xm, z = up[..., :I], up[..., I:]
         xc, st["conv"] = _conv_step(xm, st["conv"], w["conv_w"], w["conv_b"])
         xc = F.silu(xc)
@@ -482,6 +556,15 @@ class XLSTMBackbone(nn.Module):
         B, l, D = x.shape
         NH, DH = w["NH"], w["DH"]
         xn = F.layer_norm(x, (D,), w["norm"], None, w["eps"])
+        if "core" in w and l <= _MAX_CORE_TOKENS and not torch.is_grad_enabled():
+            # one numba call from the normed input to the group-normed output (conv, gates, cell)
+            _compact_slstm_state(st)
+            out = x.new_empty(B, l, D)
+            (cw, cb, wif, wzo, R, bias, gn, gn_eps) = w["core"]
+            _xlstm_step_kernels().slstm_core(xn.contiguous().numpy(), st["conv"].numpy(), cw, cb, wif, wzo, R, bias,
+                                             st["y"].numpy(), st["c"].numpy(), st["n"].numpy(), st["m"].numpy(),
+                                             gn, gn_eps, out.numpy())
+            return self._ffn(x + out, w)
         xc, st["conv"] = _conv_step(xn, st["conv"], w["conv_w"], w["conv_b"])
         xc = F.silu(xc)
         # (NH, B*l, DH) @ (NH, DH, 2DH) -> gates i, f from the conv branch; z, o from the normed input
@@ -492,9 +575,21 @@ class XLSTMBackbone(nn.Module):
             wx, st["y"], st["c"], st["n"], st["m"], w["R"], w["bias"])
         out = F.layer_norm(ys, (DH,), None, None, w["gn_eps"])  # (NH, B, l, DH)
         out = out.permute(1, 2, 0, 3).reshape(B, l, D) * w["gn"]
-        x = x + out
+        return self._ffn(x + out, w)
+
+    def _ffn(self, x: torch.Tensor, w: dict) -> torch.Tensor:
+        D = x.shape[-1]
         gate, upv = self._lin(F.layer_norm(x, (D,), w["ffn_norm"], None, w["ffn_eps"]), w["ffn_up"]).chunk(2, dim=-1)
         return x + self._lin(w["ffn_act"](gate) * upv, w["ffn_down"])
+
+
+def _compact_slstm_state(st: dict) -> None:
+    """The fused sLSTM kernel updates y, c, n, m in place. After the torch path they can be strided
+    results of ops on gate slices or views into bigger tensors: give the kernel compact copies."""
+    for k in ("y", "c", "n", "m"):
+        t = st[k]
+        if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            st[k] = t.clone(memory_format=torch.contiguous_format)
 
 
 # --------------------------------------------------------------------------------------------
