@@ -7,7 +7,9 @@ so the model sees how returns improve from one episode to the next.
 Evaluation: on the 20 hold-out goals, 40 consecutive episodes ("ICL trials") per goal with the
 recurrent state / KV cache carried across episodes and no weight update; R̂ restarts at the target
 return (80, the paper's value) at every trial. The Transformer attends to the last 2 episodes
-(its KV window is set to the training context). All goals step together in one `DarkRoomVec`.
+(its KV window is set to the training context), by default in the DT's "hop" window mode
+(re-encode the last episode once per episode instead of the last 2 episodes every step;
+backbones/dt.py). All goals step together in one `DarkRoomVec`.
 
     res = run_icl(ICLConfig(data="data/", backbone="xlstm", size="16M", steps=20_000, out="runs/icl-xlstm"))
     res.returns        # (G, trials) return per hold-out goal and trial
@@ -175,11 +177,12 @@ def goals_of(which: str | Sequence) -> list[tuple[int, int]]:
 @torch.no_grad()
 def icl_rollouts(model: torch.nn.Module, goals: Sequence, trials: int = 40, *, target_return: float = 80.0,
                  greedy: bool = False, seed: int = 0, context_steps: int | None = None,
-                 progress: bool = False) -> np.ndarray:
+                 progress: bool = False, dt_window_mode: str | None = "hop") -> np.ndarray:
     """Returns (G, trials): `trials` consecutive Dark-Room episodes per goal, context carried over.
 
     All G goals step together (DarkRoomVec, one model batch). No weight updates. For the DT the
-    KV window is `context_steps` timesteps (default: the model's training context).
+    KV window is `context_steps` timesteps (default: the model's training context) and its window
+    mode `dt_window_mode` ("hop" | "exact"; None: the model's own, LRAMConfig.dt_window_mode).
     """
     from lramlab.envs.darkroom import DarkRoomVec
     from lramlab.rollout import Agent
@@ -192,6 +195,8 @@ def icl_rollouts(model: torch.nn.Module, goals: Sequence, trials: int = 40, *, t
     bb = getattr(model, "backbone", None)
     if cfg.backbone == "dt" and bb is not None and hasattr(type(bb), "window"):
         bb.window = min(cfg.tokens_per_step * steps, bb.n_positions)  # the last C timesteps
+        if dt_window_mode is not None:
+            bb.window_mode = dt_window_mode
     was_training = model.training
     model.eval()
     env = DarkRoomVec(goals)
@@ -242,6 +247,7 @@ class ICLConfig:
     trials: int = 40                      # consecutive in-context episodes per goal
     target_return: float = 80.0           # R̂ at the start of every trial (raw units)
     greedy: bool = False                  # paper samples (deterministic: false)
+    dt_window_mode: str = "hop"           # DT step past its window: "hop" (fast) | "exact" (backbones/dt.py)
     seed: int = 0
     amp: bool = True
     device: str = "auto"
@@ -258,6 +264,8 @@ class ICLConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 1")
         if not self.target_return > 0:
             raise ValueError(f"target_return={self.target_return!r}: expected > 0")
+        if self.dt_window_mode not in ("exact", "hop"):
+            raise ValueError(f"dt_window_mode={self.dt_window_mode!r}: expected 'exact' or 'hop'")
 
     @property
     def context(self) -> int:
@@ -324,7 +332,8 @@ def run_icl(cfg: ICLConfig) -> ICLResult:
     model = load_model_from_checkpoint(src, map_location=device)
     goals = goals_of(cfg.eval_goals)
     rets = icl_rollouts(model, goals, cfg.trials, target_return=cfg.target_return, greedy=cfg.greedy,
-                        seed=cfg.seed, context_steps=cfg.context, progress=cfg.progress)
+                        seed=cfg.seed, context_steps=cfg.context, progress=cfg.progress,
+                        dt_window_mode=cfg.dt_window_mode)
     result = ICLResult(backbone=model.cfg.backbone, goals=goals, returns=rets, run_dir=run_dir,
                        train_metrics=metrics)
     run_dir.mkdir(parents=True, exist_ok=True)

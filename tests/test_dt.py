@@ -1,4 +1,5 @@
-"""Decision Transformer backbone: KV-cache step == forward, sliding window, resets, causality.
+"""Decision Transformer backbone: KV-cache step == forward, sliding window (exact and hop modes),
+resets, causality.
 
 Random tensors are inputs to the layers (math), not stand-ins for data. fp32: the cached and the
 full attention agree to ~5e-7; the bound 1e-4 leaves headroom for other BLAS orderings.
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lramlab.models.backbones.dt import DTBackbone
+from lramlab.models.backbones.dt import DTBackbone, DTState
 
 TOL = dict(atol=1e-4, rtol=0)
 
@@ -142,3 +143,100 @@ def test_builds_from_lramconfig_and_16M_param_count():
     d = 512
     n_params = sum(p.numel() for p in big.parameters())
     assert n_params == 4 * (12 * d * d + 13 * d) + 2 * d + 1600 * d == 13_429_760
+
+
+# -- hop window mode --------------------------------------------------------------------------
+
+
+def _chunks(pattern, n):
+    """(lo, hi) token ranges of successive steps: l tokens each, or "agent": the LRAM agent's
+    (s_0, R_0), then (r_{t-1}, s_t, R_t) per step, so s tokens sit at multiples of 3."""
+    if pattern == "agent":
+        return [(0, 2)] + [(t, t + 3) for t in range(2, n - 2, 3)]
+    return [(t, t + pattern) for t in range(0, n, pattern)]
+
+
+def _hop_window_starts(chunks, w, keep, k=3):
+    """Spec of "hop": while the tokens since the window start fit w, the start stays; when a step
+    would overflow, it moves to the latest multiple of k that leaves >= keep tokens through the end
+    of that step. Yields each step's window start."""
+    a = 0
+    for lo, hi in chunks:
+        if hi - a > w:
+            a = max(m for m in range(0, hi + 1, k) if hi - m >= max(keep, hi - lo))
+        yield a
+
+
+@pytest.mark.parametrize("pattern", [1, 3, "agent"])
+@pytest.mark.parametrize("keep", [None, 12])
+@pytest.mark.parametrize("reset_at", [None, 17])
+def test_hop_step_equals_forward_since_the_last_reencode(pattern, keep, reset_at):
+    m = _model()
+    m.window_mode = "hop"
+    m.window_keep = keep
+    w, kk = 30, 15 if keep is None else keep
+    x = torch.randn(2, 90, 32)
+    chunks = _chunks(pattern, 90)
+    if reset_at is not None:  # reset row 1 at the step boundary at or after token reset_at
+        reset_at = next(lo for lo, _ in chunks if lo >= reset_at)
+    starts = list(_hop_window_starts(chunks, w, kk))
+    assert len(set(starts)) >= 4  # several hops happened
+    state = m.init_state(2)
+    assert state.mode == "hop" and state.keep == kk
+    with torch.no_grad():
+        for (lo, hi), a in zip(chunks, starts):
+            assert a % 3 == 0 and (hi <= w or kk <= hi - a <= w)
+            if lo == reset_at:
+                state.reset(torch.tensor([False, True]))
+            y, state = m.step(x[:, lo:hi], state)
+            assert state.length == hi - a <= w  # the cache holds exactly the window, never > W
+            for row in range(2):
+                a_row = max(a, reset_at) if (reset_at is not None and row == 1 and lo >= reset_at) else a
+                ref = m(x[row:row + 1, a_row:hi])[:, -(hi - lo):]
+                torch.testing.assert_close(y[row:row + 1], ref, **TOL)
+    assert state.k.shape[3] == w and state.seen == chunks[-1][1]
+
+
+@pytest.mark.parametrize("mode, hops", [("exact", 20), ("hop", 4)])
+def test_hop_reencodes_once_per_window_minus_keep(mode, hops):
+    # W = 30, K = 15, 3 tokens a step over 90 tokens: exact re-encodes at every step past the
+    # window (from token 33 on: 20 steps, W tokens each); hop at tokens 33, 51, 69, 87 (every
+    # W - K + 3 = 18 tokens), re-encoding K = 15 tokens (the step's 3 included)
+    m = _model()
+    state = m.init_state(1, mode=mode)
+    x = torch.randn(1, 90, 32)
+    n, calls = 0, []
+    orig = m._run
+    m._run = lambda xs, st, lo: (calls.append(xs.shape[1]), orig(xs, st, lo))[1]
+    with torch.no_grad():
+        for t in range(0, 90, 3):
+            before = state.length
+            _, state = m.step(x[:, t:t + 3], state)
+            n += state.length < before + 3
+    assert n == hops and len(calls) == 30
+    assert max(calls) == (30 if mode == "exact" else 15)
+
+
+def test_window_mode_config_and_bad_values():
+    config = pytest.importorskip("lramlab.models.config")
+    backbones = pytest.importorskip("lramlab.models.backbones")
+    assert config.LRAMConfig(backbone="dt", size="tiny").dt_window_mode == "exact"
+    cfg = config.LRAMConfig(backbone="dt", size="tiny", dt_window_mode="hop")
+    m = backbones.make_backbone(cfg)
+    assert m.window_mode == "hop" and m.init_state(1).keep == 75  # 150 // 2 = 25 steps of 3
+    assert config.LRAMConfig.from_dict(cfg.to_dict()).dt_window_mode == "hop"
+    with pytest.raises(ValueError, match="dt_window_mode='fast'"):
+        config.LRAMConfig(backbone="dt", dt_window_mode="fast")
+    m = _model()
+    with pytest.raises(ValueError, match="window_mode='fast'"):
+        m.window_mode = "fast"
+    with pytest.raises(ValueError, match="mode='fast'"):
+        m.init_state(1, mode="fast")
+    with pytest.raises(ValueError, match="window_keep=14 tokens: expected a multiple of tokens_per_step=3"):
+        m.init_state(1, mode="hop", keep=14)
+    with pytest.raises(ValueError, match="window_keep=30 tokens"):
+        m.init_state(1, mode="hop", keep=30)  # keeps no room for a step
+    m.window = 5
+    with pytest.raises(ValueError, match="window=5 tokens is too small for window_mode='hop'"):
+        m.init_state(1, mode="hop")
+    assert isinstance(m.init_state(1), DTState)  # exact still works with any window

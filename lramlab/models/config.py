@@ -116,6 +116,8 @@ class LRAMConfig:
         error per projection, so step no longer equals forward to 1e-4). Inference only.
       mamba_d_state, mamba_d_conv, mamba_expand: Mamba block (16, 4, 2).
       dt_dropout: DT dropout (0, App. E.4); dt_n_positions: DT learned positional table (1600).
+      dt_window_mode: DT `step` past its window: "exact" (re-encode the last W tokens every step)
+        | "hop" (re-encode the last W/2 once per W/2 tokens); see backbones/dt.py. Inference only.
       norm_eps: LayerNorm epsilon.
       dtype: parameter dtype ("float32"; bf16 training uses autocast over fp32 weights).
     """
@@ -144,6 +146,7 @@ class LRAMConfig:
     # DT
     dt_dropout: float = 0.0
     dt_n_positions: int = 1600
+    dt_window_mode: Literal["exact", "hop"] = "exact"
     norm_eps: float = 1e-5
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     extra: dict = field(default_factory=dict)  # free-form notes carried into checkpoints
@@ -176,6 +179,8 @@ class LRAMConfig:
             raise ValueError(f"LRAMConfig.xlstm_step_kernel={self.xlstm_step_kernel!r}; valid: fast, reference")
         if self.xlstm_step_weights not in ("float32", "float16"):
             raise ValueError(f"LRAMConfig.xlstm_step_weights={self.xlstm_step_weights!r}; valid: float32, float16")
+        if self.dt_window_mode not in ("exact", "hop"):
+            raise ValueError(f"LRAMConfig.dt_window_mode={self.dt_window_mode!r}; valid: exact, hop")
         if not (0.0 <= float(self.dt_dropout) < 1.0):
             raise ValueError(f"LRAMConfig.dt_dropout={self.dt_dropout!r} must be in [0, 1)")
         for name in ("mlstm_proj_factor", "slstm_ff_proj_factor", "norm_eps"):

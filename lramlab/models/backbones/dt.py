@@ -17,11 +17,23 @@ Positions and the sliding window (the paper's DT conditions on the last C timest
 - `step` keeps a KV cache of at most W tokens in preallocated buffers (no per-step copies of the
   cache: new keys/values are written in place at the next slot). While the stream since the start
   (or a row's reset) fits W tokens, step == forward over the whole stream.
-- When a step would overflow W, the cache is re-prefilled: the last W - l cached input tokens are
-  re-encoded with positions 0.., then the step appends its l tokens. So past the window, step ==
-  forward over the last W tokens, exactly, at the cost of one W-token prefill per overflowing step
-  (what DT inference without a cache costs every step). `window` can be lowered (never above P),
-  e.g. ICL evaluation keeping the last two episodes.
+- When a step would overflow W, the window mode (`window_mode`, default LRAMConfig.dt_window_mode,
+  "exact") decides what stays:
+  "exact": the last W - l cached input tokens are re-encoded with positions 0.. together with the
+    step's l tokens. So past the window, step == forward over the last W tokens, exactly, at the
+    cost of one W-token prefill per step (what DT inference without a cache costs every step).
+  "hop": only the last ~K = `window_keep` tokens (default W/2 rounded down to a multiple of
+    k = tokens_per_step) are re-encoded from position 0 with the step's tokens, then later steps
+    append through the cache until W overflows again: one ~K-token prefill per ~W - K tokens. The
+    re-encoded part starts at a timestep boundary of the stream since `init_state` (a global token
+    index that is a multiple of k, i.e. an s_t token of the agent's (s, R̂, r) stream, whose first
+    step has no r), so positions keep training's phase (s at multiples of k); it then holds between
+    K and K + k - 1 tokens. Each step == forward over the tokens since the last re-encode (K..W of
+    them). The default stays "exact" (model.step == forward over the last W tokens); ICL
+    evaluation uses "hop" (ICLConfig.dt_window_mode) with W = 2 episodes, K = 1 episode.
+  `window` can be lowered (never above P), e.g. ICL evaluation keeping the last two episodes.
+  Note: past the window, "exact" puts the agent's r_{t-1} token (not s) at position 0, off
+  training's phase by one; "hop" does not.
 - Rows can be reset on their own (`DTState.reset(done)`): a reset row's tokens before the reset are
   masked out and its positions restart at 0, so each row equals forward over its own stream.
 """
@@ -35,7 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DTBackbone", "DTState"]
+__all__ = ["DTBackbone", "DTState", "WINDOW_MODES"]
+
+WINDOW_MODES = ("exact", "hop")
 
 
 @dataclass
@@ -44,6 +58,8 @@ class DTState:
 
     k, v: (n_layers, B, H, W, Dh) keys/values at slots 0..length-1; x: (B, W, D) the input tokens of
     those slots (re-encoded when the window overflows); start: (B,) long, first valid slot per row.
+    mode: "exact" | "hop" (see the module docstring); keep: K, the tokens a hop keeps;
+    tokens_per_step: k (hops start at a multiple of k); seen: tokens fed since init_state.
     """
 
     k: torch.Tensor
@@ -51,6 +67,10 @@ class DTState:
     x: torch.Tensor
     start: torch.Tensor
     length: int = 0
+    mode: str = "exact"
+    keep: int = 0
+    tokens_per_step: int = 1
+    seen: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -129,7 +149,7 @@ class DTBackbone(nn.Module):
     init_state(batch_size) -> DTState; step(x (B, l, D), state) -> (y (B, l, D), state).
     Config fields read: d_model, n_layers, n_heads, context_steps, and optionally dt_dropout (or
     dropout; 0), tokens_per_step (3), dt_n_positions (positional table; default the context
-    tokens, LRAMConfig's is 1600 as LRAM's n_positions), norm_eps (1e-5).
+    tokens, LRAMConfig's is 1600 as LRAM's n_positions), norm_eps (1e-5), dt_window_mode ("exact").
     """
 
     def __init__(self, cfg: Any):
@@ -151,6 +171,10 @@ class DTBackbone(nn.Module):
         self.n_positions = n_pos
         self.context_tokens = context_tokens
         self._window = context_tokens
+        self.tokens_per_step = int(getattr(cfg, "tokens_per_step", 3))
+        self._window_mode = "exact"
+        self.window_mode = getattr(cfg, "dt_window_mode", "exact")
+        self._window_keep: int | None = None
         eps = float(getattr(cfg, "norm_eps", 1e-5))
         self.wpe = nn.Embedding(self.n_positions, d)
         self.drop = nn.Dropout(dropout)
@@ -184,6 +208,42 @@ class DTBackbone(nn.Module):
                              "the learned positional embeddings)")
         self._window = tokens
 
+    @property
+    def window_mode(self) -> str:
+        """"exact" | "hop": what `step` re-encodes past the window (module docstring); takes
+        effect for states made after it is set."""
+        return self._window_mode
+
+    @window_mode.setter
+    def window_mode(self, mode: str) -> None:
+        if mode not in WINDOW_MODES:
+            raise ValueError(f"window_mode={mode!r}: expected one of {', '.join(WINDOW_MODES)}")
+        self._window_mode = mode
+
+    @property
+    def window_keep(self) -> int | None:
+        """Tokens a "hop" keeps (None: window // 2 rounded down to a multiple of tokens_per_step);
+        checked against the window in `init_state`."""
+        return self._window_keep
+
+    @window_keep.setter
+    def window_keep(self, tokens: int | None) -> None:
+        self._window_keep = None if tokens is None else int(tokens)
+
+    def _resolve_keep(self, w: int, keep: int | None) -> int:
+        k = self.tokens_per_step
+        if keep is None:
+            keep = (w // 2) // k * k
+            if keep < k or keep > w - k:
+                raise ValueError(f"window={w} tokens is too small for window_mode='hop' with "
+                                 f"tokens_per_step={k}: need >= {2 * k}")
+            return keep
+        keep = int(keep)
+        if keep % k or not k <= keep <= w - k:
+            raise ValueError(f"window_keep={keep} tokens: expected a multiple of tokens_per_step={k} "
+                             f"in {k}..{w - k} (window={w} minus one step)")
+        return keep
+
     # -- parallel path ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor, output_hidden_states: bool = False):
         b, length, d = x.shape
@@ -201,18 +261,25 @@ class DTBackbone(nn.Module):
         return y
 
     # -- recurrent path --------------------------------------------------------------------
-    def init_state(self, batch_size: int, device=None, dtype=None, window: int | None = None) -> DTState:
-        """Empty KV cache for `window` tokens (default: `self.window`)."""
+    def init_state(self, batch_size: int, device=None, dtype=None, window: int | None = None,
+                   mode: str | None = None, keep: int | None = None) -> DTState:
+        """Empty KV cache for `window` tokens (default: `self.window`), window mode `mode`
+        (default: `self.window_mode`) and, for "hop", `keep` tokens (default: `self.window_keep`)."""
         device = self.wpe.weight.device if device is None else device
         dtype = self.wpe.weight.dtype if dtype is None else dtype
         if window is not None and not 1 <= int(window) <= self.n_positions:
             raise ValueError(f"window={window} tokens: expected 1..{self.n_positions} (n_positions)")
         w = self._window if window is None else int(window)
+        mode = self._window_mode if mode is None else mode
+        if mode not in WINDOW_MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {', '.join(WINDOW_MODES)}")
+        keep = self._resolve_keep(w, self._window_keep if keep is None else keep) if mode == "hop" else 0
         kv = (self.n_layers, batch_size, self.n_heads, w, self.head_dim)
         return DTState(k=torch.zeros(kv, device=device, dtype=dtype),
                        v=torch.zeros(kv, device=device, dtype=dtype),
                        x=torch.zeros(batch_size, w, self.d_model, device=device, dtype=dtype),
-                       start=torch.zeros(batch_size, dtype=torch.long, device=device), length=0)
+                       start=torch.zeros(batch_size, dtype=torch.long, device=device), length=0,
+                       mode=mode, keep=keep, tokens_per_step=self.tokens_per_step)
 
     def _run(self, x: torch.Tensor, state: DTState, lo: int) -> torch.Tensor:
         """Encode x (B, l, D) at slots lo..lo+l-1, writing the cache; returns ln_f output."""
@@ -245,13 +312,23 @@ class DTBackbone(nn.Module):
         l = x.shape[1]
         if l > w:
             raise ValueError(f"step: {l} tokens at once but the window holds {w}")
-        if state.length + l > w:
-            # slide: keep the last w - l tokens, re-encode them from slot 0 (positions restart)
-            keep = w - l
-            drop = state.length - keep
-            old_x = state.x[:, drop:state.length].clone()
-            state.start = (state.start - drop).clamp(min=0)
+        if state.length + l <= w:
+            y = self._run(x, state, state.length)
+        else:
+            if state.mode == "hop":
+                # stream index of slot 0, and where the kept part starts: the latest timestep
+                # boundary (multiple of k) that keeps >= K tokens with this step
+                k, base, end = state.tokens_per_step, state.seen - state.length, state.seen + l
+                first = (end - max(state.keep, l)) // k * k
+                if end - first > w:  # one chunk of almost W tokens: no aligned start fits
+                    first = end - w
+                a = first - base
+            else:  # exact: keep the last w - l cached tokens
+                a = state.length + l - w
+            # re-encode slots a..length-1 with this step's tokens from slot 0 (positions restart)
+            xs = torch.cat([state.x[:, a:state.length].to(x.dtype), x], dim=1)
+            state.start = (state.start - a).clamp(min=0)
             state.length = 0
-            if keep:
-                self._run(old_x, state, 0)
-        return self._run(x, state, state.length), state
+            y = self._run(xs, state, 0)[:, -l:]
+        state.seen += l
+        return y, state
