@@ -1,0 +1,468 @@
+"""Plotly figures for the studies. Every function takes package results and returns a `go.Figure`.
+
+The figures only display numbers computed elsewhere (training logs, `evaluate`, `icl`,
+`analysis.embeddings`, `analysis.latency`); widgets reuse the same functions to redraw.
+
+Inputs:
+- metrics: a run directory, a `metrics.jsonl` path, or a list of dicts (one JSON line each,
+  `{"step": int, "train/loss": float, "val/perplexity": float, ...}`); several runs as a mapping
+  name -> any of those.
+- domain scores: mapping backbone -> {domain: normalised score}, or rows `{backbone, domain, score}`.
+- ICL returns: mapping backbone -> array (trials,) or (tasks, trials) of episode returns.
+- embeddings: an `EmbeddingResult` (or anything with `.task`, `.domain`, `.coords`).
+- latency: a `LatencyTable` (or rows with backbone, mode, batch_size, context, latency_ms, ...).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from lramlab._optional import require
+
+# one colour per domain / backbone, stable across figures (plotly's qualitative "D3" palette)
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+            "#bcbd22", "#17becf")
+DOMAIN_ORDER = ("atari", "procgen", "dmcontrol", "metaworld", "composuite", "mimicgen", "darkroom", "robosuite")
+BACKBONE_ORDER = ("xlstm", "mamba", "dt")
+
+
+def _go():
+    return require("plotly.graph_objects", "plots")
+
+
+def color_of(name: str, order: Sequence[str] = DOMAIN_ORDER + BACKBONE_ORDER) -> str:
+    """A stable colour for a domain or backbone name (unknown names hash into the palette)."""
+    if name in order:
+        return _PALETTE[list(order).index(name) % len(_PALETTE)]
+    return _PALETTE[sum(map(ord, name)) % len(_PALETTE)]
+
+
+# ----------------------------------------------------------------------------- metrics logs
+def read_metrics(source: str | Path | Sequence[Mapping]) -> list[dict]:
+    """The lines of a `metrics.jsonl` (given a run directory, the file, or the parsed lines).
+
+    A line without "step" gets its line number. A malformed line raises ValueError naming the
+    file and line, except a truncated last line (a run still writing it), which is skipped.
+    """
+    if not isinstance(source, (str, Path)):
+        return [dict(r) for r in source]
+    path = Path(source)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no metrics.jsonl (expected a run directory or the file itself)")
+    lines = path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:  # a live run may be mid-write on its last line
+                continue
+            raise ValueError(f"{path}:{i + 1}: not a JSON line ({err})") from err
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {type(row).__name__}")
+        row.setdefault("step", i)
+        rows.append(row)
+    return rows
+
+
+def metric_series(rows: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the rows that hold a finite number under `key`."""
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(r["step"])
+            ys.append(float(v))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def _runs(metrics) -> dict[str, list[dict]]:
+    if isinstance(metrics, Mapping):
+        return {str(k): read_metrics(v) for k, v in metrics.items()}
+    return {"": read_metrics(metrics)}
+
+
+def _keys_matching(runs: Mapping[str, list[dict]], words: Iterable[str]) -> list[str]:
+    keys: dict[str, None] = {}
+    for rows in runs.values():
+        for r in rows:
+            for k, v in r.items():
+                if k != "step" and isinstance(v, (int, float)) and any(w in k for w in words):
+                    keys.setdefault(k)
+    return sorted(keys)
+
+
+def _curve_figure(runs: Mapping[str, list[dict]], keys: Sequence[str], title: str, ytitle: str,
+                  log_y: bool = False):
+    go = _go()
+    fig = go.Figure()
+    for run, rows in runs.items():
+        for key in keys:
+            x, y = metric_series(rows, key)
+            if len(x) == 0:
+                continue
+            name = f"{run} {key}".strip()
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if len(x) < 30 else "lines", name=name,
+                                     meta={"run": run, "key": key}))
+    fig.update_layout(title=title, xaxis_title="update step", yaxis_title=ytitle, template="plotly_white",
+                      legend_title_text="run / metric")
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def learning_curves(metrics, keys: Sequence[str] | None = None, log_y: bool = False):
+    """Loss vs update step: one trace per run and metric (default: every key containing "loss")."""
+    runs = _runs(metrics)
+    keys = list(keys) if keys is not None else _keys_matching(runs, ("loss",))
+    if not keys:
+        raise ValueError("learning_curves: no metric containing 'loss' in the log; pass keys=[...]")
+    return _curve_figure(runs, keys, "Learning curves", "loss", log_y)
+
+
+def perplexity_curves(metrics, keys: Sequence[str] | None = None):
+    """Validation perplexity vs update step (default: every key containing "perplexity"/"ppl")."""
+    runs = _runs(metrics)
+    keys = list(keys) if keys is not None else _keys_matching(runs, ("perplexity", "ppl"))
+    if not keys:
+        raise ValueError("perplexity_curves: no metric containing 'perplexity' in the log; pass keys=[...]")
+    return _curve_figure(runs, keys, "Validation perplexity", "perplexity")
+
+
+def scores_from_metrics(metrics: Mapping[str, Any], prefix: str = "eval", stat: str = "normalized_score") -> dict:
+    """{domain: score} from flat metrics such as `eval/<domain>/normalized_score` (task keys,
+    `eval/<domain>/<name>/...`, are left out)."""
+    out = {}
+    for k, v in metrics.items():
+        parts = k.split("/")
+        if len(parts) == 3 and parts[0] == prefix and parts[2] == stat and isinstance(v, (int, float)):
+            out[parts[1]] = float(v)
+    return out
+
+
+def training_figures(run_dir: str | Path, label: str = "") -> dict[str, Any]:
+    """The figures a training run supports: "loss", and "perplexity" / "scores" when logged."""
+    rows = read_metrics(run_dir)
+    runs = {label: rows}
+    figs = {"loss": learning_curves(runs)}
+    if _keys_matching(runs, ("perplexity", "ppl")):
+        figs["perplexity"] = perplexity_curves(runs)
+    last: dict[str, Any] = {}
+    for r in rows:
+        last.update(r)
+    scores = scores_from_metrics(last)
+    if scores:
+        figs["scores"] = domain_scores({label or "model": scores})
+    return figs
+
+
+# ----------------------------------------------------------------------------- datasets
+def _summary_rows(summary) -> list[dict]:
+    return list(summary.tasks) if hasattr(summary, "tasks") else [dict(r) for r in summary]
+
+
+def dataset_overview(summary):
+    """Transitions per task (bars coloured by domain) of a `studies.DataSummary` (or its rows)."""
+    go = _go()
+    rows = _summary_rows(summary)
+    fig = go.Figure()
+    for dom in sorted({r["domain"] for r in rows}, key=lambda d: (DOMAIN_ORDER + (d,)).index(d)):
+        sel = [r for r in rows if r["domain"] == dom]
+        fig.add_trace(go.Bar(x=[r["task"] for r in sel], y=[r["transitions"] for r in sel], name=dom,
+                             marker_color=color_of(dom), customdata=[[r["episodes"]] for r in sel],
+                             hovertemplate="%{x}: %{y} steps, %{customdata[0]} episodes<extra></extra>"))
+    fig.update_layout(title="Dataset: transitions per task", xaxis_title="task", yaxis_title="transitions",
+                      template="plotly_white", legend_title_text="domain")
+    return fig
+
+
+def episode_returns(summary, domains: Sequence[str] | None = None):
+    """Return of each episode in file order, one line per task: a learning history (Dark-Room)
+    rises along the episodes, an expert's or a random policy's stays flat."""
+    go = _go()
+    fig = go.Figure()
+    for r in _summary_rows(summary):
+        if domains is not None and r["domain"] not in domains:
+            continue
+        rets = list(r.get("returns") or [])
+        if not rets:
+            continue
+        fig.add_trace(go.Scatter(x=np.arange(len(rets)), y=rets, mode="lines" if len(rets) > 20 else "lines+markers",
+                                 name=r["task"], line={"color": color_of(r["domain"])},
+                                 meta={"domain": r["domain"]}))
+    fig.update_layout(title="Episode returns in file order", xaxis_title="episode", yaxis_title="return",
+                      template="plotly_white")
+    return fig
+
+
+# ----------------------------------------------------------------------------- scores
+def _score_rows(scores, stat: str = "mean") -> list[dict]:
+    if hasattr(scores, "domains") and isinstance(scores.domains, Mapping):  # one lramlab.evaluate.EvalResult
+        scores = {"": scores}
+    if isinstance(scores, Mapping):
+        rows = []
+        for backbone, per_domain in scores.items():
+            if hasattr(per_domain, "domains"):  # EvalResult: {domain: {"mean", "iqm", "n_tasks"}}
+                per_domain = per_domain.domains
+            per_domain = {d: (v[stat] if isinstance(v, Mapping) else v) for d, v in per_domain.items()} \
+                if isinstance(per_domain, Mapping) else per_domain
+            if not isinstance(per_domain, Mapping):
+                raise ValueError(f"domain_scores: scores[{backbone!r}] must map domain -> score, "
+                                 f"got {type(per_domain).__name__}")
+            for dom, s in per_domain.items():
+                rows.append({"backbone": str(backbone), "domain": str(dom), "score": float(s)})
+        return rows
+    rows = [dict(r) for r in scores]
+    for r in rows:
+        missing = {"backbone", "domain", "score"} - set(r)
+        if missing:
+            raise ValueError(f"domain_scores: row {r} lacks {sorted(missing)}")
+    return rows
+
+
+def domain_scores(scores, title: str = "Normalised score per domain", error: Mapping | None = None,
+                  stat: str = "mean"):
+    """Grouped bars: one trace per backbone, x = domain, y = normalised score.
+
+    `scores`: backbone -> {domain: score}, backbone -> `EvalResult` (its per-domain `stat`,
+    "mean" or "iqm"), one EvalResult, or rows {backbone, domain, score}. `error` (optional)
+    mirrors `scores` with a spread (e.g. std over seeds) shown as error bars.
+    """
+    go = _go()
+    rows = _score_rows(scores, stat)
+    err_rows = {(r["backbone"], r["domain"]): r["score"] for r in _score_rows(error)} if error else {}
+    domains = sorted({r["domain"] for r in rows}, key=lambda d: (DOMAIN_ORDER + (d,)).index(d))
+    fig = go.Figure()
+    for backbone in dict.fromkeys(r["backbone"] for r in rows):
+        by_dom = {r["domain"]: r["score"] for r in rows if r["backbone"] == backbone}
+        x = [d for d in domains if d in by_dom]
+        kw = {}
+        if err_rows:
+            kw["error_y"] = {"type": "data", "array": [err_rows.get((backbone, d), 0.0) for d in x]}
+        fig.add_trace(go.Bar(x=x, y=[by_dom[d] for d in x], name=backbone, marker_color=color_of(backbone), **kw))
+    fig.update_layout(title=title, barmode="group", xaxis_title="domain", yaxis_title="normalised score",
+                      template="plotly_white")
+    return fig
+
+
+# ----------------------------------------------------------------------------- ICL
+def icl_curves(returns: Mapping[str, Any], title: str = "In-context learning on Dark-Room",
+               band: bool = True):
+    """Return per ICL trial, one line per backbone (mean over tasks, ±1 std band when 2-D)."""
+    go = _go()
+    fig = go.Figure()
+    for name, arr in returns.items():
+        a = np.asarray(arr, dtype=np.float64)
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2 or a.shape[1] == 0:
+            raise ValueError(f"icl_curves: returns[{name!r}] must have shape (trials,) or (tasks, trials), "
+                             f"got {np.asarray(arr).shape}")
+        mean, std = a.mean(0), a.std(0)
+        trials = np.arange(1, a.shape[1] + 1)
+        col = color_of(name)
+        if band and a.shape[0] > 1:
+            fig.add_trace(go.Scatter(x=np.concatenate([trials, trials[::-1]]),
+                                     y=np.concatenate([mean + std, (mean - std)[::-1]]), fill="toself",
+                                     line={"width": 0}, fillcolor=col, opacity=0.2, hoverinfo="skip",
+                                     showlegend=False, name=f"{name} ±1 std"))
+        fig.add_trace(go.Scatter(x=trials, y=mean, mode="lines+markers", name=name, line={"color": col},
+                                 meta={"n_tasks": int(a.shape[0])}))
+    fig.update_layout(title=title, xaxis_title="ICL trial (episode)", yaxis_title="return",
+                      template="plotly_white")
+    return fig
+
+
+# ----------------------------------------------------------------------------- embeddings
+def umap_scatter(result, title: str | None = None):
+    """UMAP points coloured by domain (one trace per domain), the task id on hover."""
+    go = _go()
+    coords = np.asarray(result.coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"umap_scatter: coords must have shape (N, 2), got {coords.shape}")
+    task, domain = np.asarray(result.task), np.asarray(result.domain)
+    if not len(task) == len(domain) == len(coords):
+        raise ValueError(f"umap_scatter: {len(task)} tasks, {len(domain)} domains, {len(coords)} points")
+    fig = go.Figure()
+    for dom in sorted(set(domain.tolist()), key=lambda d: (DOMAIN_ORDER + (d,)).index(d)):
+        sel = domain == dom
+        fig.add_trace(go.Scatter(x=coords[sel, 0], y=coords[sel, 1], mode="markers", name=dom,
+                                 text=task[sel], hovertemplate="%{text}<extra>" + dom + "</extra>",
+                                 marker={"color": color_of(dom), "size": 6, "opacity": 0.8}))
+    if title is None:
+        title = "UMAP of hidden states"
+        sil = getattr(result, "silhouette_2d", None)
+        if sil is not None and math.isfinite(sil):
+            title += f" (silhouette by domain: 2-D {sil:.2f}"
+            sil_hd = getattr(result, "silhouette", None)
+            title += f", hidden {sil_hd:.2f})" if sil_hd is not None and math.isfinite(sil_hd) else ")"
+    fig.update_layout(title=title, xaxis_title="UMAP 1", yaxis_title="UMAP 2", template="plotly_white",
+                      legend_title_text="domain")
+    return fig
+
+
+# ----------------------------------------------------------------------------- latency
+def _latency_rows(table) -> list[dict]:
+    rows = table.rows() if hasattr(table, "rows") else [dict(r) for r in table]
+    return rows
+
+
+def _group(rows, keys):
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+def _err(rows, lo_key, hi_key, mid_key):
+    lo = [r[mid_key] - r[lo_key] for r in rows]
+    hi = [r[hi_key] - r[mid_key] for r in rows]
+    return {"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}
+
+
+def latency_curves(table, batch_size: int | None = None, mode: str | None = None, log_x: bool = True):
+    """Per-step latency (median, p10-p90 bars) vs context length, one trace per backbone/size/mode.
+
+    Rows that ran out of memory (`oom`) are left out, as the paper's missing bars.
+    """
+    go = _go()
+    rows = [r for r in _latency_rows(table) if r.get("kind", "latency") == "latency" and not r.get("oom")]
+    if batch_size is not None:
+        rows = [r for r in rows if r["batch_size"] == batch_size]
+    if mode is not None:
+        rows = [r for r in rows if r["mode"] == mode]
+    fig = go.Figure()
+    for (backbone, size, md, B), grp in _group(rows, ("backbone", "size", "mode", "batch_size")).items():
+        grp = sorted(grp, key=lambda r: r["context"])
+        fig.add_trace(go.Scatter(x=[r["context"] for r in grp], y=[r["latency_ms"] for r in grp],
+                                 error_y=_err(grp, "latency_p10_ms", "latency_p90_ms", "latency_ms"),
+                                 mode="lines+markers", name=f"{backbone} {size} ({md}, B={B})",
+                                 line={"color": color_of(backbone), "dash": "solid" if md == "model" else "dot"},
+                                 meta={"backbone": backbone, "size": size, "mode": md, "batch_size": B}))
+    fig.update_layout(title="Per-step latency vs context" + (f" (B={batch_size})" if batch_size else ""),
+                      xaxis_title="context C (timesteps)", yaxis_title="latency per step (ms)",
+                      template="plotly_white")
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+def throughput_curves(table, context: int | None = None, mode: str | None = None):
+    """Steps per second vs batch size at a fixed context, one trace per backbone/size/mode."""
+    go = _go()
+    rows = [r for r in _latency_rows(table) if r.get("kind") == "throughput" and not r.get("oom")]
+    if context is not None:
+        rows = [r for r in rows if r["context"] == context]
+    if mode is not None:
+        rows = [r for r in rows if r["mode"] == mode]
+    fig = go.Figure()
+    for (backbone, size, md, C), grp in _group(rows, ("backbone", "size", "mode", "context")).items():
+        grp = sorted(grp, key=lambda r: r["batch_size"])
+        fig.add_trace(go.Scatter(x=[r["batch_size"] for r in grp], y=[r["throughput"] for r in grp],
+                                 mode="lines+markers", name=f"{backbone} {size} ({md}, C={C})",
+                                 line={"color": color_of(backbone), "dash": "solid" if md == "model" else "dot"},
+                                 meta={"backbone": backbone, "size": size, "mode": md, "context": C}))
+    fig.update_layout(title="Throughput vs batch size" + (f" (C={context})" if context else ""),
+                      xaxis_title="batch size B (parallel environments)", yaxis_title="steps per second",
+                      template="plotly_white")
+    fig.update_xaxes(type="log")
+    return fig
+
+
+def memory_bars(table, batch_size: int | None = 1, mode: str = "model"):
+    """Peak memory (MiB) per context length, one bar group per backbone."""
+    go = _go()
+    rows = [r for r in _latency_rows(table) if r.get("kind", "latency") == "latency" and r["mode"] == mode
+            and r.get("peak_memory_mb") is not None and not r.get("oom")]
+    if batch_size is not None:
+        rows = [r for r in rows if r["batch_size"] == batch_size]
+    fig = go.Figure()
+    for (backbone, size), grp in _group(rows, ("backbone", "size")).items():
+        grp = sorted(grp, key=lambda r: r["context"])
+        fig.add_trace(go.Bar(x=[str(r["context"]) for r in grp], y=[r["peak_memory_mb"] for r in grp],
+                             name=f"{backbone} {size}", marker_color=color_of(backbone)))
+    fig.update_layout(title="Peak memory" + (f" (B={batch_size})" if batch_size else ""), barmode="group",
+                      xaxis_title="context C (timesteps)", yaxis_title="peak memory (MiB)", template="plotly_white")
+    return fig
+
+
+def latency_figures(table) -> dict[str, Any]:
+    """The study's figures: latency vs context per batch size, throughput vs batch, memory at the smallest B."""
+    rows = _latency_rows(table)
+    figs: dict[str, Any] = {}
+    lat_B = sorted({r["batch_size"] for r in rows if r.get("kind", "latency") == "latency"})
+    for B in lat_B:
+        figs[f"latency_B{B}"] = latency_curves(table, batch_size=B)
+    if any(r.get("kind") == "throughput" for r in rows):
+        figs["throughput"] = throughput_curves(table)
+    if lat_B:
+        figs["memory"] = memory_bars(table, batch_size=lat_B[0])
+    return figs
+
+
+# ----------------------------------------------------------------------------- export
+def save_figures(figures: Mapping[str, Any], out_dir: str | Path, png: bool = True) -> dict[str, dict]:
+    """Write each figure as `out_dir/<name>.html`, and `.png` when kaleido finds a Chromium.
+
+    PNGs are rendered in one batch (one browser start, ~2-3 s per figure on 2 cores). Returns
+    {name: {"html": file, "png": file or None}} plus "_png_error": why PNGs are missing (None if
+    they were written) so notebooks and the pipeline can report it.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {}
+    for name, fig in figures.items():
+        html = out_dir / f"{name}.html"
+        tmp = html.with_name(html.name + ".tmp")
+        fig.write_html(str(tmp), include_plotlyjs="cdn", full_html=True)
+        os.replace(tmp, html)
+        out[name] = {"html": str(html), "png": None}
+    png_error = None
+    if png and figures:
+        ok, png_error = png_export_available()
+        if ok:
+            pio = require("plotly.io", "PNG export")
+            names = list(figures)
+            paths = [str(out_dir / f"{n}.png") for n in names]
+            try:
+                pio.write_images([figures[n] for n in names], paths)
+                for n, p in zip(names, paths):
+                    out[n]["png"] = p
+                png_error = None
+            except Exception as err:  # noqa: BLE001 - kaleido/Chromium failures are reported, not fatal
+                png_error = f"{type(err).__name__}: {err}"
+    elif not png:
+        png_error = "PNG export turned off"
+    out["_png_error"] = png_error
+    return out
+
+
+_PNG_STATUS: tuple[bool, str | None] | None = None
+
+
+def png_export_available() -> tuple[bool, str | None]:
+    """(True, None) if kaleido can render PNGs here (it needs a Chromium), else (False, reason). Cached."""
+    global _PNG_STATUS
+    if _PNG_STATUS is None:
+        import shutil
+
+        try:
+            import kaleido  # noqa: F401
+        except ImportError:
+            _PNG_STATUS = (False, 'kaleido is not installed (pip install -e ".[analysis]")')
+        else:
+            names = ("chromium", "chromium-browser", "google-chrome", "chrome")
+            if os.environ.get("BROWSER_PATH") or any(shutil.which(b) for b in names):
+                _PNG_STATUS = (True, None)
+            else:
+                _PNG_STATUS = (False, "no Chromium found for kaleido's PNG export (apt-get install chromium)")
+    return _PNG_STATUS

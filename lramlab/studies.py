@@ -1,0 +1,322 @@
+"""Configs and entry points of the study notebooks that have no other owner.
+
+Each notebook's `parameters` cell mirrors one dataclass here, field for field (a test checks it):
+
+- `notebooks/01_data_prep.ipynb`       -> `DataPrepConfig`     -> `run_data_prep(cfg)`
+- `notebooks/02_training.ipynb`        -> `lramlab.train.TrainConfig` (+ `out_dir`, `save_png`)
+- `notebooks/03_icl.ipynb`             -> `lramlab.icl.ICLConfig`     (+ `out_dir`, `save_png`)
+- `notebooks/04_embeddings_umap.ipynb` -> `EmbeddingConfig`    -> `analysis.embeddings.run_embeddings(cfg)`
+- `notebooks/05_latency.ipynb`         -> `LatencyStudyConfig` -> `analysis.latency.run_latency_study(cfg)`
+
+Defaults are small enough for a laptop CPU (minutes); each field's comment gives the paper's
+value, and the same notebooks at those values are the full study. Every notebook ends with
+`write_metrics(out_dir, {...})`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, get_args
+
+BACKBONE_NAMES = ("xlstm", "mamba", "dt")
+LatencyMode = Literal["model", "env"]
+
+
+def _tuple(v, cast=str) -> tuple:
+    if v is None:
+        return ()
+    if isinstance(v, (str, int, float)):
+        v = (v,)
+    return tuple(cast(x) for x in v)
+
+
+def _check_positive(obj, names: Sequence[str]) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{type(obj).__name__}.{n}={v!r}: expected an integer >= 1")
+
+
+def _check_backbones(obj, backbones: Sequence[str]) -> None:
+    for b in backbones:
+        if b not in BACKBONE_NAMES:
+            raise ValueError(f"{type(obj).__name__}: backbone {b!r} is unknown; valid: {', '.join(BACKBONE_NAMES)}")
+
+
+class _Config:
+    """from_dict / to_dict shared by the study configs."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+# ============================================================================ 01 data prep
+@dataclass
+class DataPrepConfig(_Config):
+    """Generate a small real dataset: Dark-Room learning histories, a Meta-World expert task and
+    an Atari task played by a random policy (paper §4.1 / App. B: the public datasets hold 432
+    tasks; these generators run the same simulators here)."""
+
+    data_dir: str = "data/demo"                         # dataset root (DIR/<domain>/<name>/episode_*.hdf5)
+    darkroom_goals: int = 3                             # Dark-Room train goals with a learning history (paper: 80)
+    darkroom_episodes: int = 40                         # episodes per history (paper: 1000, i.e. 100K transitions)
+    metaworld_tasks: tuple[str, ...] = ("metaworld/reach-v2",)  # scripted-expert tasks (paper: 45 ML45 tasks)
+    metaworld_episodes: int = 4                         # episodes per Meta-World task (paper: 2M transitions)
+    atari_tasks: tuple[str, ...] = ("atari/freeway",)   # Atari tasks played by a random policy (paper: 41 games, DQN replay)
+    atari_episodes: int = 2                             # episodes per Atari task
+    atari_max_steps: int = 200                          # cap on agent steps per Atari episode (0: the full episode)
+    seed: int = 0                                       # generation seed
+    out_dir: str = "runs/notebooks/01_data_prep"        # metrics.json and figures go here
+    save_png: bool = True                               # also write PNG figures (needs kaleido + Chromium)
+
+    def __post_init__(self):
+        self.metaworld_tasks = _tuple(self.metaworld_tasks)
+        self.atari_tasks = _tuple(self.atari_tasks)
+        for n in ("darkroom_goals", "metaworld_episodes", "atari_episodes", "atari_max_steps"):
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"DataPrepConfig.{n}={v!r}: expected an integer >= 0")
+        _check_positive(self, ("darkroom_episodes",))
+        if self.darkroom_goals > 80:
+            raise ValueError(f"DataPrepConfig.darkroom_goals={self.darkroom_goals}: Dark-Room has 80 train goals")
+        for group, dom in ((self.metaworld_tasks, "metaworld"), (self.atari_tasks, "atari")):
+            for t in group:
+                if not t.startswith(dom + "/"):
+                    raise ValueError(f"DataPrepConfig: {t!r} is not a {dom} task id ('{dom}/<name>')")
+        if not self.data_dir:
+            raise ValueError("DataPrepConfig.data_dir='': expected a directory")
+
+    def plan(self) -> list[tuple[str, int, str | None, int | None]]:
+        """(task, episodes, policy, max_steps) for every task to generate."""
+        from lramlab.envs.darkroom import TRAIN_GOALS, task_name
+
+        out: list[tuple[str, int, str | None, int | None]] = []
+        out += [(task_name(g), self.darkroom_episodes, "history", None) for g in TRAIN_GOALS[: self.darkroom_goals]]
+        out += [(t, self.metaworld_episodes, "expert", None) for t in self.metaworld_tasks if self.metaworld_episodes]
+        out += [(t, self.atari_episodes, "random", self.atari_max_steps or None) for t in self.atari_tasks
+                if self.atari_episodes]
+        return out
+
+
+@dataclass
+class DataSummary:
+    """What a dataset root holds: one row per task (from each task's stats.json)."""
+
+    data_dir: str
+    tasks: list[dict] = field(default_factory=list)  # task, domain, episodes, transitions, return_mean, ...
+    skipped: dict[str, str] = field(default_factory=dict)  # task -> why it was not generated
+    seconds: float = 0.0
+
+    def metrics(self) -> dict:
+        by_dom: dict[str, dict[str, int]] = {}
+        for r in self.tasks:
+            d = by_dom.setdefault(r["domain"], {"tasks": 0, "episodes": 0, "transitions": 0})
+            d["tasks"] += 1
+            d["episodes"] += r["episodes"]
+            d["transitions"] += r["transitions"]
+        return {"data_dir": self.data_dir, "n_tasks": len(self.tasks),
+                "n_episodes": sum(r["episodes"] for r in self.tasks),
+                "n_transitions": sum(r["transitions"] for r in self.tasks), "domains": by_dom,
+                "skipped": self.skipped, "seconds": round(self.seconds, 2)}
+
+
+def summarize_data(data_dir: str | Path) -> DataSummary:
+    """Per-task rows (episodes, transitions, returns, success) of a dataset root; stats.json is
+    (re)written from the files when missing."""
+    from lramlab.data.store import find_tasks, write_stats
+
+    rows = []
+    for d in find_tasks(data_dir):
+        p = d / "stats.json"
+        st = json.loads(p.read_text()) if p.exists() else write_stats(d)
+        rs = st.get("return_stats", {})
+        rows.append({"task": st["task"], "domain": st["task"].split("/")[0], "episodes": st["n_episodes"],
+                     "transitions": st["n_transitions"], "return_mean": rs.get("mean"), "return_min": rs.get("min"),
+                     "return_max": rs.get("max"), "success_rate": st.get("success_rate"),
+                     "returns": st.get("returns", [])})
+    return DataSummary(str(Path(data_dir).resolve()), rows)
+
+
+def run_data_prep(cfg: DataPrepConfig, progress: bool = True) -> DataSummary:
+    """Generate (or resume: complete episode files are kept) every task of `cfg.plan()`.
+
+    A domain whose simulator is missing here is skipped and named in `summary.skipped`."""
+    import time
+
+    from lramlab.data.generate import generate
+    from lramlab.envs import domain_available
+
+    t0 = time.perf_counter()
+    skipped = {}
+    for task, n, policy, max_steps in cfg.plan():
+        ok, why = domain_available(task.split("/")[0])
+        if not ok:
+            skipped[task] = why
+            continue
+        generate(task, n, policy=policy, out=cfg.data_dir, seed=cfg.seed, progress=progress, max_steps=max_steps)
+    summary = summarize_data(cfg.data_dir)
+    summary.skipped, summary.seconds = skipped, time.perf_counter() - t0
+    return summary
+
+
+# ============================================================================ 02 training
+#: notebook parameters of 02_training / 03_icl that are not fields of their config dataclass
+NOTEBOOK_EXTRAS = ("out_dir", "save_png", "data_dir", "backbones")
+
+
+def training_summary(result) -> dict:
+    """metrics.json numbers of a training run (`lramlab.train.RunResult`): first/last loss, validation."""
+    from lramlab.analysis.plots import metric_series, read_metrics
+
+    rows = read_metrics(Path(result.run_dir) / "metrics.jsonl")
+    _, loss = metric_series(rows, "train/loss")
+    out = {"run_dir": str(Path(result.run_dir).resolve()), "step": int(result.step),
+           "checkpoint": str(Path(result.model_path or result.checkpoint).resolve()),
+           "wall_s": round(float(result.wall_s), 2), "tasks": list(result.tasks), "domains": list(result.domains)}
+    if len(loss):
+        k = max(1, len(loss) // 5)  # compare the mean of the first and last fifth: single steps are noisy
+        out.update(loss_first=float(loss[:k].mean()), loss_last=float(loss[-k:].mean()),
+                   loss_decreased=bool(loss[-k:].mean() < loss[:k].mean()))
+    for key, v in result.metrics.items():
+        if key.startswith("val/") and isinstance(v, (int, float)) and math.isfinite(v):
+            out[key] = float(v)
+    return out
+
+
+# ============================================================================ 03 ICL
+def icl_summary(results: Mapping[str, Any]) -> dict:
+    """metrics.json numbers of ICL runs per backbone (`lramlab.icl.ICLResult`): the mean return
+    per trial, and the first and last trials' means (in-context improvement)."""
+    out = {}
+    for name, r in results.items():
+        curve = [float(x) for x in r.mean_curve]
+        k = max(1, len(curve) // 4)
+        out[name] = {"trials": len(curve), "goals": len(r.goals), "mean_curve": curve,
+                     "first_trials_mean": float(sum(curve[:k]) / k), "last_trials_mean": float(sum(curve[-k:]) / k),
+                     "run_dir": str(r.run_dir) if r.run_dir else None,
+                     "train_loss": r.train_metrics.get("train/loss")}
+    return out
+
+
+# ============================================================================ 04 embeddings
+@dataclass
+class EmbeddingConfig(_Config):
+    """Embedding-space analysis (paper §4.3, App. F): windows per task -> hidden states -> UMAP."""
+
+    checkpoint: str = ""                  # run dir / checkpoint file ("" : an untrained model of backbone/size)
+    backbone: str = "xlstm"               # only without a checkpoint: xlstm | mamba | dt
+    size: str = "tiny"                    # only without a checkpoint (paper: 16M)
+    data_dir: str = "data/demo"           # dataset root(s) holding the tasks
+    tasks: tuple[str, ...] = ()           # task ids (empty: every task under data_dir)
+    n_per_task: int = 32                  # sub-trajectories per task (paper: 32)
+    context: int = 50                     # timesteps per sub-trajectory (paper: 50 = 150 tokens)
+    layer: int = -1                       # hidden layer, as model.hidden_states indexes them (-1: last, paper)
+    batch_size: int = 32                  # windows per forward pass
+    seed: int = 0                         # window sampling and UMAP seed
+    device: str = "cpu"                   # cpu | cuda
+    out_dir: str = "runs/notebooks/04_embeddings_umap"  # metrics.json and figures go here
+    save_png: bool = True                 # also write PNG figures (needs kaleido + Chromium)
+
+    def __post_init__(self):
+        self.tasks = _tuple(self.tasks)
+        _check_positive(self, ("n_per_task", "context", "batch_size"))
+        if not self.checkpoint:
+            _check_backbones(self, (self.backbone,))
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int):
+            raise ValueError(f"EmbeddingConfig.layer={self.layer!r}: expected an integer")
+        if not self.data_dir:
+            raise ValueError("EmbeddingConfig.data_dir='': expected a dataset directory")
+
+
+# ============================================================================ 05 latency
+@dataclass
+class LatencyStudyConfig(_Config):
+    """Inference latency / throughput / memory (paper §4.4, App. D.5): recurrent vs Transformer with
+    the same number of layer blocks and matched parameters ("<size>-half" presets), pure model steps
+    and in the loop with a real environment (Atari Freeway). Defaults: a tiny grid for a CPU."""
+
+    backbones: tuple[str, ...] = ("xlstm", "mamba", "dt")   # backbones to compare
+    size: str = "tiny"                    # model preset (paper: "206M-half", layer-matched)
+    contexts: tuple[int, ...] = (50, 200)  # context lengths C in timesteps (paper: 50 ... 25600)
+    batch_sizes: tuple[int, ...] = (1,)   # batch sizes for latency vs context (paper: 1 and 16)
+    throughput_batches: tuple[int, ...] = (1, 4)  # batch sizes for throughput (paper: 1 ... 128)
+    throughput_context: int = 50          # fixed context for throughput (paper: 1600)
+    modes: tuple[str, ...] = ("model", "env")  # "model": model steps only; "env": in the loop with the env
+    env_task: str = "atari/freeway"       # environment of the in-the-loop measurement (paper: Freeway)
+    xlstm_heads: int = 0                  # xLSTM heads (0: the preset's 4; App. D.5.4 uses 16 too)
+    warmup: int = 1                       # untimed steps first (compilation, caches)
+    reps: int = 5                         # timed steps per grid point (median and p10-p90 reported)
+    device: str = "auto"                  # auto | cpu | cuda (CUDA timings are synchronised)
+    threads: int = 1                      # torch CPU threads while measuring (0: torch default; 1 is steadier on a shared CPU)
+    seed: int = 0                         # weights and env seed
+    out_dir: str = "runs/notebooks/05_latency"  # metrics.json and figures go here
+    save_png: bool = True                 # also write PNG figures (needs kaleido + Chromium)
+
+    def __post_init__(self):
+        self.backbones = _tuple(self.backbones)
+        self.contexts = _tuple(self.contexts, int)
+        self.batch_sizes = _tuple(self.batch_sizes, int)
+        self.throughput_batches = _tuple(self.throughput_batches, int)
+        self.modes = _tuple(self.modes)
+        if not self.backbones:
+            raise ValueError("LatencyStudyConfig.backbones is empty: expected at least one of xlstm, mamba, dt")
+        _check_backbones(self, self.backbones)
+        for m in self.modes:
+            if m not in get_args(LatencyMode):
+                raise ValueError(f"LatencyStudyConfig.modes: {m!r} is unknown; valid: {get_args(LatencyMode)}")
+        for name in ("contexts", "batch_sizes", "throughput_batches"):
+            for v in getattr(self, name):
+                if v < 1:
+                    raise ValueError(f"LatencyStudyConfig.{name}: {v} is not a positive integer")
+        if not self.contexts and not self.throughput_batches:
+            raise ValueError("LatencyStudyConfig: contexts and throughput_batches are both empty; nothing to measure")
+        _check_positive(self, ("throughput_context", "reps"))
+        if self.warmup < 0 or self.xlstm_heads < 0 or self.threads < 0:
+            raise ValueError(f"LatencyStudyConfig: warmup={self.warmup}, xlstm_heads={self.xlstm_heads}, "
+                             f"threads={self.threads}: expected >= 0")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"LatencyStudyConfig.device={self.device!r}: expected auto | cpu | cuda | cuda:N")
+
+
+# ============================================================================ outputs
+def _jsonable(x):
+    try:
+        import numpy as np
+
+        if isinstance(x, np.generic):
+            return x.item()
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN/inf
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def write_metrics(out_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """Write `out_dir/metrics.json` atomically (the last cell of every notebook); NaN -> null."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "metrics.json"
+    tmp = path.with_name(f".metrics.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_jsonable(dict(metrics)), indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,185 @@
+"""The study notebooks: parameters mirror their config dataclasses, and every notebook runs through
+`lramlab pipeline` (papermill, this interpreter's kernel) with tiny parameters and writes real numbers;
+resuming, forcing, bad parameters and a failing cell."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("papermill")
+nbformat = pytest.importorskip("nbformat")
+
+from lramlab import pipeline as P  # noqa: E402
+from lramlab.studies import NOTEBOOK_EXTRAS, DataPrepConfig, EmbeddingConfig, LatencyStudyConfig  # noqa: E402
+
+NB_DIR = P.NOTEBOOK_DIR
+
+
+def _config_class(name: str):
+    if name == "02_training":
+        from lramlab.train import TrainConfig
+
+        return TrainConfig
+    if name == "03_icl":
+        from lramlab.icl import ICLConfig
+
+        return ICLConfig
+    return {"01_data_prep": DataPrepConfig, "04_embeddings_umap": EmbeddingConfig,
+            "05_latency": LatencyStudyConfig}[name]
+
+
+def _cells(name):
+    return nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4).cells
+
+
+@pytest.mark.parametrize("name", P.NOTEBOOKS)
+def test_parameters_cell_mirrors_the_config_dataclass(name):
+    cells = _cells(name)
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
+    src_lines = [ln for ln in cells[tagged[0]].source.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    params = P.notebook_parameters(NB_DIR / f"{name}.ipynb")
+    # every line parsed by papermill (a bracketed type or '=' in a comment silently drops a name)
+    assert len(params) == len(src_lines), f"{name}: papermill parsed {sorted(params)} from {len(src_lines)} lines"
+    for pname, info in params.items():
+        assert info["help"], f"{name}: parameter {pname} has no trailing comment"
+        assert info["inferred_type_name"] != "None", f"{name}: parameter {pname} has no type annotation"
+    fields = {f.name for f in dataclasses.fields(_config_class(name))}
+    if name in ("01_data_prep", "04_embeddings_umap", "05_latency"):
+        assert set(params) == fields
+    else:  # a subset of TrainConfig / ICLConfig plus the notebook's own outputs
+        assert set(params) - set(NOTEBOOK_EXTRAS) <= fields, set(params) - set(NOTEBOOK_EXTRAS) - fields
+        assert "out_dir" in params
+    # the next cell builds the config (and nothing before it reads the globals)
+    nxt = cells[tagged[0] + 1].source
+    assert f"{_config_class(name).__name__}(" in nxt
+    # the defaults build a valid config: run imports + parameters + config cells
+    ns: dict = {}
+    for c in cells[: tagged[0] + 2]:
+        if c.cell_type == "code":
+            exec(compile(c.source, f"{name}.ipynb", "exec"), ns)
+
+
+@pytest.mark.parametrize("name", P.NOTEBOOKS)
+def test_notebooks_are_thin_and_end_with_metrics(name):
+    code = [c for c in _cells(name) if c.cell_type == "code"]
+    for c in code:
+        assert "def " not in c.source and "class " not in c.source, f"{name}: logic belongs in lramlab"
+        assert len(c.source.splitlines()) <= 24
+    assert "write_metrics(" in code[-1].source
+
+
+# ----------------------------------------------------------------------------- a tiny pipeline run
+TINY = {
+    "01_data_prep": {"darkroom_goals": 2, "darkroom_episodes": 4, "metaworld_episodes": 1, "atari_episodes": 1,
+                     "atari_max_steps": 30},
+    "02_training": {"backbone": "dt", "steps": 10, "batch_size": 2, "context": 10, "lr": 0.003, "warmup": 2,
+                    "log_every": 1, "val_batches": 1, "device": "cpu"},
+    "03_icl": {"backbones": ["dt", "xlstm"], "steps": 2, "batch_size": 1, "warmup": 1, "context_episodes": 1,
+               "trials": 2, "eval_goals": "darkroom/goal-9-0,darkroom/goal-3-4", "device": "cpu"},
+    "04_embeddings_umap": {"n_per_task": 4, "context": 10},
+    "05_latency": {"backbones": ["xlstm", "dt"], "contexts": [5, 10], "throughput_batches": [1, 2],
+                   "throughput_context": 5, "reps": 2, "warmup": 1, "device": "cpu"},
+}
+for _p in TINY.values():
+    _p["save_png"] = False  # PNG export is tested in test_analysis
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    res = P.run_pipeline(out, TINY, progress=False)
+    return out, res
+
+
+def _metrics(out: Path, name: str) -> dict:
+    return json.loads((out / name / "metrics.json").read_text())
+
+
+def test_pipeline_runs_every_notebook(pipeline_run):
+    out, res = pipeline_run
+    assert res.ok and [r.name for r in res.runs] == list(P.NOTEBOOKS)
+    assert all(r.status == "ran" for r in res.runs)
+    for nb in P.NOTEBOOKS:
+        executed = nbformat.read(out / nb / f"{nb}.ipynb", as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert [r["status"] for r in summary["runs"]] == ["ran"] * 5
+    spec_argv0 = __import__("jupyter_client.kernelspec", fromlist=["x"]).KernelSpecManager().get_kernel_spec(
+        res.kernel).argv[0]
+    assert spec_argv0 in ("python", "python3", f"python3.{sys.version_info[1]}") or \
+        Path(spec_argv0).resolve() == Path(sys.executable).resolve()
+
+
+def test_pipeline_outputs_are_real(pipeline_run):
+    out, res = pipeline_run
+    m1 = _metrics(out, "01_data_prep")
+    assert m1["data_dir"] == str(out / "data") and m1["n_tasks"] == 4
+    assert set(m1["domains"]) == {"darkroom", "metaworld", "atari"} and m1["n_transitions"] > 800
+    m2 = _metrics(out, "02_training")
+    assert m2["step"] == 10 and m2["loss_decreased"] is True and m2["loss_last"] < m2["loss_first"]
+    assert Path(m2["checkpoint"]).is_file() and m2["val/perplexity"] > 1
+    assert (out / "02_training" / "loss.html").exists()
+    m3 = _metrics(out, "03_icl")["backbones"]
+    assert set(m3) == {"dt", "xlstm"}
+    for b in m3.values():
+        assert b["trials"] == 2 and b["goals"] == 2 and all(0 <= r <= 100 for r in b["mean_curve"])
+    m4 = _metrics(out, "04_embeddings_umap")
+    assert m4["checkpoint"] == m2["checkpoint"]  # chained from the training notebook
+    assert m4["coords_finite"] is True and m4["n_points"] == 16 and m4["backbone"] == "dt"
+    assert -1 <= m4["silhouette"] <= 1 and -1 <= m4["silhouette_2d"] <= 1
+    m5 = _metrics(out, "05_latency")
+    assert m5["all_latency_positive"] is True and m5["min_latency_ms"] > 0
+    assert len(m5["rows"]) == 2 * 2 * (2 + 2)  # backbones x modes x (contexts + throughput batches)
+    for nb, names in (("01_data_prep", ["dataset", "returns"]), ("03_icl", ["icl"]), ("04_embeddings_umap", ["umap"]),
+                      ("05_latency", ["latency_B1", "throughput", "memory"])):
+        for n in names:
+            assert (out / nb / f"{n}.html").stat().st_size > 1000
+
+
+def test_pipeline_resumes_and_forces(pipeline_run):
+    out, _ = pipeline_run
+    again = P.run_pipeline(out, TINY, progress=False)
+    assert [r.status for r in again.runs] == ["skipped"] * 5
+    before = _metrics(out, "05_latency")["rows"]
+    forced = P.run_pipeline(out, {"05_latency": {**TINY["05_latency"], "backbones": ["dt"], "modes": ["model"]}},
+                            only=["05"], force=True, progress=False)
+    assert [(r.name, r.status) for r in forced.runs] == [("05_latency", "ran")]
+    after = _metrics(out, "05_latency")["rows"]
+    assert len(after) == 1 * 1 * (2 + 2) and len(before) == 2 * 2 * (2 + 2)
+
+
+def test_bad_parameters_fail_before_running(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown name\(s\) \['stpes'\]"):
+        P.run_pipeline(tmp_path, {"02_training": {"stpes": 3}}, progress=False)
+    with pytest.raises(ValueError, match="unknown notebook '07_rl'"):
+        P.run_pipeline(tmp_path, {"07_rl": {}}, progress=False)
+    bad = tmp_path / "p.yaml"
+    bad.write_text("02_training: [1, 2]\n")
+    assert P.main(["--params", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o" / "02_training").exists()
+
+
+def test_failing_cell_stops_the_pipeline_naming_notebook_cell_and_error(tmp_path, capsys):
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"05": {"backbones": ["dt"], "modes": ["env"], "contexts": [5],
+                                         "throughput_batches": [], "env_task": "atari/not-a-game", "reps": 1,
+                                         "warmup": 0, "save_png": False}}))
+    rc = P.main(["--params", str(params), "--out", str(tmp_path / "run"), "--only", "05_latency", "--no-progress"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "notebook 05_latency failed in cell" in err and "UnknownTaskError" in err and "not-a-game" in err
+    summary = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert summary["runs"][-1]["status"] == "failed" and "cell" in summary["runs"][-1]["error"]
+    assert not (tmp_path / "run" / "05_latency" / "metrics.json").exists()
+    # the error carries the cell: the one that called run_latency_study
+    with pytest.raises(P.PipelineError) as info:
+        P.run_pipeline(tmp_path / "run", json.loads(params.read_text()), only=["05"], progress=False)
+    e = info.value
+    assert e.notebook == "05_latency" and e.ename == "UnknownTaskError"
+    assert "run_latency_study" in _cells("05_latency")[e.cell_index].source  # the index in notebooks/05_latency.ipynb
+    assert f"failed in cell {e.cell_index} of " in str(e) and Path(e.output).exists()
