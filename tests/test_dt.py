@@ -16,15 +16,6 @@ from lramlab.models.backbones.dt import DTBackbone, DTState
 TOL = dict(atol=1e-4, rtol=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # many tiny ops: extra intra-op threads only wait on each other on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(context_steps=10, seed=0, **kw):
     torch.manual_seed(seed)
     cfg = SimpleNamespace(d_model=32, n_layers=2, n_heads=4, context_steps=context_steps, dropout=0.0, **kw)

@@ -11,14 +11,6 @@ import torch
 from lramlab.evaluate import EvalResult, TaskScore, aggregate, evaluate_model, iqm, score_task
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from lramlab.models import LRAMConfig, build_model

@@ -17,14 +17,6 @@ TRAIN = ("darkroom/goal-6-9", "darkroom/goal-5-7")   # two of the 80 train goals
 HOLDOUT = "darkroom/goal-9-0,darkroom/goal-8-4"       # two of the 20 hold-out goals
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     from lramlab.data.generate import generate

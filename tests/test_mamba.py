@@ -22,16 +22,6 @@ from lramlab.models.backbones.mamba import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # these tests run thousands of tiny ops (token steps); on a shared 2-core machine extra intra-op
-    # threads only wait on each other (measured 12x slower under load), so use one and restore it
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(**kw):
     base = dict(d_model=32, n_layers=2, n_heads=4, context_steps=50, mamba_d_state=16,
                 mamba_d_conv=4, mamba_expand=2, dropout=0.0)

@@ -29,15 +29,6 @@ VARIANT_IDS = ["xlstm7_1", "xlstm1_0", "mamba", "dt"]
 ATOL_FP32 = 1e-4  # step vs parallel forward, fp32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: intra-op threads only add waiting, badly so on a shared, oversubscribed CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _need(backbone: str) -> None:
     if _AVAILABLE.get(backbone):
         pytest.skip(f"backbone {backbone} does not import here: {_AVAILABLE[backbone]}")

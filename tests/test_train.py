@@ -19,15 +19,6 @@ from lramlab.train.loop import lr_at
 DR_TASKS = ("darkroom/goal-6-9", "darkroom/goal-5-7")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 2 shared cores: OpenMP spin-waiting with 2 threads makes tiny matmuls ~100x slower
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     from lramlab.data.generate import generate

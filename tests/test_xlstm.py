@@ -17,15 +17,6 @@ from lramlab.models.backbones.xlstm import STEP_PIECE_TOKENS, XLSTMBackbone  # n
 ATOL = 1e-4  # fp32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: intra-op threads only add waiting, badly so on a shared, oversubscribed CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def backbone(slstm_at=(1,), n_layers=2, d_model=64, n_heads=4, seed=0, kernel="fast"):
     torch.manual_seed(seed)
     cfg = LRAMConfig(backbone="xlstm", size="tiny", n_layers=n_layers, d_model=d_model, n_heads=n_heads,
