@@ -149,7 +149,7 @@ def build_bench_model(backbone: str, size: str, context: int, device: str, xlstm
         from lramlab.models import LRAMConfig, build_model
 
         return build_model(LRAMConfig(backbone="xlstm", size=size, n_heads=xlstm_heads)).to(device).eval()
-    return bench._build(backbone, size, context, torch.device(device))
+    return bench.build_model_for_context(backbone, size, context, torch.device(device))
 
 
 def _record(kind, backbone, size, mode, B, C, res, device, **extra) -> LatencyRecord:

@@ -226,8 +226,9 @@ def prefill(model, state, context_steps: int, obs: str = "state", piece_steps: i
     return state
 
 
-def _build(backbone: str, size: str, context_steps: int, device, kernel: str = "fast", dtype: str = "float32",
+def build_model_for_context(backbone: str, size: str, context_steps: int, device, kernel: str = "fast", dtype: str = "float32",
            step_weights: str = "float32"):
+    """A model whose step can be timed at `context_steps` (DT: positions and KV window sized to it)."""
     from lramlab.models import LRAMConfig, build_model
 
     kw = {}
@@ -282,11 +283,11 @@ def agent_latency_over_contexts(backbone: str, size: str, contexts: list[int], b
             raise ValueError(f"xlstm step kernel {v!r}; valid: {', '.join(XLSTM_STEP_KERNELS)}")
     first_fast = next((v for v in variants if v != "reference"), None)
     if model is None:
-        model = _build(backbone, size, max(Cs), device, "fast" if first_fast else "reference", step_weights=step_weights)
+        model = build_model_for_context(backbone, size, max(Cs), device, "fast" if first_fast else "reference", step_weights=step_weights)
     models = {}
     for v in variants:
         if backbone == "xlstm" and v == "reference" and model.backbone.step_kernel != "reference":
-            ref = _build(backbone, size, max(Cs), device, "reference", step_weights=step_weights)
+            ref = build_model_for_context(backbone, size, max(Cs), device, "reference", step_weights=step_weights)
             ref.load_state_dict(model.state_dict())
             models[v] = ref
         else:
