@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -275,18 +274,9 @@ def format_table(res: EvalResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`lramlab eval --checkpoint RUN_DIR --tasks T1,T2 --episodes N [--json]`."""
-    from lramlab.train.config import config_from_args, parser_for
+    from lramlab.train.config import parse_cli
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = parser_for(EvalConfig, prog="lramlab eval", required=("checkpoint",))
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = p.parse_args(argv)
-    as_json = args.json
-    del args.json
-    try:
-        cfg = config_from_args(EvalConfig, args)
-    except ValueError as err:
-        p.error(str(err))
+    cfg, as_json = parse_cli(EvalConfig, argv, prog="lramlab eval", required=("checkpoint",))
     res = evaluate(cfg)
     print(json.dumps(res.to_dict(), indent=2) if as_json else format_table(res))
     return 0

@@ -22,7 +22,6 @@ Shape letters: G goals, N trials, C context timesteps, B windows.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -345,18 +344,9 @@ def run_icl(cfg: ICLConfig) -> ICLResult:
 
 def main(argv: list[str] | None = None) -> int:
     """`lramlab icl --data DIR --backbone B --steps N --out RUN_DIR [--checkpoint CKPT] [--json]`."""
-    from lramlab.train.config import config_from_args, parser_for
+    from lramlab.train.config import parse_cli
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = parser_for(ICLConfig, prog="lramlab icl")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = p.parse_args(argv)
-    as_json = args.json
-    del args.json
-    try:
-        cfg = config_from_args(ICLConfig, args)
-    except ValueError as err:
-        p.error(str(err))
+    cfg, as_json = parse_cli(ICLConfig, argv, prog="lramlab icl")
     res = run_icl(cfg)
     if as_json:
         print(json.dumps(res.to_dict(), indent=1))

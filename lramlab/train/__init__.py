@@ -12,9 +12,8 @@ Command line (the same dataclass, see `lramlab.train.config`):
 from __future__ import annotations
 
 import json
-import sys
 
-from lramlab.train.config import TrainConfig, config_from_args, parser_for
+from lramlab.train.config import TrainConfig, parse_cli
 from lramlab.train.loop import RunResult, run, train_step, validate
 
 __all__ = ["TrainConfig", "RunResult", "run", "train_step", "validate", "main"]
@@ -22,16 +21,8 @@ __all__ = ["TrainConfig", "RunResult", "run", "train_step", "validate", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """`lramlab train ...`: parse TrainConfig from the command line and run it."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = parser_for(TrainConfig, prog="lramlab train", required=("data", "out"))
-    p.add_argument("--json", action="store_true", help="print the RunResult as JSON at the end")
-    args = p.parse_args(argv)
-    as_json = args.json
-    del args.json
-    try:
-        cfg = config_from_args(TrainConfig, args)
-    except ValueError as err:
-        p.error(str(err))
+    cfg, as_json = parse_cli(TrainConfig, argv, prog="lramlab train", required=("data", "out"),
+                             json_help="print the RunResult as JSON at the end")
     res = run(cfg)
     from lramlab.train.distributed import env_world
 

@@ -239,3 +239,22 @@ def config_from_args(cls: type, args: argparse.Namespace):
             val = tuple(elem(x) if elem in (int, float) else x for x in items)
         kwargs[f.name] = val
     return cls(**kwargs)
+
+
+def parse_cli(cls: type, argv: list[str] | None, prog: str, required: tuple[str, ...] = (),
+              json_help: str = "print the result as JSON"):
+    """Parse a config dataclass from the command line, plus `--json`: returns (cfg, as_json).
+
+    A value the dataclass rejects becomes an argparse error (exit 2) with its message."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser_for(cls, prog=prog, required=required)
+    p.add_argument("--json", action="store_true", help=json_help)
+    args = p.parse_args(argv)
+    as_json = args.json
+    del args.json
+    try:
+        return config_from_args(cls, args), as_json
+    except ValueError as err:
+        p.error(str(err))
