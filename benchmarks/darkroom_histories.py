@@ -2,7 +2,7 @@
 
     python benchmarks/darkroom_histories.py [--episodes 1000] [--seed 0] [--json out.json]
 
-Trains the tabular Q-learner (lramlab.data.policies.QLearningConfig defaults) from scratch on all
+Trains the tabular Q-learner (lramlab.collect.policies.QLearningConfig defaults) from scratch on all
 100 goals (80 train + 20 hold-out) at once, and prints per goal the mean return of the first and
 last 10% of the history, the best achievable return, and the throughput of the vectorised learner.
 """
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    from lramlab.data.policies import darkroom_histories
+    from lramlab.collect.policies import darkroom_histories
     from lramlab.envs import darkroom as dr
 
     goals = list(dr.TRAIN_GOALS) + list(dr.HOLDOUT_GOALS)

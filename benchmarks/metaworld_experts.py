@@ -17,8 +17,8 @@ import numpy as np
 
 
 def evaluate(task: str, episodes: int, noise: float, seed: int = 0) -> dict:
-    from lramlab.data.generate import episode_seed, rollout_episode
-    from lramlab.data.policies import ExpertConfig, MetaWorldExpert
+    from lramlab.collect.generate import episode_seed, rollout_episode
+    from lramlab.collect.policies import ExpertConfig, MetaWorldExpert
     from lramlab.envs import make_env
     from lramlab.manifests import get_task
 

@@ -48,7 +48,7 @@ LRAM = "github.com/ml-jku/LRAM @ a984cdf5b9848369871c033813fe60beceadeb50"
 
 
 def _gen(policy: str) -> dict:
-    return {"generator": "lramlab.data.generate", "policy": policy}
+    return {"generator": "lramlab.collect.generate", "policy": policy}
 
 
 def _public(release: str, url: str, policy: str, **more) -> dict:
@@ -255,7 +255,7 @@ def build(ref: Path) -> dict[str, dict]:
         "defaults": {"env_id": f"lramlab/DarkRoom-{size}x{size}-v0", "obs_kind": "state", "obs_shape": [2],
                      "action_kind": "discrete", "action_dim": 5, "reward_scale": REWARD_SCALE["darkroom"],
                      "score_kind": "raw", "score_low": None, "score_high": None, "episode_length": horizon,
-                     "source": {"kind": "generated", "generator": "lramlab.data.generate",
+                     "source": {"kind": "generated", "generator": "lramlab.collect.generate",
                                 "policy": "q-learning", "history": "learning history (Algorithm Distillation)"}},
         "notes": ["goals from darkroom.yaml (80 train / 20 eval, RandomState(43) permutation)",
                   "target_return = best possible return: 100 - manhattan(start, goal) + 1 (100 when the "
@@ -270,7 +270,7 @@ def build(ref: Path) -> dict[str, dict]:
         "defaults": {"obs_kind": "state", "action_kind": "continuous", "reward_scale": REWARD_SCALE["robosuite"],
                      "target_return": None, "score_kind": "success", "score_low": 0.0, "score_high": 1.0,
                      "episode_length": 1000,
-                     "source": {"kind": "generated", "generator": "lramlab.data.generate", "policy": "random"},
+                     "source": {"kind": "generated", "generator": "lramlab.collect.generate", "policy": "random"},
                      "extra": {"robots": "Panda", "obs_keys": "GymWrapper default (object-state, robot0_proprio-state)"}},
         "notes": ["standard single-arm robosuite 1.5.2 tasks that run here (not part of the paper's 432)",
                   "split is nominal (all train); target_return unknown until data exists (max return in data)",

@@ -10,14 +10,14 @@ import sys
 
 # command words -> "module:function"; two-word commands (e.g. "data check") come first.
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("tasks",): ("lramlab.manifests:main", "list tasks and whether they run on this machine"),
+    ("tasks",): ("lramlab.envs.tasks_cli:main", "list tasks and whether they run on this machine"),
     ("data", "check"): ("lramlab.data.store:check_main", "validate a dataset directory"),
-    ("data", "generate"): ("lramlab.data.generate:main", "generate trajectories in a simulator"),
+    ("data", "generate"): ("lramlab.collect.generate:main", "generate trajectories in a simulator"),
     ("data", "pack"): ("lramlab.data.store:pack_main", "pack each task's episodes into packed.hdf5 for faster reads"),
     ("data", "import"): ("lramlab.data.importers:main", "import a published dataset format"),
-    ("bench", "data"): ("lramlab.data.bench:main", "data-loading throughput benchmark"),
+    ("bench", "data"): ("lramlab.bench.data:main", "data-loading throughput benchmark"),
     ("bench", "latency"): ("lramlab.bench.latency:main", "per-timestep agent latency benchmark"),
-    ("train",): ("lramlab.train:main", "train an agent (also: torchrun -m lramlab.train)"),
+    ("train",): ("lramlab.train.__main__:main", "train an agent (also: torchrun -m lramlab.train)"),
     ("eval",): ("lramlab.evaluate:main", "evaluate a checkpoint in environments"),
     ("icl",): ("lramlab.icl:main", "in-context learning evaluation on Dark-Room"),
     ("pipeline",): ("lramlab.pipeline:main", "run the study notebooks headlessly"),

@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -201,6 +201,24 @@ def evaluate_model(model: torch.nn.Module, tasks: Sequence[Any], episodes: int =
     return res
 
 
+def eval_callback(cfg) -> "Callable[[torch.nn.Module, list, int], dict] | None":
+    """The periodic rollout evaluation a `TrainConfig` asks for (`eval_every`, `eval_episodes`),
+    as the callback `lramlab.train.run(cfg, evaluate=...)` takes; None when `cfg.eval_every` is 0.
+
+    It plays `eval_episodes` episodes of every training task (tasks whose simulator is missing
+    here are skipped, and listed) and returns `EvalResult.metrics(prefix="eval")`."""
+    if not cfg.eval_every:
+        return None
+
+    def evaluate_run(model: torch.nn.Module, tasks: list, step: int) -> dict:
+        device = next(model.parameters()).device
+        res = evaluate_model(model, tasks, episodes=cfg.eval_episodes, seed=cfg.seed, device=device,
+                             skip_unavailable=True)
+        return res.metrics(prefix="eval")
+
+    return evaluate_run
+
+
 # ----------------------------------------------------------------------------------------
 # config + CLI
 
@@ -274,7 +292,7 @@ def format_table(res: EvalResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`lramlab eval --checkpoint RUN_DIR --tasks T1,T2 --episodes N [--json]`."""
-    from lramlab.train.config import parse_cli
+    from lramlab._dataclass_cli import parse_cli
 
     cfg, as_json = parse_cli(EvalConfig, argv, prog="lramlab eval", required=("checkpoint",))
     res = evaluate(cfg)

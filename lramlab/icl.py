@@ -24,128 +24,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from lramlab.data.sampling import VAL_FRACTION, TrajectoryDataset
+from lramlab.data.history import HistoryDataset
 
 EPISODE_LENGTH = 100
-
-
-# ----------------------------------------------------------------------------------------
-# windows that span consecutive episodes of a learning history
-
-
-class HistoryDataset(TrajectoryDataset):
-    """Windows of C timesteps over a task's episodes laid end to end (its learning history).
-
-    A task directory holds one history, episodes in file order. The split is contiguous, not
-    hashed: the LAST k = max(1, round(val_fraction * n)) episodes are the validation part (tasks
-    with >= 2 episodes), so training windows never contain validation steps and validation
-    windows never reach back into training episodes. `history_start` drops that leading
-    fraction of the training part (e.g. the early, random-walk episodes).
-
-    Window end points are every timestep of the split (episodes weighted by length, as in
-    `TrajectoryDataset`); a window ending at step `end` of episode i holds the previous C steps of
-    the split's episodes i, i-1, ..., left-padded where the split starts. R̂ and rewards are the
-    episodes' own (R̂ restarts at each episode's return), as in AD with RTG conditioning.
-    """
-
-    def __init__(self, roots, split: str = "train", context_len: int = 200,
-                 val_fraction: float = VAL_FRACTION, history_start: float = 0.0, **kw: Any):
-        if split not in ("train", "val", "all"):
-            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
-        if not 0.0 <= history_start < 1.0:
-            raise ValueError(f"history_start={history_start!r}: expected 0 <= value < 1")
-        super().__init__(roots, split="all", context_len=context_len, val_fraction=val_fraction, **kw)
-        self.split = split
-        self.history_start = float(history_start)
-        eps = []
-        for d in self.data:
-            n = len(d)
-            k = max(1, int(val_fraction * n + 0.5)) if (n >= 2 and val_fraction > 0) else 0
-            if split == "val":
-                sel = np.arange(n - k, n)
-            elif split == "train":
-                first = int(history_start * (n - k))
-                sel = np.arange(first, n - k)
-            else:
-                sel = np.arange(n)
-            eps.append(sel.astype(np.int64))
-        self.episodes = eps
-        self.lengths = [d.lengths[e] for d, e in zip(self.data, self.episodes)]
-        self.starts = [np.concatenate([[0], np.cumsum(ln)]).astype(np.int64) for ln in self.lengths]
-        self.n_steps = np.array([int(s[-1]) for s in self.starts], dtype=np.int64)
-
-    def fill_window(self, out: dict, b: int, ti: int, episode: int, end: int, start: int | None = None) -> None:
-        """Row b := the C steps ending at step `end` of file episode `episode`, across episodes.
-
-        `start` (a step of the same episode, as `sampling.validation_items` gives) keeps the
-        window inside that episode, like the base class; without it the window reaches back
-        through the split's earlier episodes.
-        """
-        C, info = self.context_len, self.infos[ti]
-        eps = self.episodes[ti]
-        pos = int(np.searchsorted(eps, episode))
-        if pos >= len(eps) or eps[pos] != episode:
-            raise ValueError(f"{self.tasks[ti]}: episode {episode} is not in the {self.split!r} split")
-        if start is not None:
-            if not max(0, int(end) - C + 1) <= int(start) <= int(end):
-                raise ValueError(f"window start {start} outside [{max(0, int(end) - C + 1)}, {end}]")
-            pos_stop = pos  # do not cross into the previous episode
-        else:
-            pos_stop = 0
-        pieces = []
-        need, cur_end = C, int(end)
-        while need > 0 and pos >= pos_stop:
-            ep = int(eps[pos])
-            first = max(0, cur_end - need + 1) if start is None else int(start)
-            pieces.append(self.data[ti].read(ep, first, cur_end + 1,
-                                             keys=("states", "actions", "rewards", "returns_to_go")))
-            need -= cur_end - first + 1
-            pos -= 1
-            if pos >= 0:
-                cur_end = int(self.data[ti].lengths[eps[pos]]) - 1
-        pieces.reverse()
-        w = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
-        n = len(w["rewards"])
-        p = C - n  # left padding
-        if "images" in out:
-            out["images"][b, p:] = w["states"]
-        else:
-            d = w["states"].shape[1]
-            out["states"][b, p:, :d] = w["states"]
-        a = w["actions"]
-        if a.ndim == 2:
-            out["actions"][b, p:, : a.shape[1]] = a
-            out["act_dim"][b] = a.shape[1]
-        else:
-            if len(a) and a.max() >= info.action_dim:
-                raise ValueError(f"{self.tasks[ti]}: actions {int(a.max())} >= n_actions {info.action_dim}")
-            out["actions"][b, p:] = a
-            out["n_actions"][b] = info.action_dim
-        out["rtg"][b, p:] = w["returns_to_go"] / info.reward_scale
-        out["rewards"][b, p:] = w["rewards"] / info.reward_scale
-        out["mask"][b, p:] = True
-        out["task_index"][b] = ti
-
-
-    def validation_items(self, domain: str, rank: int = 0, world_size: int = 1) -> list[tuple[int, int, int]]:
-        """Windows tiling each task's split stream (its episodes end to end) from the END backwards,
-        so every timestep is a target exactly once and windows span episode boundaries (the
-        earliest one is shorter, left-padded). Window j goes to rank j % world_size."""
-        C = self.context_len
-        items = []
-        for ti in self.domain_tasks[domain]:
-            n = int(self.n_steps[ti])
-            if n == 0:
-                continue
-            ends = np.arange(n - 1, -1, -C)[::-1]
-            eps, steps = self.locate(ti, ends)
-            items.extend((ti, int(e), int(s)) for e, s in zip(eps, steps))
-        return items[rank::world_size]
 
 
 # ----------------------------------------------------------------------------------------
@@ -344,7 +230,7 @@ def run_icl(cfg: ICLConfig) -> ICLResult:
 
 def main(argv: list[str] | None = None) -> int:
     """`lramlab icl --data DIR --backbone B --steps N --out RUN_DIR [--checkpoint CKPT] [--json]`."""
-    from lramlab.train.config import parse_cli
+    from lramlab._dataclass_cli import parse_cli
 
     cfg, as_json = parse_cli(ICLConfig, argv, prog="lramlab icl")
     res = run_icl(cfg)

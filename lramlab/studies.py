@@ -154,7 +154,7 @@ def run_data_prep(cfg: DataPrepConfig, progress: bool = True) -> DataSummary:
     A domain whose simulator is missing here is skipped and named in `summary.skipped`."""
     import time
 
-    from lramlab.data.generate import generate
+    from lramlab.collect.generate import generate
     from lramlab.envs import domain_available
 
     t0 = time.perf_counter()

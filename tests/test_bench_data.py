@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from lramlab.data import bench
-from lramlab.data.bench import TINY, BenchDataConfig, build_bench_dataset, main
+from lramlab.bench import data as bench
+from lramlab.bench.data import TINY, BenchDataConfig, build_bench_dataset, main
 from lramlab.data.store import TaskData, check_dataset, list_episode_files
 
 
@@ -24,8 +24,8 @@ def _files(root):
 
 
 def test_bench_dataset_is_real_rollouts(built):
-    from lramlab.data.generate import episode_seed, rollout_episode
-    from lramlab.data.policies import make_policy
+    from lramlab.collect.generate import episode_seed, rollout_episode
+    from lramlab.collect.policies import make_policy
     from lramlab.envs import make_env
 
     cache, root, info = built
@@ -35,7 +35,7 @@ def test_bench_dataset_is_real_rollouts(built):
     for t in TINY.state_tasks + TINY.image_tasks:
         d = root / t
         meta = json.loads((d / "meta.json").read_text())
-        assert meta["generator"] == "lramlab.data.generate" and meta["seed"] == TINY.seed
+        assert meta["generator"] == "lramlab.collect.generate" and meta["seed"] == TINY.seed
         assert meta["policy"] == ("expert" if t in TINY.state_tasks else "random")
         assert len(list_episode_files(d)) == (TINY.state_episodes if t in TINY.state_tasks else TINY.image_episodes)
     mw = TaskData(root / TINY.state_tasks[0]).read(0)
@@ -62,7 +62,7 @@ def test_second_build_reuses_the_cache(built, monkeypatch):
     def no_generate(*a, **kw):
         raise AssertionError("the cached dataset was generated again")
 
-    monkeypatch.setattr("lramlab.data.generate.generate", no_generate)
+    monkeypatch.setattr("lramlab.collect.generate.generate", no_generate)
     root2, info = build_bench_dataset(cache, TINY, progress=False)
     assert root2 == root and info["reused"] and _files(root) == before
     # another recipe is another directory, never a mix with the cached one

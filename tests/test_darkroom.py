@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from lramlab.envs import darkroom as dr
-from lramlab.data import policies as P
+from lramlab.collect import policies as P
 
 
 def _run(env, actions):

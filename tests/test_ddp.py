@@ -23,7 +23,7 @@ TASKS = ("darkroom/goal-6-9", "darkroom/goal-5-7")
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from lramlab.data.generate import generate
+    from lramlab.collect.generate import generate
 
     root = tmp_path_factory.mktemp("ddp_data")
     for t in TASKS:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lramlab.data import policies as P
-from lramlab.data.generate import episode_seed, generate, main
+from lramlab.collect import policies as P
+from lramlab.collect.generate import episode_seed, generate, main
 from lramlab.data.store import TaskData, check_dataset, list_episode_files
 
 
@@ -202,7 +202,7 @@ MW_TASKS = ["reach-v2", "push-v2", "door-open-v2", "drawer-close-v2", "button-pr
 
 @pytest.mark.slow
 def test_metaworld_experts_succeed():
-    from lramlab.data.generate import rollout_episode
+    from lramlab.collect.generate import rollout_episode
     from lramlab.envs import make_env
 
     for name in MW_TASKS:

@@ -1,7 +1,7 @@
 """Algorithm Distillation on Dark-Room: history windows across episodes, a trained agent beating a
 random policy on its training goal, and the ICL pipeline (train -> 40-trial style evaluation).
 
-Data: real Q-learning learning histories written by `lramlab.data.generate` (policy "history").
+Data: real Q-learning learning histories written by `lramlab.collect.generate` (policy "history").
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ HOLDOUT = "darkroom/goal-9-0,darkroom/goal-8-4"       # two of the 20 hold-out g
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    from lramlab.data.generate import generate
+    from lramlab.collect.generate import generate
 
     r = tmp_path_factory.mktemp("icl_data")
     for t in TRAIN:

@@ -65,7 +65,7 @@ def _pong_frames(n_episodes: int, steps: int, size: int, seed: int = 0):
 
 
 def _darkroom_episodes(n=4, seed=0):
-    from lramlab.data.policies import iter_darkroom_history
+    from lramlab.collect.policies import iter_darkroom_history
 
     return list(iter_darkroom_history((4, 1), n, seed=seed))
 

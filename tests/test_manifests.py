@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -118,7 +117,7 @@ def test_domain_facts():
         assert s.score_kind == "success" and s.action_kind == "continuous" and s.obs_kind == "state"
     for s in list_tasks("darkroom"):
         assert (s.obs_shape, s.action_kind, s.action_dim, s.episode_length) == ((2,), "discrete", 5, 100)
-        assert s.source == {"kind": "generated", "generator": "lramlab.data.generate", "policy": "q-learning",
+        assert s.source == {"kind": "generated", "generator": "lramlab.collect.generate", "policy": "q-learning",
                             "history": "learning history (Algorithm Distillation)"}
         x, y = s.extra["goal"]
         assert s.name == f"goal-{x}-{y}"
@@ -240,7 +239,7 @@ def _task(**over) -> dict:
     base = {"name": "t1", "split": "train", "env_id": "Env-v0", "obs_kind": "state", "obs_shape": [4],
             "action_kind": "continuous", "action_dim": 2, "reward_scale": 1.0, "target_return": 10.0,
             "score_kind": "minmax", "score_low": 0.0, "score_high": 10.0, "episode_length": 50,
-            "source": {"kind": "generated", "generator": "lramlab.data.generate", "policy": "random"}}
+            "source": {"kind": "generated", "generator": "lramlab.collect.generate", "policy": "random"}}
     base.update(over)
     return base
 
@@ -338,16 +337,23 @@ def test_cli_json_darkroom_holdout(capsys):
 
 
 def test_cli_reports_unavailable_domains_with_reason(capsys):
-    pytest.importorskip("lramlab.envs")
-    assert M.main(["--domain", "mimicgen", "--json"]) == 0
+    from lramlab.envs import tasks_cli
+
+    assert tasks_cli.main(["--domain", "mimicgen", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 85 and not any(r["available"] for r in rows)
     assert all("mimicgen" in r["reason"] and "install" in r["reason"] for r in rows)
 
 
-def test_cli_table_and_fallback_without_envs(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "lramlab.envs", None)  # import now fails
-    assert M.main(["--domain", "procgen"]) == 0
+def test_cli_table_and_fallback_when_the_availability_check_fails(capsys, monkeypatch):
+    from lramlab.envs import tasks_cli
+
+    def broken(domain):
+        raise ImportError("simulated: the simulator's import raised")
+
+    monkeypatch.setattr(tasks_cli, "domain_available", broken)
+    assert tasks_cli.main(["--domain", "procgen"]) == 0
     out = capsys.readouterr().out
     assert "procgen/coinrun" in out
-    assert "procgen: 16 tasks (12 train, 4 holdout), available: no (lramlab.envs not importable" in out
+    assert ("procgen: 16 tasks (12 train, 4 holdout), available: no (domain_available('procgen') raised "
+            "ImportError: simulated") in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -103,7 +104,7 @@ def test_write_is_atomic_on_crash(tmp_path, tiny_episodes, monkeypatch):
     good = write_episode(d, 0, ep)
     before = good.read_bytes()
     calls = {"n": 0}
-    real = store._raw_dataset  # the uncompressed path's dataset writer
+    real = store.episodes._raw_dataset  # the uncompressed path's dataset writer
 
     def crash_midway(f, name, *a, **kw):
         calls["n"] += 1
@@ -111,7 +112,7 @@ def test_write_is_atomic_on_crash(tmp_path, tiny_episodes, monkeypatch):
             raise KeyboardInterrupt("simulated crash while writing")
         return real(f, name, *a, **kw)
 
-    monkeypatch.setattr(store, "_raw_dataset", crash_midway)
+    monkeypatch.setattr(store.episodes, "_raw_dataset", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         write_episode(d, 0, tiny_episodes["control/pendulum"][1])  # overwrite: old file must survive
     with pytest.raises(KeyboardInterrupt):
@@ -312,13 +313,13 @@ def test_write_episode_fsync_flag(tmp_path, tiny_episodes, monkeypatch):
 def _spy_fsync(monkeypatch) -> list:
     """Record the episode files StoreWriter fsyncs (names, in order)."""
     seen = []
-    real = store._fsync_file
+    real = store.writer._fsync_file
 
     def spy(path, missing_ok=False):
-        seen.append(store.Path(path).name)
+        seen.append(Path(path).name)
         return real(path, missing_ok)
 
-    monkeypatch.setattr(store, "_fsync_file", spy)
+    monkeypatch.setattr(store.writer, "_fsync_file", spy)
     return seen
 
 
@@ -384,7 +385,7 @@ def test_power_loss_tail_is_deleted_a_kill_keeps_it(tmp_path, tiny_episodes, mon
     with pytest.raises(TrajectoryFileError, match="cannot be opened as HDF5"):
         read_episode(p4)
     assert is_complete(p3) and not read_episode(p3)["actions"].any()  # no reader can tell: the marker must
-    monkeypatch.setattr(store, "_boot_id", lambda: "a-later-boot")
+    monkeypatch.setattr(store.writer, "_boot_id", lambda: "a-later-boot")
     w2 = StoreWriter(d, task="control/pendulum")
     assert sorted(p.name for p in w2.recovered) == [p3.name, p4.name]
     assert [p.name for p in list_episode_files(d)] == [f"episode_{i:06d}.hdf5" for i in range(3)]
@@ -425,7 +426,7 @@ def test_every_truncation_and_damage_is_rejected_by_name(tmp_path, tiny_root):
 
 
 def test_generate_after_power_loss_regenerates_the_tail(tmp_path, monkeypatch):
-    from lramlab.data.generate import generate
+    from lramlab.collect.generate import generate
 
     ref = generate("darkroom/goal-5-5", 10, "history", tmp_path / "ref", seed=2, progress=False, sync_every=4)
     out = tmp_path / "lost"
@@ -449,7 +450,7 @@ def test_generate_after_power_loss_regenerates_the_tail(tmp_path, monkeypatch):
     assert _marker(d) == 4 and len(list_episode_files(d)) == 6
     _zero_dataset(d / "episode_000004.hdf5", "actions")  # whole-looking, wrong data
     (d / "episode_000005.hdf5").write_bytes(b"")  # delayed allocation: a zero-length file
-    monkeypatch.setattr(store, "_boot_id", lambda: "after-the-reboot")
+    monkeypatch.setattr(store.writer, "_boot_id", lambda: "after-the-reboot")
     generate("darkroom/goal-5-5", 10, "history", out, seed=2, progress=False, sync_every=4)
     ta, tb = TaskData(ref), TaskData(d)
     for i in range(10):

@@ -1,7 +1,7 @@
 """Training: loss falls on real generated data, run directory contents, config/CLI, fine-tuning.
 
 Data: Dark-Room Q-learning histories (discrete) and Meta-World reach expert episodes
-(continuous), generated into a temporary store by `lramlab.data.generate`, so one update is a
+(continuous), generated into a temporary store by `lramlab.collect.generate`, so one update is a
 real domain-balanced accumulation over a discrete and a continuous domain.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ DR_TASKS = ("darkroom/goal-6-9", "darkroom/goal-5-7")
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    from lramlab.data.generate import generate
+    from lramlab.collect.generate import generate
 
     root = tmp_path_factory.mktemp("train_data")
     for t in DR_TASKS:
@@ -165,8 +165,13 @@ def test_bf16_autocast_on_cpu(data_root, tmp_path):
 
 
 def test_periodic_rollout_evaluation(data_root, tmp_path):
-    res = run(_cfg(data_root, tmp_path / "ev", steps=2, val_every=0, tasks=("goal-6-9",), eval_every=1,
-                   eval_episodes=1))
+    from lramlab.evaluate import eval_callback
+
+    cfg = _cfg(data_root, tmp_path / "ev", steps=2, val_every=0, tasks=("goal-6-9",), eval_every=1,
+               eval_episodes=1)
+    with pytest.raises(ValueError, match="eval_every=1 needs an evaluation callback"):
+        run(cfg)
+    res = run(cfg, evaluate=eval_callback(cfg))
     lines = [ln for ln in _lines(res.run_dir) if "eval/darkroom/normalized_score" in ln]
     assert [ln["step"] for ln in lines] == [1, 2]
     assert "eval/darkroom/iqm" in res.metrics and "eval/darkroom/goal-6-9/return" in res.metrics

@@ -22,7 +22,7 @@ from lramlab import widgets as W  # noqa: E402
 
 @pytest.fixture(scope="module")
 def darkroom_root(tmp_path_factory):
-    from lramlab.data.generate import generate
+    from lramlab.collect.generate import generate
 
     root = tmp_path_factory.mktemp("dark")
     generate("darkroom/goal-5-5", 3, out=root, progress=False)

@@ -38,6 +38,7 @@ from lramlab.data.store import TaskData, find_tasks
 from lramlab.tokenizer import IMAGE_SHAPE, MAX_ACT_DIM, STATE_DIM
 
 DEFAULT_CONTEXT = 50
+WINDOW_KEYS = ("states", "actions", "rewards", "returns_to_go")  # what a training window reads
 VAL_FRACTION = 0.025  # paper: 2.5 % of the trajectories of each task (reference/domain_specs.yaml p_valid)
 _MASK64 = (1 << 64) - 1
 
@@ -224,10 +225,7 @@ class TrajectoryDataset:
         self.data = datas
         self.tasks = [d.task for d in datas]
         self.infos = [resolve_task_info(d, task_specs, reward_scale) for d in datas]
-        self.episodes = [split_episodes(d.task, len(d), split, val_fraction) for d in datas]
-        self.lengths = [d.lengths[e] for d, e in zip(datas, self.episodes)]
-        self.starts = [np.concatenate([[0], np.cumsum(ln)]).astype(np.int64) for ln in self.lengths]
-        self.n_steps = np.array([int(s[-1]) for s in self.starts], dtype=np.int64)
+        self.set_episodes([split_episodes(d.task, len(d), split, val_fraction) for d in datas])
         self.domains = sorted({i.domain for i in self.infos})
         self.domain_tasks = {dom: [t for t, i in enumerate(self.infos) if i.domain == dom] for dom in self.domains}
         for dom, ts in self.domain_tasks.items():
@@ -235,6 +233,20 @@ class TrajectoryDataset:
             if len(kinds) > 1:
                 raise ValueError(f"domain {dom} mixes state and image tasks: "
                                  f"{[(self.tasks[t], self.infos[t].obs_kind) for t in ts]}")
+
+    def set_episodes(self, episodes: Sequence[np.ndarray]) -> None:
+        """Use these file episode indices per task (sorted int arrays) as the split's episodes."""
+        self.episodes = [np.asarray(e, dtype=np.int64) for e in episodes]
+        self.lengths = [d.lengths[e] for d, e in zip(self.data, self.episodes)]
+        self.starts = [np.concatenate([[0], np.cumsum(ln)]).astype(np.int64) for ln in self.lengths]
+        self.n_steps = np.array([int(s[-1]) for s in self.starts], dtype=np.int64)
+
+    def keep_from(self, frac: float) -> None:
+        """Keep, per task, only episodes with file index >= frac * n_episodes (the later part of a
+        learning history, or of data generated in improving order)."""
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(f"keep_from({frac!r}): expected 0 <= frac < 1")
+        self.set_episodes([e[e >= int(frac * len(d))] for d, e in zip(self.data, self.episodes)])
 
     def __repr__(self) -> str:
         return (f"TrajectoryDataset(split={self.split!r}, tasks={len(self.tasks)}, domains={self.domains}, "
@@ -267,13 +279,18 @@ class TrajectoryDataset:
 
         It starts at max(0, end - C + 1), or at `start` when given (a shorter, left-padded window).
         """
-        C, info = self.context_len, self.infos[ti]
+        C = self.context_len
         first = max(0, int(end) - C + 1)
         start = first if start is None else int(start)
         if not first <= start <= int(end):
             raise ValueError(f"window start {start} outside [{first}, {end}]")
-        n = int(end) - start + 1
-        w = self.data[ti].read(int(episode), start, int(end) + 1, keys=("states", "actions", "rewards", "returns_to_go"))
+        w = self.data[ti].read(int(episode), start, int(end) + 1, keys=WINDOW_KEYS)
+        self.write_row(out, b, ti, w, where=self.data[ti].episode_paths[episode])
+
+    def write_row(self, out: dict, b: int, ti: int, w: Mapping[str, np.ndarray], where: Any = None) -> None:
+        """Row b of a batch := the n <= C timesteps `w` (store arrays) of task ti, left-padded."""
+        C, info = self.context_len, self.infos[ti]
+        n = len(w["rewards"])
         p = C - n  # left padding
         if "images" in out:
             out["images"][b, p:] = w["states"]
@@ -290,7 +307,7 @@ class TrajectoryDataset:
             if out["actions"].ndim == 3:
                 raise ValueError(f"domain {info.domain} mixes discrete and continuous actions ({self.tasks[ti]})")
             if len(a) and a.max() >= info.action_dim:
-                raise ValueError(f"{self.data[ti].episode_paths[episode]}: dataset 'actions': expected ids "
+                raise ValueError(f"{where or self.tasks[ti]}: dataset 'actions': expected ids "
                                  f"< {info.action_dim} (the task's n_actions), got {int(a.max())}")
             out["actions"][b, p:] = a
             out["n_actions"][b] = info.action_dim

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._io import atomic_torch_save
 from ..tokenizer import IMAGE_SHAPE, STATE_DIM
 from .backbones import make_backbone
 from .config import LRAMConfig
@@ -208,10 +209,18 @@ class LRAM(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path, extra: Optional[dict] = None):
-        """Atomic checkpoint carrying the LRAMConfig and the state_dict (see checkpoint.py)."""
-        from .checkpoint import save_model
+        """Atomic checkpoint carrying the LRAMConfig and the state_dict (`checkpoint.load_model` reads it)."""
+        return atomic_torch_save(model_payload(self, extra), path)
 
-        return save_model(self, path, extra=extra)
+
+FORMAT = "lramlab.model"  # a model file: format tag, version, config dict, state_dict, extra
+VERSION = 1
+
+
+def model_payload(model: LRAM, extra: Optional[dict] = None) -> dict:
+    """What a model checkpoint holds: format tag, config dict, state_dict, optional extra."""
+    return {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(),
+            "state_dict": model.state_dict(), "extra": dict(extra or {})}
 
 
 def build_model(cfg: Union[LRAMConfig, dict, None] = None, **overrides) -> LRAM:

@@ -1,52 +1,24 @@
 """Model checkpoints: one file that carries the LRAMConfig and the state_dict (STYLE.md §9).
 
-`save_model` writes atomically (tmp file in the same directory + fsync + os.replace), so a
-crash never leaves a half-written checkpoint. `model_payload` / `model_from_payload` let a
+`save_model` (= `LRAM.save`) writes atomically (`lramlab._io.atomic_torch_save`), so a crash never
+leaves a half-written checkpoint. `model_payload` / `model_from_payload` let a
 training checkpoint embed the model part next to its optimizer state.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 
+from lramlab._io import atomic_torch_save
+
+from .agent import FORMAT, LRAM, VERSION, model_payload
 from .config import LRAMConfig
-
-FORMAT = "lramlab.model"
-VERSION = 1
-
-
-def atomic_torch_save(obj: Any, path: Union[str, Path]) -> Path:
-    """torch.save to `path` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def model_payload(model, extra: Optional[dict] = None) -> dict:
-    """What a model checkpoint holds: format tag, config dict, state_dict, optional extra."""
-    return {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(),
-            "state_dict": model.state_dict(), "extra": dict(extra or {})}
 
 
 def model_from_payload(payload: dict, where: str = "checkpoint", map_location=None):
     """Rebuild the model a payload describes and load its weights (strict)."""
-    from .agent import LRAM
-
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{where}: not an lramlab model checkpoint (format={got!r}, expected {FORMAT!r})")

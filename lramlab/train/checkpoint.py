@@ -27,38 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from lramlab._io import atomic_torch_save
+
 FORMAT = "lramlab-train-checkpoint"
 VERSION = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable or not what was expected."""
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to `path` via a temporary file in the same directory + fsync + os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    # make the rename durable too (a crash right after must not lose it)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return path
 
 
 def rng_state() -> dict:

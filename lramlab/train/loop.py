@@ -1,44 +1,40 @@
-"""The training step (a function) and the thin loop around it (`run`).
+"""The thin training loop, `run(cfg)`: the only way to train (CLI, notebooks and ICL call it).
 
-One optimizer update = one micro-batch per domain (gradient accumulation over the domains, paper
-App. C.1), the loss averaged over the domains. Under DDP each rank holds B / world_size windows
-of each micro-batch; the per-rank loss is re-weighted by its share of the global number of
-predicted targets so that the averaged gradient equals the gradient of ONE process on the union
-of the ranks' windows (masked cross-entropy is a mean over valid targets, and ranks see different
-numbers of them because windows are left-padded).
-
-Shape letters: B windows, T timesteps (= context C), V = 2066 vocabulary.
+It builds the data (`train.data`), the model, the optimizer (`train.step`), resumes from
+`checkpoints/last.pt` when asked, and then calls `train_step` once per update, validating,
+evaluating (through the caller's `evaluate` callback: training knows no simulator) and
+checkpointing on schedule. The run directory records itself (`train.runlog`).
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import math
-import platform
 import random
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from lramlab.train import checkpoint as ckpt_mod
 from lramlab.train.config import TrainConfig
-from lramlab.train.distributed import (
-    DistInfo,
-    all_reduce_sum,
-    barrier,
-    cleanup,
-    env_world,
-    init_distributed,
-    pick_device,
-)
+from lramlab.train.data import (found_tasks, make_datasets, make_sampler, next_batches, select_tasks,
+                                validation_batch_list)
+from lramlab.train.distributed import (DistInfo, barrier, cleanup, env_world, gather_objects, init_distributed,
+                                       pick_device)
+from lramlab.train.freeze import apply_freeze
+from lramlab.train.runlog import MetricLogger, versions, write_json
+from lramlab.train.step import (DOMAIN_KEY, batch_to, build_optimizer, build_scheduler, lr_at, target_count,
+                                train_step, validate)
 
-DOMAIN_KEY = "domain"
+#: evaluate(model, tasks, step) -> metrics such as {"eval/<domain>/normalized_score": ...}; rank 0 calls it
+EvalCallback = Callable[[torch.nn.Module, list, int], dict]
+
+__all__ = ["RunResult", "run", "train_step", "validate", "lr_at", "build_optimizer", "build_scheduler",
+           "batch_to", "target_count", "make_datasets", "make_sampler", "next_batches", "select_tasks",
+           "found_tasks", "validation_batch_list", "apply_freeze", "make_model_config", "versions",
+           "MetricLogger", "seed_everything", "DOMAIN_KEY", "EvalCallback"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -66,296 +62,6 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------------------
-# optimizer and schedule
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up from 0 to `lr` over `warmup` steps, then cosine decay to `min_lr` at `steps`."""
-    if cfg.warmup > 0 and step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    span = max(1, cfg.steps - cfg.warmup)
-    progress = min(1.0, (step - cfg.warmup) / span)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices/filters only (biases, norms and 1-d gains are not decayed)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
-    if not groups:
-        raise ValueError("no trainable parameters (everything is frozen: check freeze=...)")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """LambdaLR over `lr_at` (its factor is relative to cfg.lr)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
-
-
-# ---------------------------------------------------------------------------------------
-# batches
-
-
-def batch_to(batch: dict, device: torch.device) -> dict:
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, np.ndarray):
-            v = torch.from_numpy(v)
-        out[k] = v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-    return out
-
-
-def target_count(batch: dict) -> torch.Tensor:
-    """Number of predicted targets: valid steps (discrete) or valid steps x real dims (continuous)."""
-    mask = batch["mask"]
-    act_dim = batch["act_dim"]
-    per_row = torch.where(act_dim > 0, act_dim, torch.ones_like(act_dim)).to(torch.float64)
-    return (mask.to(torch.float64).sum(1) * per_row).sum()
-
-
-def autocast_ctx(device: torch.device, amp: bool):
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def _loss(model, batch, amp: bool, device: torch.device):
-    from lramlab.models import action_loss
-
-    with autocast_ctx(device, amp):
-        logits = model(batch)
-    # the loss in fp32: bf16 log-softmax over 2066 classes loses precision
-    loss, metrics = action_loss(logits.float(), batch)
-    return loss, metrics
-
-
-def train_step(model: torch.nn.Module, batches: Sequence[dict], optimizer: torch.optim.Optimizer,
-               scheduler=None, *, grad_clip: float = 0.25, amp: bool = True,
-               device: torch.device | str = "cpu", dist_info: DistInfo | None = None) -> dict[str, float]:
-    """One optimizer update on one micro-batch per domain (loss averaged over the domains).
-
-    Returns `train/loss`, `train/<domain>/loss`, `train/grad_norm`, `train/lr` (the lr used).
-    """
-    device = torch.device(device)
-    info = dist_info or DistInfo()
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    n = len(batches)
-    if n == 0:
-        raise ValueError("train_step got no batches")
-    metrics: dict[str, float] = {}
-    total = 0.0
-    for i, batch in enumerate(batches):
-        batch = batch_to(batch, device)
-        dom = batch.get(DOMAIN_KEY, f"batch{i}")
-        weight = 1.0 / n
-        if info.distributed:
-            # equal to one process on the union of the ranks' windows (see module docstring)
-            local = target_count(batch)
-            glob = all_reduce_sum(local, info)
-            weight *= float(local * info.world_size / glob.clamp_min(1.0))
-        sync = (i == n - 1) or not hasattr(model, "no_sync")
-        ctx = contextlib.nullcontext() if sync else model.no_sync()
-        with ctx:
-            loss, _ = _loss(model, batch, amp, device)
-            (loss * weight).backward()
-        lv = float(loss.detach())
-        metrics[f"train/{dom}/loss"] = lv
-        total += lv / n
-    params = [p for p in model.parameters() if p.requires_grad]
-    if grad_clip and grad_clip > 0:
-        gn = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    else:
-        gn = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None]))
-    lr = optimizer.param_groups[0]["lr"]
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    metrics["train/loss"] = total
-    metrics["train/grad_norm"] = float(gn)
-    metrics["train/lr"] = float(lr)
-    return metrics
-
-
-@torch.no_grad()
-def validate(model: torch.nn.Module, batches: Iterable[dict], *, amp: bool = True,
-             device: torch.device | str = "cpu", dist_info: DistInfo | None = None) -> dict[str, float]:
-    """Validation loss and perplexity, per domain and averaged over domains (paper Fig. 2a).
-
-    Perplexity = exp(mean cross-entropy per predicted target) of a domain; `val/perplexity` is the
-    mean over domains of the per-domain perplexities, as the paper averages domain scores.
-    """
-    device = torch.device(device)
-    info = dist_info or DistInfo()
-    was_training = model.training
-    model.eval()
-    sums: dict[str, list[float]] = {}
-    for batch in batches:
-        batch = batch_to(batch, device)
-        dom = batch.get(DOMAIN_KEY, "all")
-        loss, _ = _loss(model, batch, amp, device)
-        cnt = float(target_count(batch))
-        s = sums.setdefault(dom, [0.0, 0.0])
-        s[0] += float(loss) * cnt
-        s[1] += cnt
-    if info.distributed:  # sum (loss * targets, targets) per domain over the ranks
-        doms = sorted({d for ds in _gather(sorted(sums), info) for d in ds})
-        vec = torch.tensor([sums.get(d, [0.0, 0.0]) for d in doms], dtype=torch.float64, device=device)
-        vec = all_reduce_sum(vec, info).cpu()
-        sums = {d: [float(vec[i, 0]), float(vec[i, 1])] for i, d in enumerate(doms)}
-    out: dict[str, float] = {}
-    ppl, losses = [], []
-    for dom in sorted(sums):
-        s, c = sums[dom]
-        if c <= 0:
-            continue
-        mean = s / c
-        out[f"val/{dom}/loss"] = mean
-        out[f"val/{dom}/perplexity"] = math.exp(min(mean, 50.0))
-        ppl.append(out[f"val/{dom}/perplexity"])
-        losses.append(mean)
-    if ppl:
-        out["val/loss"] = float(np.mean(losses))
-        out["val/perplexity"] = float(np.mean(ppl))
-    if was_training:
-        model.train()
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# data
-
-
-def _resolve_task_names(requested: Sequence[str], found: Sequence[str]) -> list[str]:
-    """Requested ids or bare names -> ids found in the data (error lists what was found)."""
-    out = []
-    for name in requested:
-        if name in found:
-            out.append(name)
-            continue
-        hits = [t for t in found if t.split("/", 1)[-1] == name]
-        if len(hits) == 1:
-            out.append(hits[0])
-            continue
-        what = "is ambiguous" if hits else "is not in the data"
-        raise ValueError(f"task {name!r} {what}; tasks found: {', '.join(found[:40])}"
-                         f"{' ...' if len(found) > 40 else ''}")
-    return out
-
-
-def found_tasks(roots: Sequence[str]) -> list[str]:
-    """Sorted task ids of the task directories under the roots."""
-    from lramlab.data.store import TaskData, find_tasks
-
-    return sorted({TaskData(d, max_open=1).task for root in roots for d in find_tasks(root)})
-
-
-def select_tasks(cfg: TrainConfig) -> list[str] | None:
-    """Task ids to train on after the tasks/domains/split filters (None: everything found)."""
-    if not cfg.tasks and not cfg.domains and cfg.split == "any":
-        return None
-    found = found_tasks(cfg.data)
-    chosen = _resolve_task_names(cfg.tasks, found) if cfg.tasks else list(found)
-    if cfg.domains:
-        doms = set(cfg.domains)
-        known = sorted({t.split("/")[0] for t in found})
-        bad = doms - set(known)
-        if bad:
-            raise ValueError(f"domains {sorted(bad)} not in the data; domains found: {known}")
-        chosen = [t for t in chosen if t.split("/")[0] in doms]
-    if cfg.split != "any":
-        from lramlab.manifests import get_task
-
-        chosen = [t for t in chosen if get_task(t).split == cfg.split]
-    if not chosen:
-        raise ValueError(f"no task left after the filters tasks={cfg.tasks} domains={cfg.domains} "
-                         f"split={cfg.split!r} in {list(cfg.data)}")
-    return chosen
-
-
-def make_datasets(cfg: TrainConfig, task_specs=None, reward_scale=None):
-    """(train dataset, validation dataset or None) for the config's data and window kind."""
-    tasks = select_tasks(cfg)
-    kw = dict(context_len=cfg.context, val_fraction=cfg.val_fraction, tasks=tasks,
-              task_specs=task_specs, reward_scale=reward_scale)
-    if cfg.window == "history":
-        from lramlab.icl import HistoryDataset
-
-        train = HistoryDataset(list(cfg.data), split="train", history_start=cfg.history_start, **kw)
-        val = HistoryDataset(list(cfg.data), split="val", **kw) if cfg.val_fraction > 0 else None
-    else:
-        from lramlab.data.sampling import TrajectoryDataset
-
-        train = TrajectoryDataset(list(cfg.data), split="train", **kw)
-        if cfg.history_start > 0:
-            _drop_leading_episodes(train, cfg.history_start)
-        val = TrajectoryDataset(list(cfg.data), split="val", **kw) if cfg.val_fraction > 0 else None
-    if val is not None and int(val.n_steps.sum()) == 0:
-        val = None
-    return train, val
-
-
-def _drop_leading_episodes(ds, frac: float) -> None:
-    """Keep, per task, only training episodes with file index >= frac * n_episodes (the later part
-    of a learning history, or of data generated in improving order)."""
-    for ti, d in enumerate(ds.data):
-        first = int(frac * len(d))
-        ds.episodes[ti] = ds.episodes[ti][ds.episodes[ti] >= first]
-    ds.lengths = [d.lengths[e] for d, e in zip(ds.data, ds.episodes)]
-    ds.starts = [np.concatenate([[0], np.cumsum(ln)]).astype(np.int64) for ln in ds.lengths]
-    ds.n_steps = np.array([int(s[-1]) for s in ds.starts], dtype=np.int64)
-
-
-def make_sampler(dataset, cfg: TrainConfig, info: DistInfo):
-    from lramlab.data.sampling import DomainBalancedSampler, SamplerConfig
-
-    if cfg.batch_size % info.world_size:
-        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {info.world_size} ranks")
-    sc = SamplerConfig(batch_size=cfg.batch_size // info.world_size, seed=cfg.seed, rank=info.rank,
-                       world_size=info.world_size)
-    return DomainBalancedSampler(dataset, sc)
-
-
-def next_batches(sampler, cfg: TrainConfig) -> list[dict]:
-    """The micro-batches of one update: one per domain (domain-balanced, the paper's default), or,
-    with domain_balanced=False, one micro-batch of a domain drawn in proportion to its timesteps."""
-    if cfg.domain_balanced or len(sampler.domains) == 1:
-        return sampler.next_update()
-    ds = sampler.ds
-    sizes = np.array([float(ds.n_steps[ds.domain_tasks[d]].sum()) for d in sampler.domains])
-    dom = sampler.domains[int(sampler.rng.choice(len(sizes), p=sizes / sizes.sum()))]  # checkpointed rng
-    sampler.updates += 1
-    return [ds.make_batch(dom, sampler.sample_items(dom))]
-
-
-def validation_batch_list(val_ds, cfg: TrainConfig, info: DistInfo) -> list[dict]:
-    """At most `val_batches` batches per domain, windows spread evenly over the held-out data."""
-    from lramlab.data.sampling import validation_items
-
-    out = []
-    per_rank = max(1, cfg.batch_size // info.world_size)
-    tile = getattr(val_ds, "validation_items", None)  # history windows tile across episodes
-    for dom in val_ds.domains:
-        items = tile(dom) if tile is not None else validation_items(val_ds, dom)
-        if not items:
-            continue
-        cap = cfg.val_batches * cfg.batch_size
-        if cap and len(items) > cap:
-            pick = np.unique(np.linspace(0, len(items) - 1, cap).round().astype(int))
-            items = [items[i] for i in pick]
-        items = items[info.rank::info.world_size]
-        for i in range(0, len(items), per_rank):
-            out.append(val_ds.make_batch(dom, items[i:i + per_rank]))
-    return out
-
-
-# ---------------------------------------------------------------------------------------
 # model
 
 
@@ -371,144 +77,6 @@ def make_model_config(cfg: TrainConfig):
     return LRAMConfig(**kw)
 
 
-def _encoder_modules(model) -> list[str]:
-    names = [n for n, _ in model.named_children()]
-    return [n for n in names if "enc" in n.lower() or "embed" in n.lower() or n.lower() in ("ln", "norm", "embed_ln")]
-
-
-def apply_freeze(model: torch.nn.Module, specs: Sequence[str]) -> list[str]:
-    """Freeze parameters by part; returns the names of the frozen parameters.
-
-    "encoders": state/image/RTG/reward encoders and their LayerNorm; "backbone": all backbone
-    blocks; "backbone:N": the first N backbone blocks; "head": the action head; anything else is
-    a parameter-name prefix.
-    """
-    frozen: list[str] = []
-    params = dict(model.named_parameters())
-
-    def _freeze(prefixes: Sequence[str], what: str):
-        hit = [n for n in params if any(n == p or n.startswith(p + ".") for p in prefixes)]
-        if not hit:
-            raise ValueError(f"freeze={what!r} matches no parameter; top-level modules: "
-                             f"{[n for n, _ in model.named_children()]}")
-        for n in hit:
-            params[n].requires_grad_(False)
-        frozen.extend(hit)
-
-    for spec in specs:
-        if spec == "encoders":
-            _freeze(_encoder_modules(model), spec)
-        elif spec == "backbone":
-            _freeze(["backbone"], spec)
-        elif spec.startswith("backbone:"):
-            k = int(spec.split(":", 1)[1])
-            blocks = _backbone_block_prefixes(model)
-            if k > len(blocks):
-                raise ValueError(f"freeze={spec!r}: the backbone has only {len(blocks)} blocks")
-            if k:
-                _freeze(blocks[:k], spec)
-        elif spec == "head":
-            _freeze([n for n, _ in model.named_children() if "head" in n.lower()], spec)
-        else:
-            _freeze([spec], spec)
-    return sorted(set(frozen))
-
-
-def _backbone_block_prefixes(model) -> list[str]:
-    """Parameter prefixes of the backbone's blocks, in depth order."""
-    bb = getattr(model, "backbone", None)
-    if bb is None:
-        raise ValueError("model has no .backbone to freeze blocks of")
-    if hasattr(bb, "block_prefixes"):
-        return [f"backbone.{p}" for p in bb.block_prefixes()]
-    # the first ModuleList of the backbone holds its blocks
-    for name, mod in bb.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0:
-            return [f"backbone.{name}.{i}" for i in range(len(mod))]
-    raise ValueError("cannot find the backbone's block list (no nn.ModuleList inside .backbone)")
-
-
-# ---------------------------------------------------------------------------------------
-# run directory
-
-
-def versions() -> dict[str, Any]:
-    out: dict[str, Any] = {"python": sys.version.split()[0], "platform": platform.platform(),
-                           "torch": torch.__version__, "numpy": np.__version__}
-    for mod in ("lramlab", "xlstm", "h5py", "gymnasium", "mamba_ssm"):
-        try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "unknown")
-        except Exception:  # noqa: BLE001 - optional packages
-            out[mod] = None
-    out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
-    try:
-        from lramlab import REPO_ROOT
-
-        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=5)
-        out["git_commit"] = commit.stdout.strip() or None
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-        out["git_dirty"] = bool(dirty.stdout.strip()) if commit.returncode == 0 else None
-    except Exception:  # noqa: BLE001 - no git, not a repo
-        out["git_commit"] = None
-    return out
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from lramlab.data.store import atomic_write_text
-
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
-class MetricLogger:
-    """Rank 0: metrics.jsonl (one line per logged step) + TensorBoard when installed."""
-
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int = 0):
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = None
-        self.note = None
-        if not enabled:
-            return
-        if resume_step > 0 and self.path.exists():
-            # drop lines past the checkpoint: the resumed run writes them again
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            from lramlab.data.store import atomic_write_text
-
-            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
-        elif resume_step == 0 and self.path.exists():
-            self.path.unlink()
-        self.f = open(self.path, "a")
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
-            except Exception as err:  # noqa: BLE001 - tensorboard is optional
-                self.note = f"TensorBoard logging skipped ({type(err).__name__}: {err}); metrics.jsonl has everything"
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if not self.enabled or not metrics:
-            return
-        rec = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
-        self.f.write(json.dumps(rec) + "\n")
-        self.f.flush()
-        if self.tb is not None:
-            for k, v in metrics.items():
-                self.tb.add_scalar(k, float(v), step)
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        self.f.close()
-        if self.tb is not None:
-            self.tb.flush()
-            self.tb.close()
-
-
 # ---------------------------------------------------------------------------------------
 # the loop
 
@@ -519,30 +87,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _gather(obj, info: DistInfo) -> list:
-    if not info.distributed:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * info.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
 
 def _save(path: Path, step: int, model, optimizer, scheduler, sampler, cfg: TrainConfig,
           info: DistInfo, metrics: dict) -> None:
     # every rank's RNG and sampler state, so a resumed DDP run continues each rank exactly
-    rngs = _gather(ckpt_mod.rng_state(), info)
-    samplers = _gather(sampler.state_dict(), info)
+    rngs = gather_objects(ckpt_mod.rng_state(), info)
+    samplers = gather_objects(sampler.state_dict(), info)
     if info.is_main:
         ckpt_mod.save_checkpoint(path, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
                                  rng=rngs, sampler=samplers, train_config=cfg.to_dict(), metrics=metrics)
     barrier(info)
 
 
-def run(cfg: TrainConfig, *, task_specs=None, reward_scale=None) -> RunResult:
+def run(cfg: TrainConfig, *, evaluate: EvalCallback | None = None, task_specs=None,
+        reward_scale=None) -> RunResult:
     """Train an LRAM agent as `cfg` says; the only way to train (CLI and notebooks call it).
 
+    `evaluate(model, tasks, step) -> metrics` is called on rank 0 every `cfg.eval_every` updates
+    and at the end (rollouts in simulators live above training: `lramlab.evaluate.eval_callback`).
     `task_specs` / `reward_scale` override the manifests for tasks outside them (tests, new data).
     Under torchrun each process calls this; rank 0 writes the run directory.
     """
@@ -551,6 +113,10 @@ def run(cfg: TrainConfig, *, task_specs=None, reward_scale=None) -> RunResult:
     for d in cfg.data:
         if not Path(d).is_dir():
             raise ValueError(f"data directory {d} does not exist")
+    if cfg.eval_every and evaluate is None:
+        raise ValueError(f"TrainConfig.eval_every={cfg.eval_every} needs an evaluation callback: "
+                         f"run(cfg, evaluate=lramlab.evaluate.eval_callback(cfg)) (the `lramlab train` "
+                         f"command passes it)")
     t0 = time.time()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -560,12 +126,12 @@ def run(cfg: TrainConfig, *, task_specs=None, reward_scale=None) -> RunResult:
     device = pick_device(cfg.device, local_rank)
     info = init_distributed(device)
     try:
-        return _run(cfg, device, info, t0, task_specs, reward_scale)
+        return _run(cfg, device, info, t0, evaluate, task_specs, reward_scale)
     finally:
         cleanup(info)
 
 
-def _run(cfg, device, info, t0, task_specs, reward_scale) -> RunResult:
+def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult:
     from lramlab.models import build_model
 
     run_dir = cfg.run_dir
@@ -644,13 +210,13 @@ def _run(cfg, device, info, t0, task_specs, reward_scale) -> RunResult:
 
     logger = MetricLogger(run_dir, info.is_main, cfg.tensorboard, resume_step=step)
     if info.is_main:
-        _write_json(run_dir / "config.json", {"train": cfg.to_dict(),
+        write_json(run_dir / "config.json", {"train": cfg.to_dict(),
                                               "model": ckpt_mod.config_to_dict(model.cfg),
                                               "tasks": train_ds.tasks, "domains": sampler.domains,
                                               "world_size": info.world_size, "device": str(device),
                                               "frozen": frozen,
                                               "n_params": sum(p.numel() for p in model.parameters())})
-        _write_json(run_dir / "versions.json", versions())
+        write_json(run_dir / "versions.json", versions())
         if logger.note:
             print(f"lramlab train: {logger.note}", file=sys.stderr)
 
@@ -685,7 +251,7 @@ def _run(cfg, device, info, t0, task_specs, reward_scale) -> RunResult:
                 val_metrics = validate(model, val_batches, amp=cfg.amp, device=device, dist_info=info)
                 logger.log(step, val_metrics)
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-                logger.log(step, _periodic_eval(model, train_ds, cfg, info, device))
+                logger.log(step, _periodic_eval(model, train_ds, evaluate, step, info))
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step != cfg.steps:
                 _save(last, step, model, optimizer, scheduler, source, cfg, info, last_metrics)
             if cfg.keep_every and step % cfg.keep_every == 0:
@@ -698,7 +264,7 @@ def _run(cfg, device, info, t0, task_specs, reward_scale) -> RunResult:
             logger.log(step, val_metrics)
         final.update(val_metrics)
         if cfg.eval_every:
-            ev = _periodic_eval(model, train_ds, cfg, info, device)
+            ev = _periodic_eval(model, train_ds, evaluate, step, info)
             logger.log(step, ev)
             final.update(ev)
         _save(last, step, model, optimizer, scheduler, source, cfg, info, final)
@@ -706,7 +272,7 @@ def _run(cfg, device, info, t0, task_specs, reward_scale) -> RunResult:
         if info.is_main:
             _save_model_file(model, model_path)
             wall = time.time() - t0
-            _write_json(run_dir / "metrics.json", {"step": step, "wall_s": wall, **final})
+            write_json(run_dir / "metrics.json", {"step": step, "wall_s": wall, **final})
         barrier(info)
     finally:
         if stream is not None:
@@ -723,14 +289,12 @@ def _save_model_file(model, path: Path) -> None:
     model.save(path)
 
 
-def _periodic_eval(model, train_ds, cfg: TrainConfig, info: DistInfo, device) -> dict[str, float]:
-    """Rollouts in the training tasks' environments (rank 0; others wait)."""
-    out: dict[str, float] = {}
-    if info.is_main:
-        from lramlab.evaluate import evaluate_model
 
-        res = evaluate_model(model, train_ds.tasks, episodes=cfg.eval_episodes, seed=cfg.seed,
-                             device=device, skip_unavailable=True)
-        out = res.metrics(prefix="eval")
+
+def _periodic_eval(model, train_ds, evaluate: EvalCallback | None, step: int, info: DistInfo) -> dict[str, float]:
+    """The caller's evaluation on rank 0 (others wait)."""
+    out: dict[str, float] = {}
+    if info.is_main and evaluate is not None:
+        out = dict(evaluate(model, list(train_ds.tasks), step))
     barrier(info)
     return out

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from lramlab.data import policies as P
+from lramlab.collect import policies as P
 
 META_VERSION = 1
 
@@ -141,7 +141,7 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
              compress: bool | None = None, sync_every: int = 256) -> Path:
     """Generate (or resume) `episodes` episodes of `task` under `out`; returns the task directory.
 
-    policy: a spec (see `lramlab.data.policies`), default per domain (`default_policy`).
+    policy: a spec (see `lramlab.collect.policies`), default per domain (`default_policy`).
     throttle: seconds to sleep after each written episode (demos and resume tests only).
     compress: gzip the episode files (default: for image observations).
     sync_every: episodes per fsync batch (`lramlab.data.store.StoreWriter`): a power loss costs a
@@ -159,7 +159,7 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
     task_dir.mkdir(parents=True, exist_ok=True)
     compress = spec.obs_kind == "image" if compress is None else bool(compress)
     meta: dict[str, Any] = {
-        "task": spec.id, "policy": policy, "seed": int(seed), "generator": "lramlab.data.generate",
+        "task": spec.id, "policy": policy, "seed": int(seed), "generator": "lramlab.collect.generate",
         "meta_version": META_VERSION,
         "episode_seeds": "numpy SeedSequence([seed, index]).generate_state(1)[0]",
     }

@@ -1,6 +1,6 @@
 """`lramlab bench data`: data-loading throughput (windows of C steps per second) vs what training needs.
 
-The default dataset is REAL rollouts made by `lramlab.data.generate.generate` in real simulators:
+The default dataset is REAL rollouts made by `lramlab.collect.generate.generate` in real simulators:
 a state domain from Meta-World's scripted experts (4 tasks x 10 episodes x 200 steps; 39-d states,
 4-d continuous actions) and an image domain from Atari under a uniform random policy (2 games x 4
 episodes, at most 500 steps each; (1, 64, 64) uint8 frames, gzip, 18 actions). It takes well
@@ -117,11 +117,11 @@ def build_bench_dataset(cache: str | Path | None = None, config: BenchDataConfig
                         progress: bool = True, rebuild: bool = False) -> tuple[Path, dict]:
     """Make (or reuse) the bench dataset under `cache/<config.key()>`; returns (root, info).
 
-    Every task goes through `lramlab.data.generate.generate`, which resumes: a complete cached
+    Every task goes through `lramlab.collect.generate.generate`, which resumes: a complete cached
     task is kept as is, a partial one is finished. info: root, reused (nothing had to be
     generated), build_s, tasks, episodes.
     """
-    from lramlab.data.generate import generate
+    from lramlab.collect.generate import generate
     from lramlab.data.store import UNSYNCED_NAME
     from lramlab.envs import domain_available
     from lramlab.manifests import get_task

@@ -1,0 +1,125 @@
+"""Policies from checkpoint files (``checkpoint:<path>``): PPO specialists, whole torch modules,
+and lramlab models run recurrently with the task's target return."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lramlab.collect.base import Policy, get_task_spec
+from lramlab.collect.ppo import PPO_FORMAT, PPOPolicy, _torch
+
+class ModulePolicy(Policy):
+    """A plain torch.nn.Module: obs batch (1, *obs_shape) float32 -> logits / actions (see module doc)."""
+
+    def __init__(self, module, path: str, action_kind: str, action_dim: int):
+        self.module = module.eval()
+        self.action_kind, self.action_dim = action_kind, int(action_dim)
+        self.spec = f"checkpoint:{path}"
+        self.path = path
+
+    def act(self, obs):
+        torch = _torch()
+        with torch.no_grad():
+            out = self.module(torch.as_tensor(np.asarray(obs, dtype=np.float32))[None])
+        out = out.detach().cpu()
+        if not out.dtype.is_floating_point:  # integer actions
+            if self.action_kind != "discrete":
+                raise ValueError(f"{self.path}: module returned integer actions for a continuous task")
+            return int(out.reshape(-1)[0])
+        if self.action_kind == "discrete":
+            if out.shape[-1] < self.action_dim:
+                raise ValueError(f"{self.path}: module returned {out.shape[-1]} logits, the task has "
+                                 f"{self.action_dim} actions")
+            return int(out.reshape(-1, out.shape[-1])[0, : self.action_dim].argmax())
+        a = out.reshape(-1)
+        if a.numel() != self.action_dim:
+            raise ValueError(f"{self.path}: module returned {a.numel()} action dims, expected {self.action_dim}")
+        return np.clip(a.numpy(), -1, 1).astype(np.float32)
+
+    def config(self) -> dict:
+        return {"kind": "module"}
+
+
+class LRAMPolicy(Policy):
+    """An lramlab model (``lramlab.models.load_model``) run recurrently, conditioned on the target return."""
+
+    def __init__(self, path: str, task):
+        from lramlab.models import load_model  # lazy: torch models are only needed here
+
+        torch = _torch()
+        from lramlab.tokenizer import pad_state
+
+        self._pad = pad_state
+        self.model = load_model(path)
+        self.model.eval()
+        self.spec = f"checkpoint:{path}"
+        spec = get_task_spec(task)
+        self.task = spec
+        self.scale = float(spec.reward_scale or 1.0)
+        self.target = float(spec.target_return) if spec.target_return is not None else 0.0
+        self.discrete = spec.action_kind == "discrete"
+        self.n_actions = int(spec.action_dim) if self.discrete else 0
+        self.act_dim = 0 if self.discrete else int(spec.action_dim)
+        self.torch = torch
+
+    def reset(self, seed: int) -> None:
+        self.torch.manual_seed(int(seed))
+        self.state = self.model.init_state(batch_size=1)
+        self.rtg = self.target
+        self.prev_reward = 0.0
+        self.prev_action = None
+
+    def act(self, obs):
+        torch = self.torch
+        o = np.asarray(obs)
+        o = torch.as_tensor(o[None] if o.dtype == np.uint8 else self._pad(o)[None])
+        with torch.no_grad():
+            logits, self.state = self.model.step(
+                self.state, obs=o, rtg=torch.tensor([self.rtg / self.scale], dtype=torch.float32),
+                prev_reward=torch.tensor([self.prev_reward / self.scale], dtype=torch.float32),
+                prev_action=self.prev_action)  # only read by the action-token variant
+            a = self.model.decode(logits, n_actions=self.n_actions, act_dim=self.act_dim, greedy=True)
+        self.prev_action = a
+        a = a[0].cpu().numpy()
+        if self.discrete:
+            return int(a)
+        return np.clip(a[: self.act_dim], -1, 1).astype(np.float32)
+
+    def observe(self, reward: float) -> None:
+        self.rtg -= float(reward)
+        self.prev_reward = float(reward)
+
+    def config(self) -> dict:
+        return {"kind": "lram", "target_return": self.target}
+
+
+def load_checkpoint_policy(path: str | Path, task, greedy: bool = False) -> Policy:
+    """A policy from a checkpoint file (PPO specialist, nn.Module, or lramlab model; see module doc)."""
+    torch = _torch()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint policy: {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
+        raise ValueError(f"checkpoint policy: {path} is not a torch checkpoint ({err})") from err
+    if isinstance(obj, dict) and obj.get("format") == PPO_FORMAT:
+        try:  # the checkpoint knows its spaces; check them against the task when it is known
+            spec = get_task_spec(task)
+        except KeyError:
+            spec = None
+        if spec is not None and (spec.action_kind != obj["action_kind"] or int(spec.action_dim) != int(obj["action_dim"])):
+            raise ValueError(f"checkpoint policy: {path} acts in {obj['action_kind']}({obj['action_dim']}), "
+                             f"task {spec.id} needs {spec.action_kind}({spec.action_dim})")
+        return PPOPolicy(obj, str(path), greedy=greedy)
+    if isinstance(obj, torch.nn.Module):
+        spec = get_task_spec(task)
+        return ModulePolicy(obj, str(path), spec.action_kind, spec.action_dim)
+    try:
+        return LRAMPolicy(str(path), task)
+    except ImportError as err:
+        raise ValueError(f"checkpoint policy: {path} is neither a PPO checkpoint ({PPO_FORMAT}) nor a "
+                         f"torch.nn.Module, and lramlab.models is unavailable to load it ({err})") from err
+
+
