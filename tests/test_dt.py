@@ -41,11 +41,17 @@ def test_step_equals_forward_while_the_stream_fits(l):
         torch.testing.assert_close(_stream(m, x, l), m(x), **TOL)
 
 
+def _exact_start(hi, w, k=3):
+    """Spec of "exact": past the window, the latest multiple of k leaving <= w tokens up to hi."""
+    return max(0, -(-(hi - w) // k) * k)
+
+
 @pytest.mark.parametrize("l", [1, 3])
 @pytest.mark.parametrize("reset_at", [None, 15])
 def test_past_the_window_step_equals_forward_over_the_last_window(l, reset_at):
-    # window W = 30 tokens (C = 10 steps of 3); a step's outputs equal forward over the W tokens
-    # ending with that step (a reset row: only its tokens since the reset)
+    # window W = 30 tokens (C = 10 steps of 3); a step's outputs equal forward over the tokens
+    # from the latest timestep boundary (multiple of 3) that leaves <= W tokens through that step
+    # -- the training window of the last C steps (a reset row: only its tokens since the reset)
     m = _model()
     w = m.window
     assert w == 30
@@ -54,7 +60,8 @@ def test_past_the_window_step_equals_forward_over_the_last_window(l, reset_at):
         ys = _stream(m, x, l, reset_at)
         for t in range(0, 90, l):
             for row in range(2):
-                lo = max(0, t + l - w)
+                lo = _exact_start(t + l, w)
+                assert lo % 3 == 0 and t + l - w <= lo <= max(0, t + l - w + 2)
                 if reset_at is not None and row == 1 and t >= reset_at:
                     lo = max(lo, reset_at)
                 ref = m(x[row:row + 1, lo:t + l])[:, -l:]
@@ -75,7 +82,7 @@ def test_smaller_window_for_evaluation():
         ys = _stream(m, x, 3)
         for t in range(0, 40, 3):
             hi = min(t + 3, 40)
-            ref = m(x[:, max(0, hi - 12):hi])[:, -(hi - t):]
+            ref = m(x[:, _exact_start(hi, 12):hi])[:, -(hi - t):]
             torch.testing.assert_close(ys[:, t:hi], ref, **TOL)
     with pytest.raises(ValueError, match="window=61"):
         m.window = 61

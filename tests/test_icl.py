@@ -44,12 +44,14 @@ def test_history_windows_span_consecutive_episodes(root):
     assert np.array_equal(b["rewards"][0], want["rewards"])
     assert np.array_equal(b["rtg"][0], want["returns_to_go"])  # each episode's own R̂ (scale 1)
     assert np.array_equal(b["states"][0, :, :2], np.concatenate([e3["states"][-29:], e4["states"], e5["states"][:21]]))
-    # at the start of the history the window is left-padded
+    # at the start of the history the window is right-padded: the real steps first, as the agent
+    # sees them from init_state
     b = ds.make_batch("darkroom", [(0, 0, 9)], as_torch=False)
-    assert b["mask"][0].sum() == 10 and not b["mask"][0, :140].any()
-    # with an explicit start the window stays inside its episode (sampling.validation_items)
+    assert b["mask"][0].sum() == 10 and b["mask"][0, :10].all()
+    assert np.array_equal(b["actions"][0, :10], _ep(root, TRAIN[0], 0)["actions"][:10])
+    # with an explicit start the window stays inside its episode
     b = ds.make_batch("darkroom", [(0, 5, 20, 10)], as_torch=False)
-    assert b["mask"][0].sum() == 11 and np.array_equal(b["actions"][0, -11:], e5["actions"][10:21])
+    assert b["mask"][0].sum() == 11 and np.array_equal(b["actions"][0, :11], e5["actions"][10:21])
 
 
 def test_history_split_is_contiguous_and_validation_tiles_it(root):
@@ -63,7 +65,7 @@ def test_history_split_is_contiguous_and_validation_tiles_it(root):
     b = va.make_batch("darkroom", items[:2], as_torch=False)
     assert b["mask"].sum() == 200  # every validation step is a target exactly once
     # the first validation window does not reach back into training episodes
-    assert not b["mask"][0, :100].any()
+    assert b["mask"][0].sum() == 50 and b["mask"][0, :50].all()
     with pytest.raises(ValueError, match="history_start"):
         HistoryDataset(root, history_start=1.0)
 

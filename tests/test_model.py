@@ -222,10 +222,10 @@ def test_load_rejects_non_checkpoints(tmp_path):
 def _train_batch(episodes, scale, image, n_actions, act_dim, T=6):
     batch = stream_batch(episodes, lengths=(T,), n_streams=2, scale=scale, image=image)
     mask = torch.ones(2, T, dtype=torch.bool)
-    mask[1, :2] = False  # row 1 is left-padded, as the sampler does
+    mask[1, -2:] = False  # row 1 is right-padded, as the sampler does
     for k in ("images", "states", "rtg", "rewards", "actions"):
         if k in batch:
-            batch[k][1, :2] = 0
+            batch[k][1, -2:] = 0
     batch["mask"] = mask
     if batch["actions"].dim() == 2:
         batch["actions"] = batch["actions"].long()

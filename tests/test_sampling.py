@@ -18,6 +18,7 @@ from lramlab.data.sampling import (
     split_episodes,
     validation_batches,
     validation_episodes,
+    validation_items,
 )
 from lramlab.data.store import read_episode
 from lramlab.tokenizer import MAX_ACT_DIM, STATE_DIM
@@ -64,19 +65,19 @@ def test_window_padding_mask_and_last_step(train_ds):
     scale = TINY_SPECS["control/pendulum"]["reward_scale"]
     b = train_ds.make_batch("control", [(ti, ep, 0), (ti, ep, 10), (ti, ep, T - 1)], as_torch=False)
     C = train_ds.context_len
-    # end=0: one real step, at the right edge
-    assert b["mask"][0].tolist() == [False] * (C - 1) + [True]
-    np.testing.assert_array_equal(b["states"][0, -1, :3], full["states"][0])
-    assert not b["states"][0, :-1].any() and not b["actions"][0, :-1].any()
-    # end=10: 11 real steps
-    assert b["mask"][1].sum() == 11 and not b["mask"][1, : C - 11].any()
-    np.testing.assert_array_equal(b["actions"][1, -11:, :1], full["actions"][:11])
+    # end=0: one real step, at row 0 (right-padded: padding only after the real steps)
+    assert b["mask"][0].tolist() == [True] + [False] * (C - 1)
+    np.testing.assert_array_equal(b["states"][0, 0, :3], full["states"][0])
+    assert not b["states"][0, 1:].any() and not b["actions"][0, 1:].any()
+    # end=10: 11 real steps, the episode's first step at row 0
+    assert b["mask"][1].sum() == 11 and b["mask"][1, :11].all()
+    np.testing.assert_array_equal(b["actions"][1, :11, :1], full["actions"][:11])
     # the last step of the episode is a valid window end; T=40 < C so the whole episode is in it
-    assert b["mask"][2].sum() == min(T, C)
-    np.testing.assert_array_equal(b["states"][2, -1, :3], full["states"][T - 1])
-    np.testing.assert_allclose(b["rtg"][2, -T:], full["returns_to_go"] / scale, rtol=1e-6)
-    np.testing.assert_allclose(b["rewards"][2, -T:], full["rewards"] / scale, rtol=1e-6)
-    np.testing.assert_allclose(b["rtg"][2, -1], full["rewards"][-1] / scale, rtol=1e-6)
+    assert b["mask"][2].sum() == min(T, C) and b["mask"][2, :T].all()
+    np.testing.assert_array_equal(b["states"][2, T - 1, :3], full["states"][T - 1])
+    np.testing.assert_allclose(b["rtg"][2, :T], full["returns_to_go"] / scale, rtol=1e-6)
+    np.testing.assert_allclose(b["rewards"][2, :T], full["rewards"] / scale, rtol=1e-6)
+    np.testing.assert_allclose(b["rtg"][2, T - 1], full["rewards"][-1] / scale, rtol=1e-6)
 
 
 def test_long_episode_window_is_the_last_C_steps(train_ds):
@@ -130,6 +131,36 @@ def test_validation_split(tiny_root, train_ds):
     batches = list(validation_batches(val, batch_size=4))
     assert sum(int(b["mask"].sum()) for b in batches) == total
     assert {b["domain"] for b in batches} == {d for d in val.domains if any(val.n_steps[t] for t in val.domain_tasks[d])}
+
+
+def test_validation_windows_are_training_windows_tiling_each_episode(tiny_root):
+    # every validation window is one training samples (the C steps ending at its end point, or
+    # fewer only from the episode's first step), and every timestep is a target exactly once
+    C = 16
+    val = TrajectoryDataset(tiny_root, split="all", context_len=C, task_specs=TINY_SPECS,
+                            tasks=["classic/cartpole", "control/pendulum"])
+    for dom in val.domains:
+        items = validation_items(val, dom)
+        covered = Counter()
+        for ti, ep, end in items:
+            start = max(0, end - C + 1)
+            L = int(val.data[ti].lengths[ep])
+            assert end < L and (end - start + 1 == C or start == 0)
+            covered.update((ti, ep, t) for t in range(start, end + 1))
+            assert items.count((ti, ep, end)) == 1
+        want = {(ti, int(ep), t) for ti in val.domain_tasks[dom]
+                for ep, L in zip(val.episodes[ti], val.lengths[ti]) for t in range(int(L))}
+        assert set(covered) == want and set(covered.values()) == {1}
+        # the short window of an episode longer than C is its first one, from step 0
+        long_ep = [(ti, ep) for ti in val.domain_tasks[dom] for ep, L in zip(val.episodes[ti], val.lengths[ti])
+                   if L > C and L % C]
+        for ti, ep in long_ep:
+            ends = [e for t, p, e in items if (t, p) == (ti, int(ep))]
+            assert ends[0] < C - 1 and all(e >= C - 1 for e in ends[1:])
+        assert long_ep or dom == "control"  # cartpole has long episodes: the rule is exercised
+        # rank split: disjoint, together everything
+        parts = [validation_items(val, dom, r, 3) for r in range(3)]
+        assert sorted(sum(parts, [])) == sorted(items)
 
 
 def test_domain_balance_and_task_weighting(train_ds):
@@ -255,5 +286,5 @@ def test_reward_scale_from_manifests_when_not_given(tiny_root):
     assert ds.infos[0].action_dim == spec.action_dim and ds.infos[0].obs_kind == "image"
     b = ds.make_batch("atari", [(0, 0, 20)], as_torch=False)
     full = read_episode(ds.data[0].episode_paths[0], 0, 21)
-    np.testing.assert_allclose(b["rtg"][0, -21:], full["returns_to_go"] / spec.reward_scale)
+    np.testing.assert_allclose(b["rtg"][0, :21], full["returns_to_go"] / spec.reward_scale)
     assert b["n_actions"][0] == spec.action_dim

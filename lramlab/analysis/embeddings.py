@@ -65,7 +65,7 @@ def sample_windows(dataset, n_per_task: int = 32, seed: int = 0) -> list[tuple[i
 
     End points are drawn uniformly, without replacement where possible, from the steps at which a
     whole window of C steps fits in the episode (so a window is a full sub-trajectory); a task
-    whose episodes are all shorter than C uses any step (left-padded windows). Seeded.
+    whose episodes are all shorter than C uses any step (right-padded windows; pooling counts real steps only). Seeded.
     """
     if n_per_task < 1:
         raise ValueError(f"n_per_task must be >= 1, got {n_per_task}")

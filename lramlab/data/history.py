@@ -26,8 +26,10 @@ class HistoryDataset(TrajectoryDataset):
 
     Window end points are every timestep of the split (episodes weighted by length, as in
     `TrajectoryDataset`); a window ending at step `end` of episode i holds the previous C steps of
-    the split's episodes i, i-1, ..., left-padded where the split starts. R̂ and rewards are the
-    episodes' own (R̂ restarts at each episode's return), as in AD with RTG conditioning.
+    the split's episodes i, i-1, ..., right-padded where the split starts (the real steps first, as
+    in `TrajectoryDataset`: a window from the split's first step is what the agent sees from
+    `init_state`). R̂ and rewards are the episodes' own (R̂ restarts at each episode's return),
+    as in AD with RTG conditioning.
     """
 
     def __init__(self, roots, split: str = "train", context_len: int = 200,
@@ -88,7 +90,7 @@ class HistoryDataset(TrajectoryDataset):
     def validation_items(self, domain: str, rank: int = 0, world_size: int = 1) -> list[tuple[int, int, int]]:
         """Windows tiling each task's split stream (its episodes end to end) from the END backwards,
         so every timestep is a target exactly once and windows span episode boundaries (the
-        earliest one is shorter, left-padded). Window j goes to rank j % world_size."""
+        earliest one is shorter, right-padded). Window j goes to rank j % world_size."""
         C = self.context_len
         items = []
         for ti in self.domain_tasks[domain]:

@@ -5,7 +5,17 @@ padded state dims, A = MAX_ACT_DIM (8) padded continuous action dims.
 
 Rules (each is tested in tests/test_sampling.py):
 - A window is C timesteps ending at any step `end` of an episode (the last step included), i.e.
-  steps [max(0, end-C+1), end]; it is LEFT-padded with zeros and `mask` False at padded steps.
+  steps [max(0, end-C+1), end]. It is RIGHT-padded: its n <= C real steps sit at rows 0..n-1,
+  zeros and `mask` False after them. Padding therefore only ever FOLLOWS real tokens, so a causal
+  backbone (xLSTM, Mamba, the DT's causal attention) computes every real step from the real
+  steps before it alone: a window that starts at an episode's first step is processed exactly as
+  the agent processes that episode from `init_state`, and the DT gives token i of a window
+  position i, as at inference (tests/test_padding.py). Left padding would run zero tokens through
+  the recurrent state before the first real one.
+- Validation windows (`validation_items`) tile each episode from its END backwards: windows of
+  C steps ending at L-1, L-1-C, ..., the earliest one shorter and starting at step 0 -- each one
+  a window training samples too (full C steps, or shorter only from the episode's first step),
+  and every timestep a target exactly once.
 - `rtg` and `rewards` are divided by the domain's reward scale (manifests, or an override).
 - Validation split: per task, k = max(1, round(0.025 * n)) of its n episodes, those with the
   smallest hash(task id, episode index) are held out when the task has >= 2 episodes; a task with
@@ -189,6 +199,22 @@ def resolve_task_info(data: TaskData, task_specs: Mapping[str, Any] | None = Non
                     action_dim=int(dim), obs_kind=data.obs_kind)
 
 
+def episode_returns(data: TaskData) -> np.ndarray:
+    """Undiscounted return of every episode of a task, (n_episodes,) float64: from `stats.json`
+    when it lists exactly the episode files present (`write_stats`), else summed from `rewards`."""
+    import json
+
+    try:
+        stats = json.loads((data.task_dir / "stats.json").read_text())
+        eps = stats["episodes"]
+        if [e["file"] for e in eps] == [p.name for p in data.episode_paths]:
+            return np.asarray([float(e["return"]) for e in eps], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no usable stats.json: read the rewards
+    return np.asarray([float(np.sum(data.read(i, keys=("rewards",))["rewards"], dtype=np.float64))
+                       for i in range(len(data))], dtype=np.float64)
+
+
 # ----------------------------------------------------------------------------- dataset
 class TrajectoryDataset:
     """All tasks under one or more roots, one split of their episodes, cut into windows of C steps.
@@ -248,6 +274,23 @@ class TrajectoryDataset:
             raise ValueError(f"keep_from({frac!r}): expected 0 <= frac < 1")
         self.set_episodes([e[e >= int(frac * len(d))] for d, e in zip(self.data, self.episodes)])
 
+    def keep_top(self, fraction: float) -> None:
+        """Keep, per task, the ceil(fraction * n) of the split's n episodes with the highest return
+        (ties: lower file index first), e.g. 0.05 for fine-tuning on the top 5 % of a hold-out
+        task's trajectories (paper App. D.3). Returns come from `episode_returns`."""
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"keep_top({fraction!r}): expected 0 < fraction <= 1")
+        kept = []
+        for d, e in zip(self.data, self.episodes):
+            if len(e) == 0 or fraction == 1.0:
+                kept.append(e)
+                continue
+            k = max(1, int(np.ceil(fraction * len(e) - 1e-9)))
+            ret = episode_returns(d)[e]
+            order = np.lexsort((e, -ret))  # highest return first, then lower file index
+            kept.append(np.sort(e[order[:k]]))
+        self.set_episodes(kept)
+
     def __repr__(self) -> str:
         return (f"TrajectoryDataset(split={self.split!r}, tasks={len(self.tasks)}, domains={self.domains}, "
                 f"steps={int(self.n_steps.sum())}, C={self.context_len})")
@@ -277,7 +320,7 @@ class TrajectoryDataset:
     def fill_window(self, out: dict, b: int, ti: int, episode: int, end: int, start: int | None = None) -> None:
         """Write the window of task ti, file episode `episode`, ending at `end` into row b of `out`.
 
-        It starts at max(0, end - C + 1), or at `start` when given (a shorter, left-padded window).
+        It starts at max(0, end - C + 1), or at `start` when given (a shorter, right-padded window).
         """
         C = self.context_len
         first = max(0, int(end) - C + 1)
@@ -288,20 +331,22 @@ class TrajectoryDataset:
         self.write_row(out, b, ti, w, where=self.data[ti].episode_paths[episode])
 
     def write_row(self, out: dict, b: int, ti: int, w: Mapping[str, np.ndarray], where: Any = None) -> None:
-        """Row b of a batch := the n <= C timesteps `w` (store arrays) of task ti, left-padded."""
+        """Row b of a batch := the n <= C timesteps `w` (store arrays) of task ti at rows 0..n-1,
+        right-padded (the rows after n keep the zeros of `empty_batch`, `mask` False)."""
         C, info = self.context_len, self.infos[ti]
         n = len(w["rewards"])
-        p = C - n  # left padding
+        if not 1 <= n <= C:
+            raise ValueError(f"{where or self.tasks[ti]}: a window holds 1..{C} timesteps, got {n}")
         if "images" in out:
-            out["images"][b, p:] = w["states"]
+            out["images"][b, :n] = w["states"]
         else:
             d = w["states"].shape[1]
             if d > STATE_DIM:
                 raise ValueError(f"{self.tasks[ti]}: states have {d} dims, more than {STATE_DIM}")
-            out["states"][b, p:, :d] = w["states"]
+            out["states"][b, :n, :d] = w["states"]
         a = w["actions"]
         if a.ndim == 2:
-            out["actions"][b, p:, : a.shape[1]] = a
+            out["actions"][b, :n, : a.shape[1]] = a
             out["act_dim"][b] = a.shape[1]
         else:
             if out["actions"].ndim == 3:
@@ -309,11 +354,11 @@ class TrajectoryDataset:
             if len(a) and a.max() >= info.action_dim:
                 raise ValueError(f"{where or self.tasks[ti]}: dataset 'actions': expected ids "
                                  f"< {info.action_dim} (the task's n_actions), got {int(a.max())}")
-            out["actions"][b, p:] = a
+            out["actions"][b, :n] = a
             out["n_actions"][b] = info.action_dim
-        out["rtg"][b, p:] = w["returns_to_go"] / info.reward_scale
-        out["rewards"][b, p:] = w["rewards"] / info.reward_scale
-        out["mask"][b, p:] = True
+        out["rtg"][b, :n] = w["returns_to_go"] / info.reward_scale
+        out["rewards"][b, :n] = w["rewards"] / info.reward_scale
+        out["mask"][b, :n] = True
         out["task_index"][b] = ti
 
     def make_batch(self, domain: str, items: Sequence[tuple[int, ...]], as_torch: bool = True) -> dict:
@@ -429,18 +474,20 @@ class DomainBalancedSampler:
 
 # ----------------------------------------------------------------------------- validation
 def validation_items(dataset: TrajectoryDataset, domain: str, rank: int = 0,
-                     world_size: int = 1) -> list[tuple[int, int, int, int]]:
+                     world_size: int = 1) -> list[tuple[int, int, int]]:
     """Deterministic windows tiling every episode of the split: each timestep is a target once.
 
-    Episode steps are cut into [0, C-1], [C, 2C-1], ..., [kC, L-1] (the last one shorter and
-    left-padded). Items are (task, episode, end, start); window j goes to rank j % world_size.
+    Each episode is tiled from its END backwards: windows ending at L-1, L-1-C, L-1-2C, ...,
+    each the C steps training would read for that end point (the earliest one shorter because it
+    starts at step 0, as training's windows near an episode's start). So every validation window
+    is one training samples too, never a short window starting mid-episode. Items are
+    (task, episode, end); window j goes to rank j % world_size.
     """
     C = dataset.context_len
     items = []
     for ti in dataset.domain_tasks[domain]:
         for ep, L in zip(dataset.episodes[ti], dataset.lengths[ti]):
-            for s in range(0, int(L), C):
-                items.append((ti, int(ep), min(s + C, int(L)) - 1, s))
+            items.extend((ti, int(ep), int(end)) for end in range(int(L) - 1, -1, -C)[::-1])
     return items[rank::world_size]
 
 

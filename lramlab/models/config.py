@@ -116,8 +116,9 @@ class LRAMConfig:
         error per projection, so step no longer equals forward to 1e-4). Inference only.
       mamba_d_state, mamba_d_conv, mamba_expand: Mamba block (16, 4, 2).
       dt_dropout: DT dropout (0, App. E.4); dt_n_positions: DT learned positional table (1600).
-      dt_window_mode: DT `step` past its window: "exact" (re-encode the last W tokens every step)
-        | "hop" (re-encode the last W/2 once per W/2 tokens); see backbones/dt.py. Inference only.
+      dt_window_mode: DT `step` past its window: "exact" (re-encode the training window of the
+        last C steps every step) | "hop" (re-encode the last W/2 once per W/2 tokens); see
+        backbones/dt.py. Inference only.
       norm_eps: LayerNorm epsilon.
       dtype: parameter dtype ("float32"; bf16 training uses autocast over fp32 weights).
     """

@@ -13,15 +13,24 @@ Dropout defaults to 0 (paper App. E.4); GELU is the exact one (LRAM's `activatio
 Positions and the sliding window (the paper's DT conditions on the last C timesteps only):
 - `forward(x)` attends causally over its L <= P tokens, positions 0..L-1 (as in training, where
   L is the context of C steps, so positions beyond it are never trained: keep W <= that context
-  unless the model was trained on longer windows).
+  unless the model was trained on longer windows). Training windows are right-padded
+  (`lramlab.data.sampling`): padding only follows real tokens, so causal attention never lets a
+  real token see it, and a window's token i has position i -- for a window from an episode's
+  first step exactly the position `step` gives that token from `init_state`.
 - `step` keeps a KV cache of at most W tokens in preallocated buffers (no per-step copies of the
   cache: new keys/values are written in place at the next slot). While the stream since the start
   (or a row's reset) fits W tokens, step == forward over the whole stream.
 - When a step would overflow W, the window mode (`window_mode`, default LRAMConfig.dt_window_mode,
   "exact") decides what stays:
-  "exact": the last W - l cached input tokens are re-encoded with positions 0.. together with the
-    step's l tokens. So past the window, step == forward over the last W tokens, exactly, at the
-    cost of one W-token prefill per step (what DT inference without a cache costs every step).
+  "exact": the window restarts at the LATEST timestep boundary (a multiple of k = tokens_per_step
+    in the stream since `init_state`: an s_t token of the agent's stream) that leaves at most W
+    tokens through the end of the step; those cached tokens are re-encoded with positions 0..
+    together with the step's l tokens. For the agent (W = k*C, steps (r_{t-1}, s_t, R̂_t)) that
+    is s_{t-C+1} .. R̂_t: exactly the training window of the last C timesteps, same tokens, same
+    positions. So past the window, step == forward over the training window ending at that
+    step, at the cost of one ~W-token prefill per step (what DT inference without a cache costs
+    every step). Only when one step's l tokens leave no boundary inside the window (l > W - k + 1)
+    does it keep the last W tokens unaligned.
   "hop": only the last ~K = `window_keep` tokens (default W/2 rounded down to a multiple of
     k = tokens_per_step) are re-encoded from position 0 with the step's tokens, then later steps
     append through the cache until W overflows again: one ~K-token prefill per ~W - K tokens. The
@@ -32,10 +41,12 @@ Positions and the sliding window (the paper's DT conditions on the last C timest
     them). The default stays "exact" (model.step == forward over the last W tokens); ICL
     evaluation uses "hop" (ICLConfig.dt_window_mode) with W = 2 episodes, K = 1 episode.
   `window` can be lowered (never above P), e.g. ICL evaluation keeping the last two episodes.
-  Note: past the window, "exact" puts the agent's r_{t-1} token (not s) at position 0, off
-  training's phase by one; "hop" does not.
+  Both modes keep training's phase (s at positions that are multiples of k).
 - Rows can be reset on their own (`DTState.reset(done)`): a reset row's tokens before the reset are
   masked out and its positions restart at 0, so each row equals forward over its own stream.
+  Window boundaries are counted in the stream since `init_state`, so a row reset at a token that
+  is not a multiple of k keeps windows off its own phase; `rollout.Agent` starts every batch of
+  episodes from `init_state` instead.
 """
 from __future__ import annotations
 
@@ -323,8 +334,12 @@ class DTBackbone(nn.Module):
                 if end - first > w:  # one chunk of almost W tokens: no aligned start fits
                     first = end - w
                 a = first - base
-            else:  # exact: keep the last w - l cached tokens
-                a = state.length + l - w
+            else:  # exact: the latest timestep boundary that leaves <= w tokens (module docstring)
+                k, base, end = state.tokens_per_step, state.seen - state.length, state.seen + l
+                first = -(-(end - w) // k) * k
+                if first > state.seen:  # no boundary before this step's first token fits
+                    first = end - w
+                a = first - base
             # re-encode slots a..length-1 with this step's tokens from slot 0 (positions restart)
             xs = torch.cat([state.x[:, a:state.length].to(x.dtype), x], dim=1)
             state.start = (state.start - a).clamp(min=0)
