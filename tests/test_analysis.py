@@ -69,8 +69,8 @@ def test_learning_and_perplexity_curves_show_the_logged_values(trained_run):
     np.testing.assert_allclose(by_name["train/loss"].y, [v for _, v in logged])
     ppl = plots.perplexity_curves(trained_run.run_dir)
     keys = {t.meta["key"] for t in ppl.data}
-    assert "val/perplexity" in keys
-    val = [r["val/perplexity"] for r in lines if "val/perplexity" in r]
+    assert "val/perplexity_domain_mean" in keys
+    val = [r["val/perplexity_domain_mean"] for r in lines if "val/perplexity_domain_mean" in r]
     assert len(val) == 2 and all(v > 1 for v in val)  # at step 4 and at the end
     figs = plots.training_figures(trained_run.run_dir, label="dt")
     assert set(figs) == {"loss", "perplexity"}

@@ -55,10 +55,19 @@ def test_loss_falls_and_run_dir(data_root, tmp_path):
     assert last < 0.7 * first, (first, last)
     # both domains contribute to every update, namespaced
     assert all("train/darkroom/loss" in ln and "train/metaworld/loss" in ln for ln in train)
-    val = [ln for ln in lines if "val/perplexity" in ln]
+    val = [ln for ln in lines if "val/loss" in ln]
     assert [ln["step"] for ln in val] == [20, 40, 60]
-    assert math.isfinite(val[-1]["val/perplexity"]) and val[-1]["val/perplexity"] < val[0]["val/perplexity"]
+    assert math.isfinite(val[-1]["val/loss"]) and val[-1]["val/loss"] < val[0]["val/loss"]
     assert {"val/darkroom/perplexity", "val/metaworld/perplexity"} <= set(val[-1])
+    # the headline is the mean per-domain loss; perplexities are per domain and per action kind
+    # (darkroom: 5-way discrete actions, metaworld: 256-way bins per continuous dim)
+    v = val[-1]
+    assert "val/perplexity" not in v
+    assert v["val/loss"] == pytest.approx((v["val/darkroom/loss"] + v["val/metaworld/loss"]) / 2)
+    assert v["val/discrete/perplexity"] == pytest.approx(v["val/darkroom/perplexity"])
+    assert v["val/continuous/perplexity"] == pytest.approx(math.exp(v["val/metaworld/loss"]))
+    assert v["val/perplexity_domain_mean"] == pytest.approx(
+        (v["val/darkroom/perplexity"] + v["val/metaworld/perplexity"]) / 2)
     # the run describes itself
     rd = res.run_dir
     cfg = json.loads((rd / "config.json").read_text())
@@ -66,7 +75,7 @@ def test_loss_falls_and_run_dir(data_root, tmp_path):
     vers = json.loads((rd / "versions.json").read_text())
     assert {"python", "torch", "numpy", "lramlab", "xlstm", "git_commit"} <= set(vers)
     final = json.loads((rd / "metrics.json").read_text())
-    assert final["step"] == 60 and final["val/perplexity"] == pytest.approx(val[-1]["val/perplexity"])
+    assert final["step"] == 60 and final["val/loss"] == pytest.approx(val[-1]["val/loss"])
     # lr: warm-up then cosine to min_lr at the last step
     lrs = [ln["train/lr"] for ln in train]
     assert lrs[0] == pytest.approx(3e-3 / 4) and lrs[3] == pytest.approx(3e-3) and lrs[-1] < 1e-4
@@ -95,7 +104,8 @@ def test_lr_schedule_is_the_papers():
 
 
 @pytest.mark.parametrize("field,value", [("steps", 0), ("lr", -1.0), ("grad_clip", -0.1), ("window", "trajectory"),
-                                         ("val_fraction", 1.0), ("freeze", ("backbone:x",)), ("device", "tpu")])
+                                         ("val_fraction", 1.0), ("freeze", ("backbone:x",)), ("device", "tpu"),
+                                         ("top_fraction", 0.0), ("top_fraction", 1.5)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field if field != "freeze" else "backbone:x"):
         TrainConfig(data=("x",), **{field: value})
@@ -128,7 +138,7 @@ def test_recurrent_backbones_train(data_root, tmp_path, backbone):
     res = run(_cfg(data_root, tmp_path / backbone, backbone=backbone, steps=2, val_every=0, ckpt_every=0,
                    context=6, batch_size=4))
     assert res.step == 2 and math.isfinite(res.metrics["train/loss"])
-    assert math.isfinite(res.metrics["val/perplexity"])
+    assert math.isfinite(res.metrics["val/loss"])
 
 
 def test_finetune_from_with_frozen_backbone(data_root, tmp_path):
@@ -161,7 +171,7 @@ def test_loader_workers_give_the_same_run(data_root, tmp_path):
 
 def test_bf16_autocast_on_cpu(data_root, tmp_path):
     res = run(_cfg(data_root, tmp_path / "amp", steps=2, val_every=0, amp=True))
-    assert math.isfinite(res.metrics["train/loss"]) and math.isfinite(res.metrics["val/perplexity"])
+    assert math.isfinite(res.metrics["train/loss"]) and math.isfinite(res.metrics["val/loss"])
 
 
 def test_periodic_rollout_evaluation(data_root, tmp_path):

@@ -189,5 +189,5 @@ def test_training_monitor_refreshes_from_metrics_jsonl(tmp_path, tiny_root):
     mon.auto.value = mon.auto.value + 1  # a timer tick
     tr = [t for t in mon.loss.data if t.meta["key"] == "train/loss"][0]
     assert len(tr.x) == sum("train/loss" in json.loads(ln) for ln in lines) > n0
-    assert any(t.meta["key"] == "val/perplexity" for t in mon.perplexity.data)
+    assert any(t.meta["key"] == "val/perplexity_domain_mean" for t in mon.perplexity.data)
     assert mon.n_rows == len(lines)

@@ -5,7 +5,7 @@ The figures only display numbers computed elsewhere (training logs, `evaluate`, 
 
 Inputs:
 - metrics: a run directory, a `metrics.jsonl` path, or a list of dicts (one JSON line each,
-  `{"step": int, "train/loss": float, "val/perplexity": float, ...}`); several runs as a mapping
+  `{"step": int, "train/loss": float, "val/loss": float, ...}`); several runs as a mapping
   name -> any of those.
 - domain scores: mapping backbone -> {domain: normalised score}, or rows `{backbone, domain, score}`.
 - ICL returns: mapping backbone -> array (trials,) or (tasks, trials) of episode returns.

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         if as_json:
             print(json.dumps(res.to_dict(), indent=2, default=str))
         else:
-            keys = ("train/loss", "val/perplexity", "val/loss")
+            keys = ("train/loss", "val/loss", "val/discrete/perplexity", "val/continuous/perplexity")
             summary = ", ".join(f"{k}={res.metrics[k]:.4g}" for k in keys if k in res.metrics)
             print(f"lramlab train: {res.step} steps in {res.wall_s:.1f}s -> {res.run_dir} ({summary})")
     return 0

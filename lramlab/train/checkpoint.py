@@ -8,6 +8,9 @@ A checkpoint is one `torch.save` dict (written to a temporary file, fsynced, the
     model_config  the LRAMConfig as a dict (a checkpoint alone rebuilds its model)
     model         model state dict (unwrapped from DDP)
     optimizer, scheduler, scaler   their state dicts
+    optimizer_param_names   per optimizer group, its parameters' names (so a resume maps the
+                  moments by name when the grouping changed; older checkpoints lack it and
+                  `train.step.load_optimizer_state` assumes the grouping they were made with)
     rng           per rank: python, numpy, torch (and CUDA) generator states
     sampler       per rank: the batch sampler's state_dict()
     train_config  the TrainConfig as a dict
@@ -77,7 +80,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def save_checkpoint(path: str | os.PathLike, *, step: int, model: torch.nn.Module,
                     optimizer=None, scheduler=None, scaler=None,
                     rng: list[dict] | None = None, sampler: list[dict] | None = None,
-                    train_config: dict | None = None, metrics: dict | None = None) -> Path:
+                    train_config: dict | None = None, metrics: dict | None = None,
+                    optimizer_param_names: list[list[str]] | None = None) -> Path:
     """Write a training checkpoint atomically. `rng` / `sampler` are lists indexed by rank."""
     m = unwrap(model)
     mcfg = getattr(m, "config", None) or getattr(m, "cfg", None)
@@ -88,6 +92,7 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, model: torch.nn.Modul
         "model_config": config_to_dict(mcfg) if mcfg is not None else None,
         "model": m.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer_param_names": optimizer_param_names,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng if rng is not None else [rng_state()],

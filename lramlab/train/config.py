@@ -37,6 +37,7 @@ class TrainConfig:
     window: WindowKind = "episode"        # "history": windows span consecutive episodes (ICL, App. D.4)
     history_start: float = 0.0            # train on episodes from this fraction of each task's history on
     val_fraction: float = 0.025           # trajectories per task held out for validation perplexity
+    top_fraction: float = 1.0             # keep per task the top fraction of episodes by return (App. D.3: 0.05)
     num_workers: int = 0                  # DataLoader processes reading windows (0: in the training process)
     # --- model -------------------------------------------------------------------------
     backbone: str = "xlstm"               # xlstm | mamba | dt
@@ -114,6 +115,11 @@ class TrainConfig:
             raise ValueError(f"val_fraction={self.val_fraction!r}: expected 0 <= value < 1")
         if not 0 <= self.history_start < 1:
             raise ValueError(f"history_start={self.history_start!r}: expected 0 <= value < 1")
+        if not 0 < self.top_fraction <= 1:
+            raise ValueError(f"top_fraction={self.top_fraction!r}: expected 0 < value <= 1")
+        if self.top_fraction < 1 and self.window == "history":
+            raise ValueError(f"top_fraction={self.top_fraction!r} with window='history': a learning history "
+                             "is kept in order, whole; select episodes only for window='episode'")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"device={self.device!r}: expected auto | cpu | cuda | cuda:N")
         for spec in self.freeze:

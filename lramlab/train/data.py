@@ -77,6 +77,10 @@ def make_datasets(cfg: TrainConfig, task_specs=None, reward_scale=None):
         if cfg.history_start > 0:
             train.keep_from(cfg.history_start)
         val = TrajectoryDataset(list(cfg.data), split="val", **kw) if cfg.val_fraction > 0 else None
+        if cfg.top_fraction < 1:  # fine-tuning data (App. D.3): each split's best episodes per task
+            for d in (train, val):
+                if d is not None:
+                    d.keep_top(cfg.top_fraction)
     if val is not None and int(val.n_steps.sum()) == 0:
         val = None
     return train, val

@@ -25,8 +25,8 @@ from lramlab.train.distributed import (DistInfo, barrier, cleanup, env_world, ga
                                        pick_device)
 from lramlab.train.freeze import apply_freeze
 from lramlab.train.runlog import MetricLogger, versions, write_json
-from lramlab.train.step import (DOMAIN_KEY, batch_to, build_optimizer, build_scheduler, lr_at, target_count,
-                                train_step, validate)
+from lramlab.train.step import (DOMAIN_KEY, batch_to, build_optimizer, build_scheduler, load_optimizer_state, lr_at,
+                                optimizer_param_names, target_count, train_step, validate, weight_decay_groups)
 
 #: evaluate(model, tasks, step) -> metrics such as {"eval/<domain>/normalized_score": ...}; rank 0 calls it
 EvalCallback = Callable[[torch.nn.Module, list, int], dict]
@@ -34,7 +34,8 @@ EvalCallback = Callable[[torch.nn.Module, list, int], dict]
 __all__ = ["RunResult", "run", "train_step", "validate", "lr_at", "build_optimizer", "build_scheduler",
            "batch_to", "target_count", "make_datasets", "make_sampler", "next_batches", "select_tasks",
            "found_tasks", "validation_batch_list", "apply_freeze", "make_model_config", "versions",
-           "MetricLogger", "seed_everything", "DOMAIN_KEY", "EvalCallback"]
+           "MetricLogger", "seed_everything", "DOMAIN_KEY", "EvalCallback", "weight_decay_groups",
+           "load_optimizer_state", "optimizer_param_names"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,7 +96,8 @@ def _save(path: Path, step: int, model, optimizer, scheduler, sampler, cfg: Trai
     samplers = gather_objects(sampler.state_dict(), info)
     if info.is_main:
         ckpt_mod.save_checkpoint(path, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
-                                 rng=rngs, sampler=samplers, train_config=cfg.to_dict(), metrics=metrics)
+                                 rng=rngs, sampler=samplers, train_config=cfg.to_dict(), metrics=metrics,
+                                 optimizer_param_names=optimizer_param_names(optimizer, model))
     barrier(info)
 
 
@@ -147,7 +149,7 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
             resume_ckpt = ckpt_mod.load_checkpoint(last)
             saved = resume_ckpt.get("train_config") or {}
             for k in ("backbone", "size", "context", "batch_size", "seed", "data", "tasks", "domains", "split",
-                      "window", "history_start", "val_fraction", "tokens", "slstm_at", "n_heads"):
+                      "window", "history_start", "val_fraction", "top_fraction", "tokens", "slstm_at", "n_heads"):
                 a, b = saved.get(k), cfg.to_dict()[k]
                 if isinstance(a, list):
                     a = tuple(a)
@@ -181,7 +183,9 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
     scheduler = build_scheduler(optimizer, cfg)
     step = 0
     if resume_ckpt is not None:
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        # by parameter name: a checkpoint made under another grouping (e.g. before the
+        # weight-decay rules of train.step.decay_rule) still resumes
+        load_optimizer_state(optimizer, resume_ckpt["optimizer"], model, resume_ckpt.get("optimizer_param_names"))
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         step = int(resume_ckpt["step"])
         rngs, samplers = resume_ckpt["rng"], resume_ckpt["sampler"]
