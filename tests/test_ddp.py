@@ -3,8 +3,9 @@ process trained on the union of the two ranks' windows (same global batch), with
 
 The ranks draw disjoint windows (the sampler's rank split); the reference replays exactly those
 windows: per update it concatenates rank 0's and rank 1's micro-batch of each domain and takes
-one `train_step`. Windows are left-padded, so the ranks hold different numbers of targets: the
+one `train_step`. Windows are padded, so the ranks hold different numbers of targets: the
 equality also checks that train_step re-weights each rank's loss by its share of the targets.
+The final validation (each rank a share of the windows) equals one process over all of them.
 """
 from __future__ import annotations
 
@@ -87,3 +88,14 @@ def test_two_ranks_equal_one_process(data_root, tmp_path):
     make_datasets(cfg)
     init = build_model(make_model_config(cfg)).state_dict()
     assert max(float((init[k] - ref[k]).abs().max()) for k in ref) > 1e-3
+    # validation: the ranks' per-domain (loss * targets, targets) sums equal one process's
+    from lramlab.train.loop import validate, validation_batch_list
+
+    _, val_ds = make_datasets(cfg)
+    trained = build_model(make_model_config(cfg))
+    trained.load_state_dict(ddp["model"])
+    one = validate(trained, validation_batch_list(val_ds, cfg, DistInfo()), amp=False)
+    final = json.loads((out / "metrics.json").read_text())
+    assert {"val/loss", "val/darkroom/targets", "val/metaworld/targets"} <= set(one)
+    for k, v in one.items():
+        assert final[k] == pytest.approx(v, rel=1e-6), k
