@@ -112,8 +112,9 @@ class EvalResult:
             if t.data_normalized_score is not None:
                 out[f"{prefix}/{t.task}/data_normalized_score"] = t.data_normalized_score
         for dom, d in self.domains.items():
-            out[f"{prefix}/{dom}/normalized_score"] = d["mean"]
-            out[f"{prefix}/{dom}/iqm"] = d["iqm"]
+            if d["n_tasks"]:  # no task of the domain's kind ran: nothing to report (NaN scores are reported)
+                out[f"{prefix}/{dom}/normalized_score"] = d["mean"]
+                out[f"{prefix}/{dom}/iqm"] = d["iqm"]
             dn = d.get("data_normalized", {})
             if dn.get("n_tasks"):
                 out[f"{prefix}/{dom}/data_normalized_score"] = dn["mean"]
@@ -124,7 +125,8 @@ class EvalResult:
         means = [d["mean"] for d in self.domains.values() if d["n_tasks"]]
         if means:
             out[f"{prefix}/normalized_score"] = float(np.mean(means))
-        dns = [d["data_normalized"]["mean"] for d in self.domains.values() if d.get("data_normalized", {}).get("n_tasks")]
+        dns = [d["data_normalized"]["mean"] for d in self.domains.values()
+               if d.get("data_normalized", {}).get("n_tasks")]
         if dns:
             out[f"{prefix}/data_normalized_score"] = float(np.mean(dns))
         if self.failed:
@@ -246,7 +248,8 @@ def resolve_target(spec, target: str | float = "data", data_dirs: dict[str, Path
     if target == "manifest" or flat:
         if spec.target_return is None:
             raise ValueError(f"task {spec.id}: the manifest has no target_return; use target='data' or a number")
-        why = f" (flat for {spec.domain}: a per-task target would reveal the hidden goal)" if flat and target == "data" else ""
+        why = (f" (flat for {spec.domain}: a per-task target would reveal the hidden goal)"
+               if flat and target == "data" else "")
         return float(spec.target_return), "manifest" + why
     from lramlab.data.store import data_target_return
 
@@ -256,7 +259,8 @@ def resolve_target(spec, target: str | float = "data", data_dirs: dict[str, Path
     return data_target_return(d), f"data: max return in {d}"
 
 
-def resolve_targets(specs: Sequence[Any], target: str | float = "data", data: Sequence[str] = ()) -> dict[str, tuple[float, str]]:
+def resolve_targets(specs: Sequence[Any], target: str | float = "data",
+                    data: Sequence[str] = ()) -> dict[str, tuple[float, str]]:
     """`resolve_target` for every task; target "data" without data for some tasks is one error naming them."""
     data_dirs: dict[str, Path] = {}
     if isinstance(target, str) and target == "data" and data:
@@ -521,11 +525,12 @@ def format_table(res: EvalResult) -> str:
                      f"{_fmt(t.data_normalized_score):>8} {sr:>8} {_fmt(t.target_return):>9}"
                      + (f"  FAILED {t.error}" if t.error else ""))
     lines.append("")
-    lines.append(f"{'domain':<16} {'kind':>7} {'mean':>8} {'iqm':>8} {'tasks':>6} {'data-n mean':>12} {'data-n iqm':>11}")
+    lines.append(f"{'domain':<16} {'kind':>7} {'mean':>8} {'iqm':>8} {'tasks':>6} "
+                 f"{'data-n mean':>12} {'data-n iqm':>11}")
     for d, v in res.domains.items():
         dn = v.get("data_normalized", {})
-        lines.append(f"{d:<16} {v['score_kind']:>7} {v['mean']:>8.3f} {v['iqm']:>8.3f} {v['n_tasks']:>6} "
-                     f"{dn.get('mean', float('nan')):>12.3f} {dn.get('iqm', float('nan')):>11.3f}")
+        dn_txt = f"{dn['mean']:>12.3f} {dn['iqm']:>11.3f}" if dn.get("n_tasks") else f"{'-':>12} {'-':>11}"
+        lines.append(f"{d:<16} {v['score_kind']:>7} {v['mean']:>8.3f} {v['iqm']:>8.3f} {v['n_tasks']:>6} {dn_txt}")
         for k, o in v.get("other_kinds", {}).items():
             lines.append(f"{'  beside: ' + k:<16} {k:>7} {o['mean']:>8.3f} {o['iqm']:>8.3f} {o['n_tasks']:>6}  "
                          f"({', '.join(o['tasks'])}; not averaged in)")
@@ -548,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
         res = evaluate(cfg)
     except EvaluationFailed as err:
         res = err.result
+    except (ValueError, KeyError, FileNotFoundError) as err:  # bad input: say what, no traceback
+        print(f"lramlab eval: {err}", file=sys.stderr)
+        return 2
     if cfg.out:
         from lramlab._io import atomic_write_text
 

@@ -279,9 +279,10 @@ def test_a_rollout_that_raises_is_a_failure(tiny_model):
     assert not by["atari/asterix"].error and by["atari/asterix"].episodes == 1
     nan = evaluate_model(bad, tasks, on_failure="nan", **kw)
     assert math.isnan(nan.domains["darkroom"]["mean"]) and nan.domains["darkroom"]["nan_tasks"] == ["darkroom/goal-2-0"]
+    assert math.isnan(nan.metrics()["eval/darkroom/normalized_score"])
     skip = evaluate_model(bad, tasks, on_failure="skip", **kw)
     assert skip.domains["darkroom"]["failed"] == ["darkroom/goal-2-0"] and skip.domains["darkroom"]["n_tasks"] == 0
-    assert skip.metrics()["eval/n_failed"] == 1.0 and "eval/darkroom/normalized_score" in skip.metrics()
+    assert skip.metrics()["eval/n_failed"] == 1.0 and "eval/darkroom/normalized_score" not in skip.metrics()
 
 
 def _broken_manifests(tmp_path):
@@ -318,6 +319,9 @@ def test_eval_cli_exit_codes_and_results_file(tiny_model, tmp_path, monkeypatch)
     finally:
         monkeypatch.delenv("LRAMLAB_MANIFESTS")
         load_manifests.cache_clear()
+    # target "data" without the task's data: exit 2, naming the task
+    ckpt = str(tmp_path / "model.pt")
+    assert main(["eval", "--checkpoint", ckpt, "--tasks", "atari/asterix", "--episodes", "1"]) == 2
     # nothing runnable here: exit 2 (composuite is not installable on this machine)
     if domain_available("composuite")[0]:
         pytest.skip("composuite is installed here")
