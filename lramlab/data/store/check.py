@@ -12,9 +12,9 @@ from typing import Mapping
 import numpy as np
 
 from lramlab._io import atomic_write_text
-from lramlab.manifests import reward_rule
 from lramlab.data.store.episodes import TrajectoryFileError, _summary, _task_id_of, find_tasks, list_episode_files, read_episode
 from lramlab.data.store.packed import pack_task
+from lramlab.manifests import reward_rule
 
 # ----------------------------------------------------------------------------- stats and check
 def _episode_summary(path: Path, require_complete: bool, rule: str = "raw") -> dict:
