@@ -14,6 +14,10 @@ Facts the reference leaves open were measured here, not guessed:
 - robosuite (standard single-arm tasks, Panda): robosuite 1.5.2 `GymWrapper` default keys, measured
   once with `suite.make(name, robots="Panda", use_camera_obs=False, has_renderer=False,
   has_offscreen_renderer=False)`; kept as a table below because building 13 envs takes ~1 min.
+- Atari minimal action sets (`extra.minimal_actions`, as full-set indices): ale-py's
+  `getMinimalActionSet()` for each game's ROM. DQN-Replay stores actions as indices into that set
+  (Dopamine plays the minimal set); `lramlab data import dqn-replay` maps them to the full 18-action
+  set the envs and the head use. Kept in the manifests so the importer needs no simulator.
 - Procgen time-outs: `gym.make("procgen:procgen-<game>-v0")` with the no-op action until done
   (maze 500 steps, heist/coinrun 1000; procgen's default time-out is 1000).
 - Composuite (obs 93, act 8) and Mimicgen (obs 37, act 7): paper App. B.5/B.6; these simulators are
@@ -67,6 +71,29 @@ def load_csv(path: Path) -> dict[tuple[str, str], dict]:
     return rows
 
 
+def load_dn(path: Path) -> dict[tuple[str, str], dict]:
+    """(domain, task) -> the LRAM dn_scores row (the paper's data-normalisation constants, Fig. 3)."""
+    with open(path, newline="") as f:
+        return {(r["domain"], r["task"]): r for r in csv.DictReader(f) if "dn_scores" in r["source"]}
+
+
+def atari_minimal_actions(env_ids: list[str]) -> dict[str, list[int]]:
+    """env id (`BreakoutNoFrameskip-v4`) -> the game's minimal action set as full-set indices (ale-py)."""
+    import re
+
+    import ale_py
+    import gymnasium as gym
+
+    gym.register_envs(ale_py)
+    out = {}
+    for env_id in env_ids:
+        game = re.fullmatch(r"([A-Za-z0-9]+?)NoFrameskip-v4", env_id).group(1)
+        env = gym.make(f"ALE/{game}-v5")
+        out[env_id] = [int(a.value) for a in env.unwrapped.ale.getMinimalActionSet()]
+        env.close()
+    return out
+
+
 def dmc_dims(names: list[str]) -> dict[str, tuple[int, int, list[str]]]:
     import numpy as np
     from dm_control import suite
@@ -86,6 +113,7 @@ def build(ref: Path) -> dict[str, dict]:
     specs = yaml.safe_load((ref / "domain_specs.yaml").read_text())["domains"]
     dark = yaml.safe_load((ref / "darkroom.yaml").read_text())
     norm = load_csv(ref / "score_normalization.csv")
+    dn = load_dn(ref / "score_normalization.csv")
     dom = tasks["domains"]
     out: dict[str, dict] = {}
 
@@ -93,6 +121,11 @@ def build(ref: Path) -> dict[str, dict]:
         for split in ("train", "holdout"):
             for item in d[split]:
                 yield split, item
+
+    def dn_of(domain, name):
+        row = dn.get((domain, name))
+        return None if row is None else {"low": float(row["low"]), "high": float(row["high"]),
+                                         "src": row["source"]}
 
     def norm_of(domain, name, kind):
         row = norm.get((domain, name))
@@ -103,29 +136,39 @@ def build(ref: Path) -> dict[str, dict]:
 
     # --- Atari -----------------------------------------------------------------------------
     targets = specs["atari"]["target_returns"]["value"]
+    minimal = atari_minimal_actions([it["envid"] for _, it in split_items(dom["atari"])])
     items = []
     for split, it in split_items(dom["atari"]):
         n = norm_of("atari", it["name"], "human")
         entry = {"name": it["name"], "split": split, "env_id": it["envid"],
                  "target_return": float(targets[it["envid"]])}
+        extra = {"minimal_actions": minimal[it["envid"]]}
         if n is None:  # carnival, pooyan: not among the 57 games with human scores
-            entry.update(score_kind="raw", score_low=None, score_high=None,
-                         extra={"note": "no human/random reference scores for this game in the reference"})
+            entry.update(score_kind="raw", score_low=None, score_high=None)
+            extra["note"] = "no human/random reference scores for this game in the reference"
         else:
             entry.update(score_low=n["low"], score_high=n["high"])
+        d = dn_of("atari", it["name"])
+        if d is not None:
+            extra["data_score"] = d
+        entry["extra"] = extra
         items.append(entry)
     out["atari"] = {
         "defaults": {"obs_kind": "image", "obs_shape": [1, 64, 64], "action_kind": "discrete",
                      "action_dim": 18, "reward_scale": REWARD_SCALE["atari"], "score_kind": "human",
-                     "episode_length": 27000,
+                     "episode_length": 6750,
                      "source": _public("DQN Replay Dataset (Agarwal et al., 2020), last 5M transitions",
                                        "https://research.google/tools/datasets/dqn-replay/", "random",
                                        bucket="gs://atari-replay-datasets/dqn")},
         "notes": ["score_low/high = random/human game scores (src/envs/hn_scores.py); normalise raw, "
                   "unclipped game scores", "target_return = LRAM's per-task target (clipped-reward returns, "
-                  "src/envs/target_returns.py)", "full 18-action set, grayscale 64x64, frame skip 4, "
-                  "<=30 no-ops; episode_length = 27000 agent steps (DQN-Replay / Dopamine limit; LRAM's "
-                  "eval TimeLimit of 27000 sits on the NoFrameskip env, i.e. 6750 agent steps)"],
+                  "src/envs/target_returns.py); the model sees rewards clipped to [-1, 1] "
+                  "(lramlab.manifests.REWARD_RULE)", "full 18-action set, grayscale 64x64, frame skip 4, "
+                  "<=30 no-ops; episode_length = 6750 agent steps = 27000 frames (ALE "
+                  "max_num_frames_per_episode, no-op frames included), as LRAM's evaluation TimeLimit on "
+                  "the NoFrameskip env; DQN-Replay episodes may be longer (Dopamine's 27000-step limit)",
+                  "extra.minimal_actions = ale-py's minimal action set (full-set indices); DQN-Replay "
+                  "actions index it", "extra.data_score = LRAM dn_scores (for Atari: the human constants)"],
         "tasks": items}
 
     # --- Procgen ---------------------------------------------------------------------------
@@ -135,14 +178,16 @@ def build(ref: Path) -> dict[str, dict]:
         n = norm_of("procgen", name, "minmax")
         items.append({"name": name, "split": split, "env_id": f"procgen:procgen-{name}-v0",
                       "target_return": float(targets[name]), "score_low": n["low"], "score_high": n["high"],
-                      "episode_length": PROCGEN_TIMEOUT.get(name, 1000)})
+                      "episode_length": PROCGEN_TIMEOUT.get(name, 1000),
+                      "extra": {"data_score": dn_of("procgen", name)}})
     out["procgen"] = {
         "defaults": {"obs_kind": "image", "obs_shape": [1, 64, 64], "action_kind": "discrete",
                      "action_dim": 15, "reward_scale": REWARD_SCALE["procgen"], "score_kind": "minmax",
                      "source": _public("Procgen 20M datasets (Schmied et al., 2024b, RA-DT)",
                                        "https://github.com/ml-jku/RA-DT#datasets", "random"),
                      "extra": {"distribution_mode": "easy", "num_levels": 200, "start_level": 0}},
-        "notes": ["score_low/high = Procgen min-max constants (src/envs/hn_scores.py)",
+        "notes": ["score_low/high = Procgen min-max constants (src/envs/hn_scores.py); extra.data_score = "
+                  "LRAM dn_scores (the paper's Fig. 3 data-normalised score)",
                   "episode_length = procgen's built-in time-out (measured: maze 500, others 1000)"],
         "tasks": items}
 
@@ -159,7 +204,8 @@ def build(ref: Path) -> dict[str, dict]:
         items.append({"name": name, "split": split, "env_id": f"dm_control/{name}-v0",
                       "obs_shape": [obs], "action_dim": act, "target_return": float(targets[name]),
                       "score_low": n["low"], "score_high": n["high"],
-                      "extra": {"suite_domain": d, "suite_task": t, "obs_keys": keys}})
+                      "extra": {"suite_domain": d, "suite_task": t, "obs_keys": keys,
+                                "data_score": dn_of("dmcontrol", name)}})
     out["dmcontrol"] = {
         "defaults": {"obs_kind": "state", "action_kind": "continuous",
                      "reward_scale": REWARD_SCALE["dmcontrol"], "score_kind": "data",
@@ -240,6 +286,9 @@ def build(ref: Path) -> dict[str, dict]:
     size = env["grid_size"]["value"][0]
     horizon = int(env["max_episode_steps"]["value"])
     start = env["start_position"]["value"]
+    # LRAM's predefined Dark-Room target (src/envs/target_returns.py DARK_ROOM): the same for every goal,
+    # so R̂ tells the model nothing about where the hidden goal is
+    flat_target = float(dark["target_returns"]["value"]["MiniHack-Room-Dark-Dense-10x10-v0"])
     items = []
     for split, key in (("train", "train_goals"), ("holdout", "eval_goals")):
         for g in dark["goals"][key]["value"]:
@@ -247,9 +296,9 @@ def build(ref: Path) -> dict[str, dict]:
             # +1 for every step that ENDS on the goal: the fastest path arrives on step d and then
             # stays, so steps d..100 pay (101 - d); a goal on the start cell pays all 100 steps.
             best = horizon if d == 0 else horizon - d + 1
-            items.append({"name": f"goal-{g[0]}-{g[1]}", "split": split, "target_return": float(best),
+            items.append({"name": f"goal-{g[0]}-{g[1]}", "split": split, "target_return": flat_target,
                           "extra": {"goal": list(g), "start": list(start), "grid_size": size,
-                                    "manhattan_distance": d}})
+                                    "manhattan_distance": d, "max_return": float(best)}})
     assert len(items) == 100 and len({tuple(i["extra"]["goal"]) for i in items}) == 100
     out["darkroom"] = {
         "defaults": {"env_id": f"lramlab/DarkRoom-{size}x{size}-v0", "obs_kind": "state", "obs_shape": [2],
@@ -258,8 +307,9 @@ def build(ref: Path) -> dict[str, dict]:
                      "source": {"kind": "generated", "generator": "lramlab.collect.generate",
                                 "policy": "q-learning", "history": "learning history (Algorithm Distillation)"}},
         "notes": ["goals from darkroom.yaml (80 train / 20 eval, RandomState(43) permutation)",
-                  "target_return = best possible return: 100 - manhattan(start, goal) + 1 (100 when the "
-                  "goal is the start); LRAM's dense MiniHack variant uses a flat target of 82",
+                  "target_return = LRAM's flat Dark-Room target (82 for every goal, src/envs/target_returns.py): "
+                  "a per-goal target would reveal the hidden goal's distance; extra.max_return = best possible "
+                  "return, 100 - manhattan(start, goal) + 1 (100 when the goal is the start)",
                   "actions: up, right, down, left, stay; obs = own (x, y)"],
         "tasks": items}
 

@@ -3,25 +3,48 @@
     res = evaluate(EvalConfig(checkpoint="runs/x", tasks=("metaworld/reach-v2",), episodes=3))
     res.domains["metaworld"]["iqm"]
 
-Per task: raw return (mean over episodes), normalised score (`manifests.normalize_score` of the
-mean raw return: Atari human-normalised, Procgen min-max, DMControl data-normalised, success
-tasks their success rate, raw tasks the return), success rate where the env reports success.
-Per domain: mean and IQM (interquartile mean, Agarwal et al. 2021) of the tasks' normalised
-scores. Tasks run in parallel worker processes (`workers`, spawn), each task with `n_envs`
-environments stepping together in one model batch.
+The protocol is docs/protocol.md. Per task: raw return (mean over episodes of the RAW env rewards),
+normalised score (`manifests.normalize_score` of the mean raw return, by the task's `score_kind`:
+"human" Atari human-normalised, "minmax" Procgen, "data" DMControl, "success" the success rate,
+"raw" the return itself), the paper's data-normalised score (`manifests.data_normalize`, Fig. 3)
+where the task has constants, success rate where the env reports success, and what conditioned
+the agent: target return and where it came from, reward rule, episode cap, seeds.
 
-`lramlab eval --checkpoint RUN_DIR --tasks T1,T2 --episodes N [--json]`.
+Target (R̂_1, in the model's reward units): `target="data"` (default, paper App. C.1) = the highest
+return of the task's data (`data.store.data_target_return`, under the `data` roots); "manifest" =
+the manifest's constant; a number = that. Dark-Room always uses its flat manifest target (a
+per-goal target would reveal the hidden goal's distance).
+
+Per domain: mean and IQM (interquartile mean, Agarwal et al. 2021) of the scores of ONE kind, the
+domain's (`manifests.domain_score_kind`: Atari "human"); tasks of another kind (Carnival, Pooyan:
+"raw") are aggregated beside it under "other_kinds", never averaged in. Likewise the data-
+normalised scores and success rates. A NaN score makes its mean and IQM NaN (listed in "nan_tasks").
+
+Failures are never hidden: a task whose rollout raises is recorded with its error (NaN scores);
+`on_failure="raise"` (default) raises `EvaluationFailed` (carrying the whole result) after every task
+ran, "nan" keeps the failed tasks in the means (which become NaN), "skip" leaves them out of the
+means and lists them per domain under "failed". Only a domain whose simulator is missing here is
+"unavailable" (`skipped`). Tasks run in parallel worker processes (`workers`, spawn), each task
+with `n_envs` environments stepping together in one model batch.
+
+`lramlab eval --checkpoint RUN_DIR --tasks T1,T2 --episodes N [--target data|manifest|X] [--out F] [--json]`:
+exit 1 when a task failed (unless --on-failure skip), 2 when no task could run here.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import sys
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+ON_FAILURE = ("raise", "nan", "skip")
 
 
 def iqm(values: Sequence[float]) -> float:
@@ -41,7 +64,7 @@ def iqm(values: Sequence[float]) -> float:
 
 @dataclass
 class TaskScore:
-    """One task's evaluation."""
+    """One task's evaluation (NaN scores and `error` set when its rollout failed)."""
 
     task: str
     domain: str
@@ -53,13 +76,32 @@ class TaskScore:
     score_kind: str = ""
     available: bool = True
     reason: str = ""
+    data_normalized_score: float | None = None   # paper Fig. 3 (None: no constants for the task)
+    target_return: float | None = None           # R̂_1 before the reward scale, in the model's units
+    target_source: str = ""                      # where target_return came from
+    reward_rule: str = ""                        # manifests.reward_rule of the task
+    episode_cap: int = 0                         # agent steps
+    seeds: list[int] = field(default_factory=list)  # env seeds, one per episode
+    error: str = ""                              # "Type: message" when the rollout raised
+    error_traceback: str = ""
+
+
+class EvaluationFailed(RuntimeError):
+    """At least one task's rollout raised; `.result` is the whole EvalResult (failures included)."""
+
+    def __init__(self, result: "EvalResult"):
+        self.result = result
+        lines = [f"{t}: {e}" for t, e in result.failed.items()]
+        super().__init__(f"{len(lines)} task(s) failed during evaluation:\n  " + "\n  ".join(lines))
 
 
 @dataclass
 class EvalResult:
     tasks: list[TaskScore] = field(default_factory=list)
-    domains: dict[str, dict[str, float]] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)   # task -> why it did not run
+    domains: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)   # task -> why its domain is unavailable here
+    failed: dict[str, str] = field(default_factory=dict)    # task -> the error its rollout raised
+    protocol: dict[str, Any] = field(default_factory=dict)  # what conditioned the rollouts (see evaluate_model)
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
         """Flat, namespaced numbers for metric logs: eval/<domain>/normalized_score, ..."""
@@ -67,20 +109,39 @@ class EvalResult:
         for t in self.tasks:
             out[f"{prefix}/{t.task}/return"] = t.mean_return
             out[f"{prefix}/{t.task}/normalized_score"] = t.normalized_score
+            if t.data_normalized_score is not None:
+                out[f"{prefix}/{t.task}/data_normalized_score"] = t.data_normalized_score
         for dom, d in self.domains.items():
-            out[f"{prefix}/{dom}/normalized_score"] = d["mean"]
-            out[f"{prefix}/{dom}/iqm"] = d["iqm"]
-        if self.domains:
-            out[f"{prefix}/normalized_score"] = float(np.mean([d["mean"] for d in self.domains.values()]))
+            if d["n_tasks"]:  # no task of the domain's kind ran: nothing to report (NaN scores are reported)
+                out[f"{prefix}/{dom}/normalized_score"] = d["mean"]
+                out[f"{prefix}/{dom}/iqm"] = d["iqm"]
+            dn = d.get("data_normalized", {})
+            if dn.get("n_tasks"):
+                out[f"{prefix}/{dom}/data_normalized_score"] = dn["mean"]
+                out[f"{prefix}/{dom}/data_normalized_iqm"] = dn["iqm"]
+            if "success_rate" in d:
+                out[f"{prefix}/{dom}/success_rate"] = d["success_rate"]["mean"]
+        # across domains: domains with tasks of their kind; a NaN domain makes the average NaN
+        means = [d["mean"] for d in self.domains.values() if d["n_tasks"]]
+        if means:
+            out[f"{prefix}/normalized_score"] = float(np.mean(means))
+        dns = [d["data_normalized"]["mean"] for d in self.domains.values()
+               if d.get("data_normalized", {}).get("n_tasks")]
+        if dns:
+            out[f"{prefix}/data_normalized_score"] = float(np.mean(dns))
+        if self.failed:
+            out[f"{prefix}/n_failed"] = float(len(self.failed))
         return out
 
     def to_dict(self) -> dict:
-        return {"tasks": [asdict(t) for t in self.tasks], "domains": self.domains, "skipped": self.skipped}
+        return {"protocol": self.protocol, "tasks": [asdict(t) for t in self.tasks], "domains": self.domains,
+                "skipped": self.skipped, "failed": self.failed}
 
 
-def score_task(spec, returns: Sequence[float], success_rate: float | None) -> TaskScore:
-    """Normalised score of a task from its episodes' raw returns (manifest constants)."""
-    from lramlab.manifests import normalize_score
+def score_task(spec, returns: Sequence[float], success_rate: float | None, **record: Any) -> TaskScore:
+    """Scores of a task from its episodes' raw returns (manifest constants). `record`: TaskScore
+    fields saying what conditioned the rollouts (target_return, target_source, episode_cap, ...)."""
+    from lramlab.manifests import data_normalize, normalize_score, reward_rule
 
     rets = [float(r) for r in returns]
     mean = float(np.mean(rets)) if rets else float("nan")
@@ -90,17 +151,133 @@ def score_task(spec, returns: Sequence[float], success_rate: float | None) -> Ta
         norm = float(normalize_score(spec, success_rate))
     else:
         norm = float(normalize_score(spec, mean))
+    record.setdefault("reward_rule", reward_rule(spec))
     return TaskScore(task=spec.id, domain=spec.domain, episodes=len(rets), returns=rets, mean_return=mean,
-                     normalized_score=norm, success_rate=success_rate, score_kind=spec.score_kind)
+                     normalized_score=norm, success_rate=success_rate, score_kind=spec.score_kind,
+                     data_normalized_score=data_normalize(spec, mean), **record)
 
 
-def aggregate(scores: Sequence[TaskScore]) -> dict[str, dict[str, float]]:
-    """Per domain: mean and IQM of the tasks' normalised scores, and the task count."""
-    by: dict[str, list[float]] = {}
+def failed_score(spec, error: str, error_traceback: str = "", **record: Any) -> TaskScore:
+    """A task whose rollout raised: NaN scores (NaN data-normalised score where it has constants)."""
+    from lramlab.manifests import data_normalize, reward_rule
+
+    record.setdefault("reward_rule", reward_rule(spec))
+    dn = data_normalize(spec, float("nan"))
+    return TaskScore(task=spec.id, domain=spec.domain, episodes=0, returns=[], mean_return=float("nan"),
+                     normalized_score=float("nan"), score_kind=spec.score_kind, data_normalized_score=dn,
+                     error=error, error_traceback=error_traceback, **record)
+
+
+def _summary(items: Sequence[tuple[str, float]]) -> dict:
+    """mean / IQM / n_tasks of (task, value) pairs; any NaN makes mean and IQM NaN (named in nan_tasks)."""
+    vals = [float(v) for _, v in items]
+    nan_tasks = [t for t, v in items if math.isnan(float(v))]
+    out: dict[str, Any] = {"n_tasks": len(vals)}
+    if not vals or nan_tasks:
+        out.update(mean=float("nan"), iqm=float("nan"))
+    else:
+        out.update(mean=float(np.mean(vals)), iqm=iqm(vals))
+    if nan_tasks:
+        out["nan_tasks"] = nan_tasks
+    return out
+
+
+def _domain_kind(domain: str, scores: Sequence[TaskScore]) -> str:
+    from collections import Counter
+
+    from lramlab.manifests import domain_score_kind
+
+    try:
+        return domain_score_kind(domain)
+    except ValueError:  # a domain outside the manifests (custom specs): its scores' most common kind
+        return Counter(s.score_kind for s in scores).most_common(1)[0][0]
+
+
+def aggregate(scores: Sequence[TaskScore], exclude_failed: bool = False) -> dict[str, dict]:
+    """Per domain: mean and IQM of the normalised scores of the domain's score kind (see the module
+    docstring), the same for the data-normalised scores and success rates, other kinds beside.
+
+    {domain: {"score_kind", "mean", "iqm", "n_tasks"[, "nan_tasks"],
+              "data_normalized": {"mean", "iqm", "n_tasks"[, "nan_tasks"], "without_constants": [...]},
+              ["success_rate": {...}], ["other_kinds": {kind: {..., "tasks": [...]}}], ["failed": [...]]}}
+    exclude_failed: tasks with an error are left out of every mean and listed under "failed".
+    """
+    by: dict[str, list[TaskScore]] = {}
     for s in scores:
-        if s.available and not math.isnan(s.normalized_score):
-            by.setdefault(s.domain, []).append(s.normalized_score)
-    return {d: {"mean": float(np.mean(v)), "iqm": iqm(v), "n_tasks": len(v)} for d, v in sorted(by.items())}
+        if s.available:
+            by.setdefault(s.domain, []).append(s)
+    out: dict[str, dict] = {}
+    for dom, ss in sorted(by.items()):
+        failed = [s.task for s in ss if s.error] if exclude_failed else []
+        use = [s for s in ss if s.task not in failed]
+        kind = _domain_kind(dom, ss)
+        d: dict[str, Any] = {"score_kind": kind, **_summary([(s.task, s.normalized_score) for s in use
+                                                             if s.score_kind == kind])}
+        with_dn = [s for s in use if s.data_normalized_score is not None]
+        d["data_normalized"] = {**_summary([(s.task, s.data_normalized_score) for s in with_dn]),
+                                "without_constants": [s.task for s in use if s.data_normalized_score is None]}
+        succ = [(s.task, s.success_rate) for s in use if s.success_rate is not None]
+        if succ:
+            d["success_rate"] = _summary(succ)
+        others = sorted({s.score_kind for s in use} - {kind})
+        if others:
+            d["other_kinds"] = {k: {**_summary([(s.task, s.normalized_score) for s in use if s.score_kind == k]),
+                                    "tasks": [s.task for s in use if s.score_kind == k]} for k in others}
+        if failed:
+            d["failed"] = failed
+        out[dom] = d
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# targets
+
+
+def resolve_target(spec, target: str | float = "data", data_dirs: dict[str, Path] | None = None) -> tuple[float, str]:
+    """(R̂_1 before the reward scale, where it came from) for one task; see the module docstring."""
+    from lramlab.manifests import FLAT_TARGET_DOMAINS
+
+    if not isinstance(target, str):
+        return float(target), "given"
+    if target not in ("data", "manifest"):
+        try:
+            return float(target), "given"
+        except ValueError:
+            raise ValueError(f"target={target!r}: expected 'data', 'manifest' or a number") from None
+    flat = spec.domain in FLAT_TARGET_DOMAINS
+    if target == "manifest" or flat:
+        if spec.target_return is None:
+            raise ValueError(f"task {spec.id}: the manifest has no target_return; use target='data' or a number")
+        why = (f" (flat for {spec.domain}: a per-task target would reveal the hidden goal)"
+               if flat and target == "data" else "")
+        return float(spec.target_return), "manifest" + why
+    from lramlab.data.store import data_target_return
+
+    d = (data_dirs or {}).get(spec.id)
+    if d is None:
+        raise KeyError(spec.id)
+    return data_target_return(d), f"data: max return in {d}"
+
+
+def resolve_targets(specs: Sequence[Any], target: str | float = "data",
+                    data: Sequence[str] = ()) -> dict[str, tuple[float, str]]:
+    """`resolve_target` for every task; target "data" without data for some tasks is one error naming them."""
+    data_dirs: dict[str, Path] = {}
+    if isinstance(target, str) and target == "data" and data:
+        from lramlab.data.store import find_task_dirs
+
+        data_dirs = find_task_dirs(list(data))
+    out, missing = {}, []
+    for s in specs:
+        try:
+            out[s.id] = resolve_target(s, target, data_dirs)
+        except KeyError:
+            missing.append(s.id)
+    if missing:
+        raise ValueError(f"target='data' needs each task's data (its best return is the target, paper App. C.1); "
+                         f"none found for {missing} under data={list(data)}. Pass data=ROOT (the run's --data), "
+                         f"or target='manifest' for the manifests' constants")
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -120,30 +297,41 @@ def _init_worker(model_cfg: dict, state: dict, device: str, threads: int) -> Non
     _WORKER_MODEL = m.to(device).eval()
 
 
-def _run_one(args: tuple) -> tuple[str, Any]:
-    task, kw = args
+def _play(model, spec, kw: dict) -> tuple[str, Any]:
+    """("ok", [(return, success), ...]) or ("error", (message, traceback)) -- a failure stays one task's."""
     from lramlab.rollout import run_task
 
     try:
-        res = run_task(_WORKER_MODEL, task, **kw)
-        return task, [(e.ret, e.success) for e in res.episodes]
-    except Exception as err:  # noqa: BLE001 - report which task failed and why, keep the others
-        return task, f"{type(err).__name__}: {err}"
+        res = run_task(model, spec, **kw)
+        return "ok", [(e.ret, e.success) for e in res.episodes]
+    except Exception as err:  # noqa: BLE001 - recorded with the task, reported, never swallowed
+        return "error", (f"{type(err).__name__}: {err}", traceback.format_exc()[-4000:])
+
+
+def _run_one(args: tuple) -> tuple[str, tuple[str, Any]]:
+    spec, kw = args
+    return spec.id, _play(_WORKER_MODEL, spec, kw)
 
 
 def evaluate_model(model: torch.nn.Module, tasks: Sequence[Any], episodes: int = 3, *, n_envs: int = 0,
                    workers: int = 1, seed: int = 0, greedy: bool = True, device: Any = None,
                    record_dir: str | None = None, frames: bool = False, skip_unavailable: bool = False,
-                   target_return: float | None = None, progress: bool = False) -> EvalResult:
+                   target: str | float = "data", data: Sequence[str] = (), on_failure: str = "raise",
+                   max_steps: int | None = None, progress: bool = False) -> EvalResult:
     """Roll out `model` on `tasks` and score them (see the module docstring).
 
     n_envs: environments per task stepping together (0: all `episodes` at once).
     workers > 1: tasks spread over that many spawned processes (CPU), each with its own model copy.
-    skip_unavailable: a task whose simulator is missing here is listed in `skipped` instead of failing.
+    skip_unavailable: a task whose domain's simulator is missing here is listed in `skipped`
+    instead of raising. target / data: R̂_1 (see `resolve_target`). on_failure: "raise" | "nan" |
+    "skip" (module docstring). max_steps: cap episodes below the manifest's episode_length.
     """
     from lramlab.envs import domain_available
-    from lramlab.rollout import run_task, task_spec
+    from lramlab.manifests import reward_rule
+    from lramlab.rollout import task_spec
 
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"on_failure={on_failure!r}; expected one of {list(ON_FAILURE)}")
     specs = [task_spec(t) for t in tasks]
     res = EvalResult()
     runnable = []
@@ -155,49 +343,60 @@ def evaluate_model(model: torch.nn.Module, tasks: Sequence[Any], episodes: int =
             res.skipped[s.id] = why
         else:
             raise RuntimeError(f"cannot evaluate {s.id}: {why}")
-    kw = dict(episodes=episodes, n_envs=n_envs or episodes, seed=seed, greedy=greedy, record_dir=record_dir,
-              frames=frames, target_return=target_return)
-    outcomes: dict[str, Any] = {}
+    targets = resolve_targets(runnable, target, data)
+    seeds = [seed + i for i in range(episodes)]
+    res.protocol = {"episodes": episodes, "seed": seed, "env_seeds": seeds, "greedy": greedy,
+                    "target": target if isinstance(target, str) else float(target), "data": [str(d) for d in data],
+                    "reward_rules": {s.domain: reward_rule(s) for s in runnable}, "on_failure": on_failure,
+                    "episode_end": "the env's own end or the cap (Atari: a whole game; life loss does not end it)",
+                    "checkpoint": None, "checkpoint_sha256": None}
+    base = dict(episodes=episodes, n_envs=n_envs or episodes, seed=seed, greedy=greedy, record_dir=record_dir,
+                frames=frames, max_steps=max_steps)
+    jobs = [(s, {**base, "target_return": targets[s.id][0]}) for s in runnable]
+    outcomes: dict[str, tuple[str, Any]] = {}
     if workers > 1 and len(runnable) > 1:
         import multiprocessing as mp
 
         from lramlab.train.checkpoint import config_to_dict
 
-        base = model.module if hasattr(model, "module") else model
-        cfg = config_to_dict(base.cfg)
-        state = {k: v.detach().cpu() for k, v in base.state_dict().items()}
+        net = model.module if hasattr(model, "module") else model
+        cfg = config_to_dict(net.cfg)
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         ctx = mp.get_context("spawn")
         dev = "cpu" if device is None else str(device)
         threads = max(1, (torch.get_num_threads() or 1) // workers)
         with ctx.Pool(min(workers, len(runnable)), initializer=_init_worker,
                       initargs=(cfg, state, dev, threads)) as pool:
-            it = pool.imap_unordered(_run_one, [(s.id, kw) for s in runnable])
+            it = pool.imap_unordered(_run_one, jobs)
             if progress:
                 from tqdm.auto import tqdm
 
-                it = tqdm(it, total=len(runnable), desc="eval", unit="task")
+                it = tqdm(it, total=len(jobs), desc="eval", unit="task")
             for task, out in it:
                 outcomes[task] = out
     else:
-        it = runnable
+        it = jobs
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(runnable, desc="eval", unit="task")
-        for s in it:
-            r = run_task(model, s, **kw)
-            outcomes[s.id] = [(e.ret, e.success) for e in r.episodes]
+            it = tqdm(jobs, desc="eval", unit="task")
+        for s, kw in it:
+            outcomes[s.id] = _play(model, s, kw)
     for s in runnable:
-        out = outcomes[s.id]
-        if isinstance(out, str):
-            if skip_unavailable:
-                res.skipped[s.id] = out
-                continue
-            raise RuntimeError(f"evaluation of {s.id} failed: {out}")
+        status, out = outcomes[s.id]
+        cap = int(min(max_steps, s.episode_length) if max_steps else s.episode_length)
+        record = dict(target_return=targets[s.id][0], target_source=targets[s.id][1], episode_cap=cap,
+                      seeds=list(seeds))
+        if status == "error":
+            res.failed[s.id] = out[0]
+            res.tasks.append(failed_score(s, out[0], out[1], **record))
+            continue
         rets = [r for r, _ in out]
         succ = [x for _, x in out if x is not None]
-        res.tasks.append(score_task(s, rets, float(np.mean(succ)) if succ else None))
-    res.domains = aggregate(res.tasks)
+        res.tasks.append(score_task(s, rets, float(np.mean(succ)) if succ else None, **record))
+    res.domains = aggregate(res.tasks, exclude_failed=on_failure == "skip")
+    if res.failed and on_failure == "raise":
+        raise EvaluationFailed(res)
     return res
 
 
@@ -205,15 +404,19 @@ def eval_callback(cfg) -> "Callable[[torch.nn.Module, list, int], dict] | None":
     """The periodic rollout evaluation a `TrainConfig` asks for (`eval_every`, `eval_episodes`),
     as the callback `lramlab.train.run(cfg, evaluate=...)` takes; None when `cfg.eval_every` is 0.
 
-    It plays `eval_episodes` episodes of every training task (tasks whose simulator is missing
-    here are skipped, and listed) and returns `EvalResult.metrics(prefix="eval")`."""
+    It plays `eval_episodes` episodes of every training task, conditioned on the best return of
+    the task's data (`cfg.data`), and returns `EvalResult.metrics(prefix="eval")`. Tasks whose
+    simulator is missing here are skipped; a task whose rollout raises does not stop training:
+    its scores are NaN (so are its domain's), `eval/n_failed` counts it and the error goes to stderr."""
     if not cfg.eval_every:
         return None
 
     def evaluate_run(model: torch.nn.Module, tasks: list, step: int) -> dict:
         device = next(model.parameters()).device
         res = evaluate_model(model, tasks, episodes=cfg.eval_episodes, seed=cfg.seed, device=device,
-                             skip_unavailable=True)
+                             skip_unavailable=True, target="data", data=tuple(cfg.data), on_failure="nan")
+        for task, err in res.failed.items():
+            print(f"eval at step {step}: {task} failed: {err}", file=sys.stderr)
         return res.metrics(prefix="eval")
 
     return evaluate_run
@@ -238,12 +441,16 @@ class EvalConfig:
     record: str | None = None            # write rollouts to this trajectory store
     frames: bool = False                 # also record rendered frames
     skip_unavailable: bool = True        # list tasks whose simulator is missing instead of failing
-    target_return: float | None = None   # override the manifest's target return (raw units)
+    target: str = "data"                 # R̂_1: "data" (best return in the data), "manifest", or a number
+    data: tuple[str, ...] = ()           # dataset roots for target "data" (empty: the run's --data)
+    on_failure: str = "raise"            # a task whose rollout raises: raise (exit 1) | nan | skip
+    out: str | None = None               # write the results JSON here (also when tasks failed)
 
     def __post_init__(self):
         if isinstance(self.tasks, str):
             self.tasks = tuple(t for t in self.tasks.split(",") if t)
         self.tasks = tuple(self.tasks)
+        self.data = (self.data,) if isinstance(self.data, str) else tuple(self.data)
         if not self.checkpoint:
             raise ValueError("EvalConfig.checkpoint is empty: give a run directory or checkpoint file")
         for name in ("episodes",):
@@ -252,53 +459,116 @@ class EvalConfig:
         for name in ("n_envs", "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 0")
+        if self.on_failure not in ON_FAILURE:
+            raise ValueError(f"on_failure={self.on_failure!r}: expected one of {list(ON_FAILURE)}")
+        self.target = str(self.target)
+        if self.target not in ("data", "manifest"):
+            try:
+                float(self.target)
+            except ValueError:
+                raise ValueError(f"target={self.target!r}: expected 'data', 'manifest' or a number") from None
+
+
+def _run_config(checkpoint: str) -> dict:
+    p = Path(checkpoint)
+    cfg = (p if p.is_dir() else p.parent.parent) / "config.json"
+    return json.loads(cfg.read_text()) if cfg.is_file() else {}
 
 
 def run_tasks_of(checkpoint: str) -> list[str]:
     """The training tasks recorded in a run directory's config.json."""
-    p = Path(checkpoint)
-    cfg = (p if p.is_dir() else p.parent.parent) / "config.json"
-    if cfg.is_file():
-        return list(json.loads(cfg.read_text()).get("tasks", []))
-    return []
+    return list(_run_config(checkpoint).get("tasks", []))
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def evaluate(cfg: EvalConfig) -> EvalResult:
-    from lramlab.train.checkpoint import load_model_from_checkpoint
+    """Load the checkpoint and `evaluate_model` it; the result's protocol names the checkpoint file
+    and its sha256. Raises EvaluationFailed (with the result) as `evaluate_model` does."""
+    from lramlab.train.checkpoint import load_model_from_checkpoint, resolve_checkpoint
 
+    path = resolve_checkpoint(cfg.checkpoint)
     model = load_model_from_checkpoint(cfg.checkpoint, map_location=cfg.device)
     tasks = list(cfg.tasks) or run_tasks_of(cfg.checkpoint)
     if not tasks:
         raise ValueError(f"no tasks given and no config.json with the run's tasks near {cfg.checkpoint}")
-    return evaluate_model(model, tasks, cfg.episodes, n_envs=cfg.n_envs, workers=cfg.workers, seed=cfg.seed,
-                          greedy=cfg.greedy, device=cfg.device, record_dir=cfg.record, frames=cfg.frames,
-                          skip_unavailable=cfg.skip_unavailable, target_return=cfg.target_return,
-                          progress=True)
+    data = cfg.data or tuple((_run_config(cfg.checkpoint).get("train") or {}).get("data", ()))
+    target: str | float = cfg.target if cfg.target in ("data", "manifest") else float(cfg.target)
+    stamp = {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path)}
+    try:
+        res = evaluate_model(model, tasks, cfg.episodes, n_envs=cfg.n_envs, workers=cfg.workers, seed=cfg.seed,
+                             greedy=cfg.greedy, device=cfg.device, record_dir=cfg.record, frames=cfg.frames,
+                             skip_unavailable=cfg.skip_unavailable, target=target, data=data,
+                             on_failure=cfg.on_failure, progress=True)
+    except EvaluationFailed as err:
+        err.result.protocol.update(stamp)
+        raise
+    res.protocol.update(stamp)
+    return res
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"
 
 
 def format_table(res: EvalResult) -> str:
-    lines = [f"{'task':<36} {'return':>10} {'score':>8} {'success':>8}"]
+    lines = [f"{'task':<36} {'kind':>7} {'return':>10} {'score':>8} {'data-n':>8} {'success':>8} {'target':>9}"]
     for t in res.tasks:
         sr = "" if t.success_rate is None else f"{t.success_rate:.2f}"
-        lines.append(f"{t.task:<36} {t.mean_return:>10.3f} {t.normalized_score:>8.3f} {sr:>8}")
+        lines.append(f"{t.task:<36} {t.score_kind:>7} {t.mean_return:>10.3f} {t.normalized_score:>8.3f} "
+                     f"{_fmt(t.data_normalized_score):>8} {sr:>8} {_fmt(t.target_return):>9}"
+                     + (f"  FAILED {t.error}" if t.error else ""))
     lines.append("")
-    lines.append(f"{'domain':<16} {'mean':>8} {'iqm':>8} {'tasks':>6}")
+    lines.append(f"{'domain':<16} {'kind':>7} {'mean':>8} {'iqm':>8} {'tasks':>6} "
+                 f"{'data-n mean':>12} {'data-n iqm':>11}")
     for d, v in res.domains.items():
-        lines.append(f"{d:<16} {v['mean']:>8.3f} {v['iqm']:>8.3f} {v['n_tasks']:>6}")
+        dn = v.get("data_normalized", {})
+        dn_txt = f"{dn['mean']:>12.3f} {dn['iqm']:>11.3f}" if dn.get("n_tasks") else f"{'-':>12} {'-':>11}"
+        lines.append(f"{d:<16} {v['score_kind']:>7} {v['mean']:>8.3f} {v['iqm']:>8.3f} {v['n_tasks']:>6} {dn_txt}")
+        for k, o in v.get("other_kinds", {}).items():
+            lines.append(f"{'  beside: ' + k:<16} {k:>7} {o['mean']:>8.3f} {o['iqm']:>8.3f} {o['n_tasks']:>6}  "
+                         f"({', '.join(o['tasks'])}; not averaged in)")
+        if v.get("failed"):
+            lines.append(f"  left out (failed, --on-failure skip): {', '.join(v['failed'])}")
     for t, why in res.skipped.items():
-        lines.append(f"skipped {t}: {why}")
+        lines.append(f"unavailable {t}: {why}")
+    for t, err in res.failed.items():
+        lines.append(f"FAILED {t}: {err}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`lramlab eval --checkpoint RUN_DIR --tasks T1,T2 --episodes N [--json]`."""
+    """`lramlab eval --checkpoint RUN_DIR --tasks T1,T2 --episodes N [--json]`: exit 0 when every
+    task ran, 1 when a task failed (unless --on-failure skip), 2 when no task could run here."""
     from lramlab._dataclass_cli import parse_cli
 
     cfg, as_json = parse_cli(EvalConfig, argv, prog="lramlab eval", required=("checkpoint",))
-    res = evaluate(cfg)
+    try:
+        res = evaluate(cfg)
+    except EvaluationFailed as err:
+        res = err.result
+    except (ValueError, KeyError, FileNotFoundError) as err:  # bad input: say what, no traceback
+        print(f"lramlab eval: {err}", file=sys.stderr)
+        return 2
+    if cfg.out:
+        from lramlab._io import atomic_write_text
+
+        atomic_write_text(Path(cfg.out), json.dumps(res.to_dict(), indent=1))
     print(json.dumps(res.to_dict(), indent=2) if as_json else format_table(res))
+    if not res.tasks:
+        print(f"lramlab eval: no task could run here ({len(res.skipped)} unavailable)", file=sys.stderr)
+        return 2
+    if res.failed and cfg.on_failure != "skip":
+        print(f"lramlab eval: {len(res.failed)} task(s) failed: {', '.join(res.failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
-__all__ = ["iqm", "TaskScore", "EvalResult", "EvalConfig", "score_task", "aggregate", "evaluate_model",
-           "evaluate", "main"]
+__all__ = ["iqm", "TaskScore", "EvalResult", "EvalConfig", "EvaluationFailed", "score_task", "failed_score",
+           "aggregate", "resolve_target", "resolve_targets", "evaluate_model", "evaluate", "eval_callback", "main"]

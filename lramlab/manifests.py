@@ -31,6 +31,16 @@ DOMAINS: tuple[str, ...] = ("atari", "procgen", "dmcontrol", "metaworld", "compo
 #: Returns-to-go and rewards are divided by these (paper App. C: Meta-World 200, DMControl 100, Atari 20).
 REWARD_SCALE: dict[str, float] = {"metaworld": 200.0, "dmcontrol": 100.0, "procgen": 1.0, "atari": 20.0,
                                   "composuite": 1.0, "mimicgen": 1.0, "darkroom": 1.0, "robosuite": 1.0}
+#: How a domain's env rewards become the rewards the MODEL sees (its reward tokens and R̂), the same
+#: in training windows (`data.sampling`) and in rollouts (`rollout.Agent`), applied before the reward
+#: scale: "clip" = clip to [-1, 1] (paper App. B.2, Atari; equal to sign(r) on Atari's integer game
+#: points, and idempotent, so already-clipped DQN-Replay data passes unchanged); "raw" = as the env
+#: gives them. The store and every score keep raw env rewards (`model_rewards` is the one place).
+REWARD_RULES: tuple[str, ...] = ("raw", "clip")
+REWARD_RULE: dict[str, str] = {"atari": "clip"}  # every other domain: "raw"
+#: Domains whose evaluation target must not depend on the task: a Dark-Room task's goal is hidden,
+#: and a per-goal target (its best return, 101 - distance) would tell the model how far it is.
+FLAT_TARGET_DOMAINS: tuple[str, ...] = ("darkroom",)
 SPLITS = ("train", "holdout")
 OBS_KINDS = ("state", "image")
 ACTION_KINDS = ("discrete", "continuous")
@@ -340,3 +350,52 @@ def normalize_score(task: str | TaskSpec, raw: float) -> float:
                              f"(a return? Meta-World/Composuite/Mimicgen report info['success'])")
         return value
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# the model's reward rule and the per-domain score kinds
+
+def reward_rule(task_or_domain: str | TaskSpec) -> str:
+    """The reward rule ("raw" | "clip", see REWARD_RULE) of a domain, a task id or a TaskSpec.
+
+    Decided by the domain alone (the part of a task id before '/'), so it needs no manifest file."""
+    domain = getattr(task_or_domain, "domain", None) or str(task_or_domain).split("/", 1)[0]
+    return REWARD_RULE.get(domain, "raw")
+
+
+def model_rewards(rule: str, rewards):
+    """Rewards as the model sees them under `rule` (before the reward scale), float64 numpy array.
+
+    The one function that turns env rewards into model rewards: the sampler applies it to stored
+    rewards (and derives R̂ from the result), the agent to each step's env reward."""
+    import numpy as np
+
+    r = np.asarray(rewards, dtype=np.float64)
+    if rule == "raw":
+        return r
+    if rule == "clip":
+        return np.clip(r, -1.0, 1.0)
+    raise ValueError(f"reward rule {rule!r}; expected one of {list(REWARD_RULES)}")
+
+
+def domain_score_kind(domain: str, directory: str | Path | None = None) -> str:
+    """The score kind a domain's mean and IQM average: the kind most of its manifest tasks have
+    (Atari "human": Carnival and Pooyan, "raw", are reported beside it, never averaged in)."""
+    kinds = [s.score_kind for s in list_tasks(domain, directory=directory)]
+    if not kinds:
+        raise ValueError(f"domain {domain!r} has no tasks in the manifests")
+    return max(SCORE_KINDS, key=kinds.count)
+
+
+def data_normalize(task: str | TaskSpec, raw: float) -> float | None:
+    """The paper's data-normalised score (Fig. 3; LRAM dn_scores): (raw - low) / (high - low) with the
+    task's `extra.data_score` constants (low = random, high = dataset score; Atari: the human-
+    normalisation constants, as LRAM's dn_scores reuse them). None when the task has no constants."""
+    spec = get_task(task)
+    ds = (spec.extra or {}).get("data_score")
+    if not isinstance(ds, dict) or ds.get("low") is None or ds.get("high") is None:
+        return None
+    lo, hi = float(ds["low"]), float(ds["high"])
+    if hi == lo:
+        raise ValueError(f"{spec.id}: extra.data_score has high == low == {lo}")
+    return (float(raw) - lo) / (hi - lo)

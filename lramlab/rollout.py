@@ -2,15 +2,19 @@
 
 `Agent` wraps a model for B environments of ONE task (the model's batch dimension): it keeps
 the backbone's recurrent state (xLSTM, Mamba) or KV cache (DT) across steps, conditions on the
-task's target return (R̂_1 = manifest target_return / reward_scale; after each reward r,
-R̂ <- R̂ - r / reward_scale), pads states to 204 dims, and decodes actions from the shared
-head for the task's dims (greedy or sampled).
+task's target return (R̂_1 = target / reward_scale, the target in the model's reward units; after
+each env reward r, with m = manifests.model_rewards(rule, r) -- Atari: r clipped to [-1, 1], the
+same function the sampler applies to stored rewards -- R̂ <- R̂ - m / reward_scale and the next
+reward token is m / reward_scale), pads states to 204 dims, and decodes actions from the shared
+head for the task's dims (greedy or sampled). Episode returns (and so scores) sum the RAW env
+rewards.
 
 `run_task(model, task, episodes, n_envs)` plays `episodes` episodes with `n_envs` environments
 stepping together (rounds of at most n_envs episodes); `lramlab.evaluate` spreads tasks over
 worker processes. `record_dir` writes every episode to the trajectory store
 (`store.write_episode`: states, actions, rewards, returns_to_go, dones, success) plus a sidecar
-`episode_XXXXXX.extra.npz` with the conditioning R̂ per step and rendered frames (when asked).
+`episode_XXXXXX.extra.npz` with the conditioning R̂ per step (unscaled, in the model's reward
+units) and rendered frames (when asked). The stored `rewards` are the raw env rewards.
 
 Shape letters: B environments (batch), O = 204 padded state dims, A = 8 continuous dims.
 """
@@ -25,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lramlab.manifests import model_rewards, reward_rule
 from lramlab.tokenizer import MAX_ACT_DIM, STATE_DIM, pad_state
 
 
@@ -38,7 +43,10 @@ def task_spec(task: Any):
 
 
 def target_rtg(spec, target_return: float | None = None) -> float:
-    """R̂_1 in reward-scale units: the manifest's target return (or an override) / reward_scale."""
+    """R̂_1 in reward-scale units: the manifest's target return (or an override) / reward_scale.
+
+    Targets are in the model's reward units (Atari: a return of clipped rewards); `lramlab.evaluate`
+    passes the one it resolved (by default the task data's best return)."""
     tr = spec.target_return if target_return is None else target_return
     if tr is None:
         raise ValueError(f"task {spec.id}: the manifest has no target_return; pass target_return=...")
@@ -58,7 +66,8 @@ class Agent:
         agent = Agent(model, "metaworld/reach-v2", batch_size=8)
         agent.reset()
         a = agent.act(obs)          # obs (B, obs_dim) / (B, 1, 64, 64) -> (B,) ints | (B, act_dim) floats
-        agent.observe(rewards)      # (B,) raw rewards: R̂ <- R̂ - r / scale, next prev_reward = r / scale
+        agent.observe(rewards)      # (B,) raw env rewards r, m = model_rewards(rule, r):
+                                    #   R̂ <- R̂ - m / scale, next prev_reward = m / scale
         agent.new_episode()         # keep state/context (ICL), reset R̂ to the target
 
     `greedy=False` samples actions with a torch.Generator seeded by `seed`.
@@ -77,6 +86,7 @@ class Agent:
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.rtg0 = target_rtg(self.spec, target_return)
         self.scale = float(self.spec.reward_scale)
+        self.reward_rule = reward_rule(self.spec.domain)
         self.discrete = self.spec.action_kind == "discrete"
         self.n_actions = int(self.spec.action_dim) if self.discrete else 0
         self.act_dim = 0 if self.discrete else int(self.spec.action_dim)
@@ -127,8 +137,9 @@ class Agent:
         return a.astype(np.int64) if self.discrete else a[:, : self.act_dim].astype(np.float32)
 
     def observe(self, rewards) -> None:
-        """Rewards of the step just taken (raw env units)."""
-        r = torch.as_tensor(np.asarray(rewards, dtype=np.float32).reshape(self.B), device=self.device) / self.scale
+        """Rewards of the step just taken (raw env units); the model sees them under the reward rule."""
+        m = model_rewards(self.reward_rule, np.asarray(rewards, dtype=np.float64).reshape(self.B))
+        r = torch.as_tensor(m.astype(np.float32), device=self.device) / self.scale
         self.rtg = self.rtg - r
         self.prev_reward = r
 

@@ -239,7 +239,7 @@ def test_lram_model_checkpoint_policy(tmp_path):
     path = tmp_path / "model.pt"
     model.save(path)
     pol = P.make_policy(f"checkpoint:{path}", "darkroom/goal-2-2")
-    assert isinstance(pol, P.LRAMPolicy) and pol.target == 97.0  # manifest target = best return
+    assert isinstance(pol, P.LRAMPolicy) and pol.target == 82.0  # the manifest's flat Dark-Room target
     d = generate("darkroom/goal-2-2", 2, f"checkpoint:{path}", tmp_path / "data", progress=False)
     eps = _arrays(d)
     assert check_dataset(tmp_path / "data").ok and eps[0]["actions"].max() < 5
@@ -248,4 +248,9 @@ def test_lram_model_checkpoint_policy(tmp_path):
     pol.reset(0)
     pol.act(np.zeros(2, np.float32))
     pol.observe(1.0)
-    assert pol.rtg == 96.0 and pol.prev_reward == 1.0
+    assert pol.rtg == 81.0 and pol.prev_reward == 1.0
+    # Atari: the model's reward rule (clip to [-1, 1]) applies to what the policy feeds the model
+    atari = P.make_policy(f"checkpoint:{path}", "atari/asterix")
+    atari.reset(0)
+    atari.observe(50.0)
+    assert atari.rtg == atari.target - 1.0 and atari.prev_reward == 1.0

@@ -235,6 +235,18 @@ def test_minari_wrong_observation_count_is_named(tmp_path):
 # ------------------------------------------------------------------ DQN-Replay
 
 
+def _minimal_set(game: str) -> np.ndarray:
+    """ale-py's minimal action set of a game, as full-set indices (what Dopamine's actions index)."""
+    import ale_py
+    import gymnasium as gym
+
+    gym.register_envs(ale_py)
+    env = gym.make(f"ALE/{game}-v5")
+    out = np.array([a.value for a in env.unwrapped.ale.getMinimalActionSet()])
+    env.close()
+    return out
+
+
 def _save_gz(path, arr):
     with gzip.open(path, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
@@ -269,13 +281,15 @@ def test_dqn_replay_round_trip(tmp_path):
         got = td.read(i)
         want = np.stack([cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) for f in frames])[:, None]
         assert got["states"].shape == (25, 1, 64, 64) and np.array_equal(got["states"], want)
-        assert np.array_equal(got["actions"], A) and np.array_equal(got["rewards"], R)
+        # Dopamine's minimal-set indices come out as full 18-action indices (ale-py's minimal set)
+        assert np.array_equal(got["actions"], _minimal_set("Pong")[A]) and np.array_equal(got["rewards"], R)
         assert got["dones"][-1]
     # wrapped checkpoint: unrolled oldest-first; its first (partial) segment and the tail are dropped
     d1 = import_dataset("dqn-replay", src, "atari/pong", tmp_path / "out1", progress=False, checkpoints=[1])
     td1 = TaskData(d1)
     assert len(td1) == 2
-    assert np.array_equal(td1.read(0)["actions"], eps[1][1]) and np.array_equal(td1.read(1)["actions"], eps[2][1])
+    assert np.array_equal(td1.read(0)["actions"], _minimal_set("Pong")[eps[1][1]])
+    assert np.array_equal(td1.read(1)["actions"], _minimal_set("Pong")[eps[2][1]])
     assert check_dataset(tmp_path / "out").ok and check_dataset(tmp_path / "out1").ok
 
 

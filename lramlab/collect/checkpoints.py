@@ -8,6 +8,8 @@ import numpy as np
 
 from lramlab.collect.base import Policy, get_task_spec
 from lramlab.collect.ppo import PPO_FORMAT, PPOPolicy, _torch
+from lramlab.manifests import model_rewards, reward_rule
+
 
 class ModulePolicy(Policy):
     """A plain torch.nn.Module: obs batch (1, *obs_shape) float32 -> logits / actions (see module doc)."""
@@ -57,6 +59,7 @@ class LRAMPolicy(Policy):
         spec = get_task_spec(task)
         self.task = spec
         self.scale = float(spec.reward_scale or 1.0)
+        self.reward_rule = reward_rule(spec.domain)
         self.target = float(spec.target_return) if spec.target_return is not None else 0.0
         self.discrete = spec.action_kind == "discrete"
         self.n_actions = int(spec.action_dim) if self.discrete else 0
@@ -87,8 +90,10 @@ class LRAMPolicy(Policy):
         return np.clip(a[: self.act_dim], -1, 1).astype(np.float32)
 
     def observe(self, reward: float) -> None:
-        self.rtg -= float(reward)
-        self.prev_reward = float(reward)
+        # the model's reward units (Atari: clipped), as in training and in rollout.Agent
+        m = float(model_rewards(self.reward_rule, [reward])[0])
+        self.rtg -= m
+        self.prev_reward = m
 
     def config(self) -> dict:
         return {"kind": "lram", "target_return": self.target}

@@ -242,12 +242,16 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
 
 
 def _stats_current(task_dir: Path) -> bool:
-    """stats.json lists exactly the episode files present (then a run that wrote nothing keeps it)."""
+    """stats.json lists exactly the episode files present and the task's reward rule (then a run
+    that wrote nothing keeps it)."""
     from lramlab.data.store import list_episode_files
+
+    from lramlab.manifests import reward_rule
 
     try:
         stats = json.loads((task_dir / "stats.json").read_text())
-        return [e["file"] for e in stats["episodes"]] == [p.name for p in list_episode_files(task_dir)]
+        return ([e["file"] for e in stats["episodes"]] == [p.name for p in list_episode_files(task_dir)]
+                and stats.get("reward_rule") == reward_rule(stats["task"]))  # older stats lack the model's returns
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

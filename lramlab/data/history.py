@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from lramlab.data.sampling import VAL_FRACTION, WINDOW_KEYS, TrajectoryDataset
+from lramlab.data.sampling import VAL_FRACTION, TrajectoryDataset
 
 
 
@@ -78,7 +78,7 @@ class HistoryDataset(TrajectoryDataset):
         while need > 0 and pos >= pos_stop:
             ep = int(eps[pos])
             first = max(0, cur_end - need + 1) if start is None else int(start)
-            pieces.append(self.data[ti].read(ep, first, cur_end + 1, keys=WINDOW_KEYS))
+            pieces.append(self.read_window(ti, ep, first, cur_end + 1))
             need -= cur_end - first + 1
             pos -= 1
             if pos >= 0:

@@ -23,7 +23,12 @@ Formats (none needs its original package installed):
   Episodes are split after each ``terminal``; when ``add_count`` exceeds the buffer size the
   circular buffer is unrolled oldest-first. The trailing segment without a terminal is dropped,
   and so is the leading one for checkpoints N > 0 or a wrapped buffer (it is the tail of an episode
-  that began earlier).
+  that began earlier). Actions: Dopamine plays each game's MINIMAL action set, so the stored actions
+  index it; they are mapped to the full 18-action set of the envs and the shared head with the
+  task's manifest entry ``extra.minimal_actions`` (ale-py's set, written by data_manifests/_build.py,
+  so this importer needs no simulator; e.g. Breakout's minimal 2 = RIGHT is full 3, full 2 = UP).
+  Rewards are stored as released: Dopamine clipped them to [-1, 1] (the model's Atari rule, which
+  leaves them unchanged).
 
 Episodes are written through `lramlab.data.store.write_episode` (validated, atomic) as
 ``OUT/<domain>/<name>/episode_%06d.hdf5`` in source order, then ``meta.json`` and ``stats.json``.
@@ -377,10 +382,21 @@ def dqn_checkpoints(src: Path) -> list[int]:
     return ids
 
 
-def iter_dqn_replay(src: Path, checkpoints: list[int] | None = None, **_: Any) -> Iterator[tuple[str, dict]]:
+def iter_dqn_replay(src: Path, checkpoints: list[int] | None = None, minimal_actions: list[int] | None = None,
+                    **_: Any) -> Iterator[tuple[str, dict]]:
+    """Episodes of a DQN-Replay run directory; `minimal_actions` (full-set index of each minimal-set
+    action, the manifest's `extra.minimal_actions`) maps the stored actions to the full set."""
     src = Path(src)
     if not src.is_dir():
         raise FileNotFoundError(f"dqn-replay import: {src} is not a directory")
+    if minimal_actions is None:
+        raise ImportFormatError(f"{src}: DQN-Replay actions index the game's minimal action set; the task "
+                                "needs extra.minimal_actions in the manifests to map them to the full set")
+    to_full = np.asarray(minimal_actions, dtype=np.int64)
+    if to_full.ndim != 1 or not len(to_full) or to_full.min() < 0 or to_full.max() >= 18 \
+            or len(set(to_full.tolist())) != len(to_full):
+        raise ImportFormatError(f"minimal_actions={list(minimal_actions)!r}: expected distinct full-set "
+                                "indices in [0, 18)")
     ids = checkpoints if checkpoints else dqn_checkpoints(src)
     if not ids:
         raise ImportFormatError(f"{src}: no $store$_observation_ckpt.<N>.gz files")
@@ -413,6 +429,12 @@ def iter_dqn_replay(src: Path, checkpoints: list[int] | None = None, **_: Any) -
                 drop_first = drop_first or add_count > size  # the oldest entry is mid-episode
                 obs, act, rew, term = (np.roll(x, -cursor, axis=0) for x in (obs, act, rew, term))
         obs, act, rew, term = obs[:valid], act[:valid], rew[:valid], term[:valid].astype(bool)
+        act = act.astype(np.int64)
+        if len(act) and (act.min() < 0 or act.max() >= len(to_full)):
+            bad = int(act.max() if act.max() >= len(to_full) else act.min())
+            raise ImportFormatError(f"{src}: $store$_action_ckpt.{n}.gz holds action {bad}, outside the "
+                                    f"game's minimal action set of {len(to_full)} actions {to_full.tolist()}")
+        act = to_full[act]  # minimal-set index -> full 18-action index
         ends = np.flatnonzero(term)
         start = 0
         for k, end in enumerate(ends):
@@ -425,7 +447,7 @@ def iter_dqn_replay(src: Path, checkpoints: list[int] | None = None, **_: Any) -
             dones[-1] = True
             yield f"{src}:ckpt {n}:steps {start}-{end}", {
                 "states": to_gray64(obs[sl], f"{src}: $store$_observation_ckpt.{n}.gz"),
-                "actions": act[sl].astype(np.int64), "rewards": rew[sl].astype(np.float32), "dones": dones}
+                "actions": act[sl], "rewards": rew[sl].astype(np.float32), "dones": dones}
             start = end + 1
 
 
@@ -440,7 +462,8 @@ def import_dataset(fmt: str, src: str | Path, task: str, out: str | Path, overwr
                    max_episodes: int | None = None, progress: bool = True, **options: Any) -> Path:
     """Import `src` (in format `fmt`) as task `task` under `out`; returns the task directory.
 
-    options: ``obs_keys`` (robomimic, minari), ``checkpoints`` (dqn-replay).
+    options: ``obs_keys`` (robomimic, minari), ``checkpoints`` (dqn-replay; its action mapping comes
+    from the task's manifest entry ``extra.minimal_actions``).
     A task directory that already holds episodes is refused unless ``overwrite`` (which removes them).
     """
     from lramlab.data.store import atomic_write_text, list_episode_files, write_episode, write_stats
@@ -458,6 +481,8 @@ def import_dataset(fmt: str, src: str | Path, task: str, out: str | Path, overwr
         for name in ("stats.json", "meta.json"):
             (task_dir / name).unlink(missing_ok=True)
     task_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "dqn-replay" and "minimal_actions" not in options:
+        options = {**options, "minimal_actions": (getattr(spec, "extra", None) or {}).get("minimal_actions")}
     it = ITERATORS[fmt](Path(src), **options)
     bar = None
     if progress:
@@ -483,6 +508,9 @@ def import_dataset(fmt: str, src: str | Path, task: str, out: str | Path, overwr
     meta = {"task": spec.id, "policy": f"imported:{fmt}", "source_format": fmt, "source": str(Path(src).resolve()),
             "seed": None, "episodes": n, "generator": "lramlab.data.importers",
             "options": {k: v for k, v in options.items() if v is not None}}
+    if fmt == "dqn-replay":
+        meta["actions"] = "minimal action set mapped to the full 18-action set (options.minimal_actions)"
+        meta["rewards"] = "as released: clipped to [-1, 1] by Dopamine"
     atomic_write_text(task_dir / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
     write_stats(task_dir)
     return task_dir

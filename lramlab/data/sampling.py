@@ -16,7 +16,10 @@ Rules (each is tested in tests/test_sampling.py):
   C steps ending at L-1, L-1-C, ..., the earliest one shorter and starting at step 0 -- each one
   a window training samples too (full C steps, or shorter only from the episode's first step),
   and every timestep a target exactly once.
-- `rtg` and `rewards` are divided by the domain's reward scale (manifests, or an override).
+- `rewards` are the stored rewards under the task's reward rule (`manifests.model_rewards`: Atari
+  clipped to [-1, 1], others raw) and `rtg` their returns-to-go to the episode's end (for a rule
+  other than "raw" the rest of the episode's rewards are read too); both are divided by the
+  domain's reward scale (manifests, or an override). The agent applies the same rule in rollouts.
 - Validation split: per task, k = max(1, round(0.025 * n)) of its n episodes, those with the
   smallest hash(task id, episode index) are held out when the task has >= 2 episodes; a task with
   a single episode keeps it for training (k = 0). Deterministic, independent of the seed and of
@@ -44,7 +47,8 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
-from lramlab.data.store import TaskData, find_tasks
+from lramlab.data.store import TaskData, find_tasks, returns_to_go
+from lramlab.manifests import REWARD_RULES, model_rewards, reward_rule
 from lramlab.tokenizer import IMAGE_SHAPE, MAX_ACT_DIM, STATE_DIM
 
 DEFAULT_CONTEXT = 50
@@ -129,8 +133,11 @@ class TaskInfo:
     action_kind: Literal["discrete", "continuous"]
     action_dim: int  # discrete: number of actions; continuous: number of dims
     obs_kind: Literal["state", "image"]
+    reward_rule: str = "raw"  # how stored rewards become the model's (lramlab.manifests.REWARD_RULE)
 
     def __post_init__(self):
+        if self.reward_rule not in REWARD_RULES:
+            raise ValueError(f"{self.task}: reward_rule must be one of {list(REWARD_RULES)}, got {self.reward_rule!r}")
         if not (self.reward_scale > 0 and np.isfinite(self.reward_scale)):
             raise ValueError(f"{self.task}: reward_scale must be a positive number, got {self.reward_scale}")
         if self.action_kind not in ("discrete", "continuous"):
@@ -165,7 +172,8 @@ def resolve_task_info(data: TaskData, task_specs: Mapping[str, Any] | None = Non
 
     Precedence: `task_specs[task]` (a TaskSpec, TaskInfo or dict) > `lramlab.manifests.get_task`
     > meta.json (`domain`, `action_dim`/`n_actions`, `reward_scale`). `reward_scale` overrides the
-    spec's scale: a float for every task, or a dict by task id or domain.
+    spec's scale: a float for every task, or a dict by task id or domain. The reward rule is the
+    spec's `reward_rule` when it has one, else the domain's (`manifests.reward_rule`).
     """
     task = data.task
     spec = (task_specs or {}).get(task) if task_specs else None
@@ -195,8 +203,9 @@ def resolve_task_info(data: TaskData, task_specs: Mapping[str, Any] | None = Non
         dim = _get(spec, "action_dim", meta.get("action_dim", meta.get("n_actions")))
         if dim is None:
             raise ValueError(f"{task}: number of discrete actions unknown (not in manifests, task_specs or meta.json)")
+    rule = _get(spec, "reward_rule") or reward_rule(str(domain))
     return TaskInfo(task=task, domain=str(domain), reward_scale=float(scale), action_kind=data.action_kind,
-                    action_dim=int(dim), obs_kind=data.obs_kind)
+                    action_dim=int(dim), obs_kind=data.obs_kind, reward_rule=str(rule))
 
 
 def episode_returns(data: TaskData) -> np.ndarray:
@@ -327,8 +336,25 @@ class TrajectoryDataset:
         start = first if start is None else int(start)
         if not first <= start <= int(end):
             raise ValueError(f"window start {start} outside [{first}, {end}]")
-        w = self.data[ti].read(int(episode), start, int(end) + 1, keys=WINDOW_KEYS)
+        w = self.read_window(ti, int(episode), start, int(end) + 1)
         self.write_row(out, b, ti, w, where=self.data[ti].episode_paths[episode])
+
+    def read_window(self, ti: int, episode: int, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Steps [start, stop) of file episode `episode` of task ti (WINDOW_KEYS), with `rewards` and
+        `returns_to_go` under the task's reward rule (unscaled): for a rule other than "raw" the
+        rewards after `stop` are read too, since R̂ sums the rule's rewards to the episode's end."""
+        data = self.data[ti]
+        w = data.read(episode, start, stop, keys=WINDOW_KEYS)
+        rule = self.infos[ti].reward_rule
+        if rule == "raw":
+            return w
+        T = int(data.lengths[episode])
+        later = data.read(episode, stop, T, keys=("rewards",))["rewards"] if stop < T else np.zeros(0, np.float32)
+        r = model_rewards(rule, np.concatenate([w["rewards"], later]))
+        w = dict(w)
+        w["rewards"] = r[: stop - start].astype(np.float32)
+        w["returns_to_go"] = returns_to_go(r)[: stop - start]
+        return w
 
     def write_row(self, out: dict, b: int, ti: int, w: Mapping[str, np.ndarray], where: Any = None) -> None:
         """Row b of a batch := the n <= C timesteps `w` (store arrays) of task ti at rows 0..n-1,

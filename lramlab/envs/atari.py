@@ -5,12 +5,17 @@ the full 18-action set, wrapped in gymnasium's AtariPreprocessing: frame skip 4 
 over the last two frames, up to 30 no-ops on reset, grayscale, 64x64 (cv2 INTER_AREA).
 Observation (1, 64, 64) uint8; action an int in [0, 18).
 
-Options: `clip_rewards` (sign of the reward, DQN recipe; the raw reward is in info["raw_reward"];
-off by default: evaluation scores use raw rewards, training-data generators turn it on and record
-it), `terminal_on_life_loss` (off by default), `max_episode_steps` (agent steps, default 27000 =
-108000 frames: the DQN-Replay/Dopamine limit, which the manifest's episode_length carries; LRAM's
-own evaluation capped at 27000 *frames*, i.e. pass 6750 to mimic it), `fire_reset` (press FIRE
-after reset, LRAM's FireResetEnv; off by default).
+Protocol (docs/protocol.md): rewards come out raw (game points): the store keeps them and scores
+are computed from them; the model's clip to [-1, 1] happens where the model sees rewards
+(`lramlab.manifests.model_rewards`, used by the sampler and the agent), never here. An episode is a
+whole game: life loss does not end it (generated data, as DQN-Replay's episodes, and evaluation),
+and nothing presses FIRE for the agent. The cap is `max_episode_steps` agent steps x 4 frames of
+ALE's `max_num_frames_per_episode` (no-op frames count too), ending the episode with truncated=True;
+the manifest's episode_length is 6750, i.e. 27000 frames, LRAM's evaluation limit.
+
+Options: `clip_rewards` (sign of the reward, for uses outside lramlab's pipeline; the raw reward is in
+info["raw_reward"]), `terminal_on_life_loss` (off), `max_episode_steps` (agent steps, default 6750),
+`fire_reset` (press FIRE after reset, LRAM's FireResetEnv; off).
 """
 from __future__ import annotations
 
@@ -20,8 +25,9 @@ import re
 from lramlab._optional import require
 from lramlab.envs.wrappers import ChannelFirstGray, DefaultSeed, SignReward
 
-#: episode cap in agent steps (DQN-Replay / Dopamine; = ALE v5's 108000-frame default)
-MAX_EPISODE_STEPS = 27000
+#: episode cap in agent steps: 27000 frames at frame skip 4 (LRAM's evaluation TimeLimit on the
+#: NoFrameskip env); DQN-Replay's own episodes run up to 27000 agent steps (Dopamine's limit)
+MAX_EPISODE_STEPS = 6750
 SCREEN_SIZE = 64
 FRAME_SKIP = 4
 NOOP_MAX = 30

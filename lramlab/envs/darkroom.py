@@ -104,8 +104,14 @@ def parse_goal(task: Any) -> tuple[int, int]:
 
 
 def max_return(goal: Sequence[int], episode_length: int = EPISODE_LENGTH) -> int:
-    """Best achievable return: walk the Manhattan distance, then stay on the goal."""
-    return max(0, episode_length - (int(goal[0]) + int(goal[1])) + 1)
+    """Best achievable return: walk the Manhattan distance d, then stay on the goal.
+
+    Steps d..episode_length end on the goal (episode_length - d + 1 rewards); a goal on the start
+    cell pays every step, episode_length (the +1 counts the arrival step, which needs d >= 1)."""
+    d = abs(int(goal[0]) - START[0]) + abs(int(goal[1]) - START[1])
+    if d == 0:
+        return int(episode_length)
+    return max(0, int(episode_length) - d + 1)
 
 
 def render_grid(pos: Sequence[int], goal: Sequence[int] | None, cell: int = 16) -> np.ndarray:

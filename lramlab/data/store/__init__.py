@@ -4,7 +4,8 @@ Layout::
 
     DIR/<domain>/<name>/episode_000000.hdf5   one episode per file
     DIR/<domain>/<name>/meta.json             {"task": id, "policy": ..., "seed": ..., ...}
-    DIR/<domain>/<name>/stats.json            episode lengths, returns (and success), see `write_stats`
+    DIR/<domain>/<name>/stats.json            episode lengths, returns (raw, and in the model's units
+                                              under the task's reward rule), success; `write_stats`
     DIR/<domain>/<name>/packed.hdf5           optional: all episodes concatenated (`pack_task`,
                                               `lramlab data pack`); readers use it while current
 
@@ -13,7 +14,8 @@ files). Episode datasets (T timesteps, O state dims, A continuous action dims):
 
     states         (T, O) float32, or (T, 1, 64, 64) uint8 for image tasks
     actions        (T,) int64 (discrete) or (T, A) float32 in [-1, 1] (continuous)
-    rewards        (T,) float32
+    rewards        (T,) float32, as the source gave them (raw env rewards for generated data; the
+                   model's reward rule, e.g. Atari's clip, is applied when windows are read)
     returns_to_go  (T,) float32, raw (not divided by the reward scale): rtg[t] = sum(rewards[t:])
     dones          (T,) bool, True only at the last step of an episode that terminated
     success        (T,) bool, optional
@@ -43,8 +45,8 @@ from __future__ import annotations
 from __future__ import annotations
 
 from lramlab._io import atomic_write_text
-from lramlab.data.store.check import (DatasetReport, TaskReport, check_dataset, check_main, pack_main,
-                                      write_stats)
+from lramlab.data.store.check import (DatasetReport, TaskReport, check_dataset, check_main, data_target_return,
+                                      find_task_dirs, pack_main, task_stats, write_stats)
 from lramlab.data.store.episodes import (ALL_KEYS, EPISODE_GLOB, MAX_ACT_DIM, OPTIONAL_KEYS, PACKED_NAME,
                                          REQUIRED_KEYS, UNSYNCED_NAME, TrajectoryFileError, episode_filename,
                                          episode_length, find_tasks, is_complete, list_episode_files,
@@ -55,6 +57,7 @@ from lramlab.data.store.writer import StoreWriter, recover_unsynced
 
 __all__ = ["ALL_KEYS", "EPISODE_GLOB", "MAX_ACT_DIM", "OPTIONAL_KEYS", "PACKED_NAME", "REQUIRED_KEYS",
            "UNSYNCED_NAME", "DatasetReport", "StoreWriter", "TaskData", "TaskReport", "TrajectoryFileError",
-           "atomic_write_text", "check_dataset", "check_main", "episode_filename", "episode_length", "find_tasks",
-           "is_complete", "list_episode_files", "pack_main", "pack_task", "read_episode", "recover_unsynced",
-           "returns_to_go", "use_packed", "write_episode", "write_stats"]
+           "atomic_write_text", "check_dataset", "check_main", "data_target_return", "episode_filename",
+           "episode_length", "find_task_dirs", "find_tasks", "is_complete", "list_episode_files", "pack_main",
+           "pack_task", "read_episode", "recover_unsynced", "returns_to_go", "task_stats", "use_packed",
+           "write_episode", "write_stats"]

@@ -14,10 +14,11 @@ import numpy as np
 from lramlab._io import atomic_write_text
 from lramlab.data.store.episodes import TrajectoryFileError, _summary, _task_id_of, find_tasks, list_episode_files, read_episode
 from lramlab.data.store.packed import pack_task
+from lramlab.manifests import reward_rule
 
 # ----------------------------------------------------------------------------- stats and check
-def _episode_summary(path: Path, require_complete: bool) -> dict:
-    return _summary(path.name, read_episode(path, require_complete=require_complete))
+def _episode_summary(path: Path, require_complete: bool, rule: str = "raw") -> dict:
+    return _summary(path.name, read_episode(path, require_complete=require_complete), rule)
 
 
 def _return_stats(returns: list[float]) -> dict:
@@ -27,31 +28,88 @@ def _return_stats(returns: list[float]) -> dict:
     return {"mean": float(r.mean()), "std": float(r.std()), "min": float(r.min()), "max": float(r.max())}
 
 
-def write_stats(task_dir, require_complete: bool = True, summaries: Mapping[str, dict] | None = None) -> dict:
-    """Read every episode of `task_dir` (validated) and write `stats.json` atomically; returns it.
-
-    Keys: task, n_episodes, n_transitions, episodes [{file, length, return[, success]}],
-    lengths, returns, return_stats {mean, std, min, max}, and success_rate when recorded.
-    `summaries` (file name -> entry, e.g. `StoreWriter.summaries`) gives the entries of episodes
-    the caller has just written and validated, so those files are not read again.
-    """
+def task_stats(task_dir, require_complete: bool = True, summaries: Mapping[str, dict] | None = None) -> dict:
+    """What `write_stats` writes, computed without writing (see there for the keys)."""
     task_dir = Path(task_dir)
+    task = _task_id_of(task_dir)
+    rule = reward_rule(task)
     summaries = summaries or {}
-    eps = [dict(summaries[p.name]) if p.name in summaries else _episode_summary(p, require_complete)
-           for p in list_episode_files(task_dir)]
+    eps = []
+    for p in list_episode_files(task_dir):
+        e = summaries.get(p.name)
+        if e is None or (rule != "raw" and "model_return" not in e):
+            e = _episode_summary(p, require_complete, rule)
+        eps.append(dict(e))
+    model = [e.get("model_return", e["return"]) for e in eps]
     stats = {
-        "task": _task_id_of(task_dir),
+        "task": task,
         "n_episodes": len(eps),
         "n_transitions": int(sum(e["length"] for e in eps)),
         "episodes": eps,
         "lengths": [e["length"] for e in eps],
         "returns": [e["return"] for e in eps],
         "return_stats": _return_stats([e["return"] for e in eps]),
+        "reward_rule": rule,
+        "model_return_stats": _return_stats(model),
     }
     if eps and all("success" in e for e in eps):
         stats["success_rate"] = float(np.mean([e["success"] for e in eps]))
-    atomic_write_text(task_dir / "stats.json", json.dumps(stats, indent=1))
     return stats
+
+
+def write_stats(task_dir, require_complete: bool = True, summaries: Mapping[str, dict] | None = None) -> dict:
+    """Read every episode of `task_dir` (validated) and write `stats.json` atomically; returns it.
+
+    Keys: task, n_episodes, n_transitions, episodes [{file, length, return[, model_return][, success]}],
+    lengths, returns, return_stats {mean, std, min, max} (raw env returns), reward_rule (the task's
+    `lramlab.manifests.reward_rule`), model_return_stats (returns in the model's units: under the
+    rule, e.g. Atari's clipped rewards; per episode `model_return` when the rule is not "raw"; the
+    max is the evaluation target, `data_target_return`), and success_rate when recorded.
+    `summaries` (file name -> entry, e.g. `StoreWriter.summaries`) gives the entries of episodes
+    the caller has just written and validated, so those files are not read again.
+    """
+    stats = task_stats(task_dir, require_complete, summaries)
+    atomic_write_text(Path(task_dir) / "stats.json", json.dumps(stats, indent=1))
+    return stats
+
+
+def find_task_dirs(roots) -> dict[str, Path]:
+    """Task id -> task directory over one or more dataset roots (a task found twice is an error)."""
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    out: dict[str, Path] = {}
+    for root in roots:
+        for d in find_tasks(root):
+            task = _task_id_of(d)
+            if task in out and out[task].resolve() != d.resolve():
+                raise ValueError(f"task {task} found twice: {out[task]} and {d}")
+            out[task] = d
+    return out
+
+
+def data_target_return(task_dir, require_complete: bool = True) -> float:
+    """The highest return in a task's data, in the model's units (its reward rule): the paper's
+    evaluation target (App. C.1: "the maximum return achieved for a particular task in the
+    training datasets"), before the reward scale.
+
+    Read from `stats.json` when it is current (its episode files and reward rule match the
+    directory); otherwise computed from the episode files (nothing is written)."""
+    task_dir = Path(task_dir)
+    files = [p.name for p in list_episode_files(task_dir)]
+    if not files:
+        raise FileNotFoundError(f"{task_dir}: no episode files, so no data target return")
+    stats = None
+    path = task_dir / "stats.json"
+    if path.is_file():
+        try:
+            stats = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stats = None
+    current = (isinstance(stats, dict) and stats.get("reward_rule") == reward_rule(_task_id_of(task_dir))
+               and [e.get("file") for e in stats.get("episodes", [])] == files
+               and (stats.get("model_return_stats") or {}).get("max") is not None)
+    if not current:
+        stats = task_stats(task_dir, require_complete)
+    return float(stats["model_return_stats"]["max"])
 
 
 @dataclass

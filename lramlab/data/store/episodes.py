@@ -15,6 +15,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from lramlab._io import fsync_dir, fsync_file, tmp_path_for
+from lramlab.manifests import model_rewards
 
 REQUIRED_KEYS = ("states", "actions", "rewards", "returns_to_go", "dones")
 OPTIONAL_KEYS = ("success",)
@@ -254,10 +255,13 @@ def _episode_index(path: Path) -> int | None:
     return int(stem[8:]) if stem.startswith("episode_") and stem[8:].isdigit() else None
 
 
-def _summary(name: str, ep: Mapping[str, np.ndarray]) -> dict:
-    """The stats.json entry of one episode (see `write_stats`)."""
+def _summary(name: str, ep: Mapping[str, np.ndarray], rule: str = "raw") -> dict:
+    """The stats.json entry of one episode (see `write_stats`); `rule`: the task's reward rule
+    (`lramlab.manifests.reward_rule`), which adds the episode's return in the model's units."""
     out = {"file": name, "length": int(len(ep["rewards"])),
            "return": float(np.sum(ep["rewards"], dtype=np.float64))}
+    if rule != "raw":
+        out["model_return"] = float(np.sum(model_rewards(rule, ep["rewards"])))
     if "success" in ep:
         out["success"] = bool(np.asarray(ep["success"]).any())
     return out

@@ -11,6 +11,7 @@ from typing import Mapping
 import numpy as np
 
 from lramlab._io import atomic_write_text, fsync_dir as _fsync_dir, fsync_file as _fsync_file
+from lramlab.manifests import reward_rule
 from lramlab.data.store.episodes import (UNSYNCED_NAME, _episode_index, _prepare, _read_json, _summary, _task_id_of,
                                          _write_file, list_episode_files)
 
@@ -83,6 +84,7 @@ class StoreWriter:
         self.compress, self.sync_every, self.sync_seconds = bool(compress), int(sync_every), float(sync_seconds)
         self.recovered = recover_unsynced(self.task_dir) if recover else []
         self.summaries: dict[str, dict] = {}
+        self.rule = reward_rule(self.task)
         self._pending: list[Path] = []
         self._marked: int | None = None  # from_index recorded in the marker, None: no marker
         self._last_sync = time.monotonic()
@@ -102,7 +104,7 @@ class StoreWriter:
         self._mark(index)
         _write_file(self.task_dir, final, index, ep, self.compress, self.task, fsync=False)
         self._pending.append(final)
-        self.summaries[final.name] = _summary(final.name, ep)
+        self.summaries[final.name] = _summary(final.name, ep, self.rule)
         if len(self._pending) >= self.sync_every or time.monotonic() - self._last_sync >= self.sync_seconds:
             self.sync()
         return final
