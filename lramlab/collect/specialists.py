@@ -222,10 +222,19 @@ def _algo_kwargs(algo: str, cfg: SpecialistConfig) -> dict[str, Any]:
 
 @dataclass
 class TrainingLog:
-    """Episodes SB3's Monitor saw during training, in the order they finished (over all envs)."""
+    """What was trained, and the episodes SB3's Monitor saw while training, in the order they
+    finished (over all envs)."""
 
+    algorithm: str
+    task: str
+    config: dict
     returns: list[float]
     lengths: list[int]
+
+    def meta(self) -> dict:
+        """The ``lramlab.json`` entry of the saved model."""
+        return {"format": SB3_FORMAT, "algorithm": self.algorithm, "task": self.task, "config": self.config,
+                "episode_returns": self.returns, "episode_lengths": self.lengths}
 
 
 def _progress_callback(total: int, desc: str, progress: bool, log: TrainingLog):
@@ -305,21 +314,19 @@ def learn(task, config: SpecialistConfig | None = None, algorithm: str | None = 
     if spec is not None and spec.obs_kind == "image" and not image:
         raise ValueError(f"task {task_id}: image observations must be a uint8 Box in [0, 255] of shape (C, H, W) "
                          f"for SB3's CnnPolicy, the env has {venv.observation_space}")
-    log = TrainingLog([], [])
+    log = TrainingLog(algo, task_id, asdict(cfg), [], [])
     with single_thread():
         model = _algorithm_class(algo)("CnnPolicy" if image else "MlpPolicy", venv, device="cpu", verbose=0,
                                        **_algo_kwargs(algo, cfg))
         model.learn(total_timesteps=int(cfg.steps),
                     callback=_progress_callback(int(cfg.steps), f"{algo.upper()} {task_id}", progress, log))
     venv.close()
-    model.lramlab_meta = {"format": SB3_FORMAT, "algorithm": algo, "task": task_id, "config": asdict(cfg)}
     return model, log
 
 
-def save_specialist(model, out: str | Path, log: TrainingLog | None = None) -> Path:
+def save_specialist(model, out: str | Path, log: TrainingLog) -> Path:
     """Save an SB3 model atomically (tmp file + os.replace) with its ``lramlab.json`` entry."""
-    meta = {**getattr(model, "lramlab_meta", {"format": SB3_FORMAT}),
-            "episode_returns": list(log.returns) if log else [], "episode_lengths": list(log.lengths) if log else []}
+    meta = log.meta()
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file object: SB3 then writes exactly here (a path may get ".zip")
