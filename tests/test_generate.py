@@ -144,6 +144,8 @@ def test_module_checkpoint_policy(tmp_path):
 def test_ppo_specialist_improves_and_its_data_resumes(tmp_path):
     """SB3 PPO trained briefly on Dark-Room goal (1, 1) beats random; --policy ppo trains once per
     data directory and resumes with the same model; same seed, same weights."""
+    import torch
+
     from lramlab.collect.specialists import read_meta
 
     cfg = P.PPOConfig(steps=8192, n_envs=4, n_steps=256, batch_size=256, epochs=10, lr=1e-3)
@@ -181,13 +183,7 @@ def test_ppo_specialist_improves_and_its_data_resumes(tmp_path):
                                progress=False)
     a = P.SB3Policy.load(ckpt).model.policy.state_dict()
     b = P.SB3Policy.load(again).model.policy.state_dict()
-    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
-
-
-def torch_equal(x, y) -> bool:
-    import torch
-
-    return torch.equal(x, y)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_sac_specialist_on_a_dmcontrol_task(tmp_path):
