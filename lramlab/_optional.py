@@ -18,6 +18,8 @@ EXTRA_OF: dict[str, str] = {
     "procgen": "envs",
     "gym": "envs",
     "gym3": "envs",
+    "stable_baselines3": "rl",
+    "minari": "data",
     "umap": "analysis",
     "sklearn": "analysis",
     "plotly": "analysis",

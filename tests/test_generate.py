@@ -122,7 +122,7 @@ def test_task_glob_generates_several_tasks(tmp_path):
     assert rep.ok and len(rep.tasks) == 10
 
 
-# ------------------------------------------------------------------ checkpoints and PPO
+# ------------------------------------------------------------------ checkpoints and SB3 specialists
 
 
 def test_module_checkpoint_policy(tmp_path):
@@ -141,46 +141,124 @@ def test_module_checkpoint_policy(tmp_path):
         P.make_policy(f"checkpoint:{tmp_path / 'nope.pt'}", "darkroom/goal-9-0")
 
 
-def test_ppo_discrete_specialist_and_checkpoint(tmp_path):
-    cfg = P.PPOConfig(steps=1024, n_envs=2, n_steps=128, epochs=2)
-    path = P.train_ppo("darkroom/goal-1-1", tmp_path / "ppo.pt", cfg, progress=False)
+def test_ppo_specialist_improves_and_its_data_resumes(tmp_path):
+    """SB3 PPO trained briefly on Dark-Room goal (1, 1) beats random; --policy ppo trains once per
+    data directory and resumes with the same model; same seed, same weights."""
     import torch
 
-    ck = torch.load(path, weights_only=False)
-    assert ck["format"] == P.PPO_FORMAT and ck["action_kind"] == "discrete" and len(ck["episode_returns"]) == 10
-    d = generate("darkroom/goal-1-1", 3, f"checkpoint:{path}", tmp_path / "data", progress=False)
-    assert check_dataset(tmp_path / "data").ok
-    meta = json.loads((d / "meta.json").read_text())
-    assert meta["policy_config"] == {"kind": "ppo", "greedy": False}
-    # --policy ppo:... trains a specialist into the task dir once and reuses it on resume
-    spec = "ppo:steps=256,n_envs=2,n_steps=128,epochs=1"
-    d2 = generate("darkroom/goal-1-1", 2, spec, tmp_path / "p", progress=False)
-    ckpt = d2 / "ppo_specialist.pt"
+    from lramlab.collect.specialists import read_meta
+
+    cfg = P.PPOConfig(steps=8192, n_envs=4, n_steps=256, batch_size=256, epochs=10, lr=1e-3)
+    path = P.train_specialist("darkroom/goal-1-1", tmp_path / "ppo.zip", cfg, progress=False)
+    assert P.is_sb3_file(path) and not list(tmp_path.glob(".*.tmp"))
+    meta = read_meta(path)
+    assert meta["algorithm"] == "ppo" and meta["task"] == "darkroom/goal-1-1" and meta["config"]["steps"] == 8192
+    log = meta["episode_returns"]
+    assert len(log) == 80 and np.mean(log[-10:]) > np.mean(log[:10]) + 10  # it learned while training
+    d = generate("darkroom/goal-1-1", 6, f"checkpoint:{path}", tmp_path / "trained", progress=False)
+    r = generate("darkroom/goal-1-1", 6, "random", tmp_path / "random", progress=False)
+    trained = [e["rewards"].sum() for e in _arrays(d)]
+    rand = [e["rewards"].sum() for e in _arrays(r)]
+    assert np.mean(trained) > np.mean(rand) + 20, (trained, rand)
+    assert json.loads((d / "meta.json").read_text())["policy_config"] == {
+        "kind": "sb3", "algorithm": "ppo", "deterministic": False}
+    # sampled actions come from the policy's own seeded stream: the same seeds give the same data
+    d_again = generate("darkroom/goal-1-1", 6, f"checkpoint:{path}", tmp_path / "again", progress=False)
+    assert _same(_arrays(d), _arrays(d_again))
+    greedy = P.SB3Policy.load(path, "darkroom/goal-1-1", deterministic=True)
+    assert greedy.config()["deterministic"]
+
+    # --policy ppo:... trains into the task dir once (seeded by the run's seed) and reuses it
+    spec = "ppo:steps=512,n_envs=2,n_steps=128,batch_size=64,epochs=1"
+    d2 = generate("darkroom/goal-1-1", 2, spec, tmp_path / "p", seed=0, progress=False)
+    ckpt = d2 / "ppo_specialist.zip"
     stamp = ckpt.stat().st_mtime_ns
-    generate("darkroom/goal-1-1", 3, spec, tmp_path / "p", progress=False)
+    generate("darkroom/goal-1-1", 3, spec, tmp_path / "p", seed=0, progress=False)
     assert ckpt.stat().st_mtime_ns == stamp and check_dataset(tmp_path / "p").ok
-    assert json.loads((d2 / "meta.json").read_text())["policy_config"]["ppo"]["steps"] == 256
-    # same training seed -> same weights
-    path2 = P.train_ppo("darkroom/goal-1-1", tmp_path / "ppo2.pt", cfg, progress=False)
-    ck2 = torch.load(path2, weights_only=False)
-    assert all(torch.equal(ck["state_dict"][k], ck2["state_dict"][k]) for k in ck["state_dict"])
+    pc = json.loads((d2 / "meta.json").read_text())["policy_config"]
+    assert pc["algorithm"] == "ppo" and pc["ppo"]["steps"] == 512 and pc["ppo"]["seed"] == 0
+    # the same config and seed trained again gives the same weights
+    again = P.train_specialist("darkroom/goal-1-1", tmp_path / "again.zip",
+                               P.PPOConfig(steps=512, n_envs=2, n_steps=128, batch_size=64, epochs=1, seed=0),
+                               progress=False)
+    a = P.SB3Policy.load(ckpt).model.policy.state_dict()
+    b = P.SB3Policy.load(again).model.policy.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_ppo_continuous_on_pendulum(tmp_path):
-    import gymnasium as gym
-    from gymnasium.wrappers import RescaleAction
-
-    def env_fn(seed):
-        return RescaleAction(gym.make("Pendulum-v1", max_episode_steps=100), -1.0, 1.0)
-
-    cfg = P.PPOConfig(steps=512, n_envs=2, n_steps=128, epochs=1)
-    path = P.train_ppo("control/pendulum", tmp_path / "ppo.pt", cfg, env_fn=env_fn, progress=False)
-    pol = P.load_checkpoint_policy(path, "control/pendulum")
+def test_sac_specialist_on_a_dmcontrol_task(tmp_path):
+    """``specialist`` picks SAC for continuous actions; its data is valid and reproducible."""
+    spec = "specialist:steps=200,learning_starts=100,batch_size=32,hidden=32"
+    args = dict(episodes=2, policy=spec, seed=1, progress=False, max_steps=40)
+    d = generate("dmcontrol/cartpole-balance", out=tmp_path / "a", **args)
+    eps = _arrays(d)
+    assert eps[0]["actions"].shape == (40, 1) and eps[0]["actions"].dtype == np.float32
+    assert np.abs(eps[0]["actions"]).max() <= 1 and not np.array_equal(eps[0]["actions"], eps[1]["actions"])
+    assert (d / "sac_specialist.zip").is_file() and check_dataset(tmp_path / "a").ok
+    pc = json.loads((d / "meta.json").read_text())["policy_config"]
+    assert pc["algorithm"] == "sac" and pc["sac"]["hidden"] == 32 and pc["sac"]["seed"] == 1
+    d_b = generate("dmcontrol/cartpole-balance", out=tmp_path / "b", **args)  # trained again, same seed
+    assert _same(eps, _arrays(d_b))
+    # the deterministic policy takes the mode: the same observation, the same action, whatever the seed
+    pol = P.SB3Policy.load(d / "sac_specialist.zip", "dmcontrol/cartpole-balance", deterministic=True)
+    obs = eps[0]["states"][5]
     pol.reset(0)
-    a = pol.act(np.zeros(3, np.float32))
-    assert a.shape == (1,) and a.dtype == np.float32 and -1 <= a[0] <= 1
-    pol.reset(0)
-    assert np.array_equal(a, pol.act(np.zeros(3, np.float32)))  # seeded sampling
+    a0 = pol.act(obs)
+    pol.reset(99)
+    assert np.array_equal(a0, pol.act(obs))
+
+
+def test_dqn_specialist_and_cnn_policy_on_images(tmp_path):
+    from lramlab.collect.specialists import read_meta
+
+    d = generate("darkroom/goal-2-0", 2, "dqn:steps=300,learning_starts=50,deterministic=1", tmp_path / "dqn",
+                 progress=False)
+    eps = _arrays(d)
+    assert np.array_equal(eps[0]["actions"], eps[1]["actions"])  # greedy Q in a deterministic room
+    assert read_meta(d / "dqn_specialist.zip")["algorithm"] == "dqn"
+    # images (1, 64, 64) uint8 are channel-first images to SB3: PPO gets its CnnPolicy
+    d2 = generate("atari/pong", 1, "ppo:steps=64,n_envs=1,n_steps=64,batch_size=32,epochs=1", tmp_path / "img",
+                  progress=False, max_steps=20)
+    ep = _arrays(d2)[0]
+    assert ep["states"].shape == (20, 1, 64, 64) and ep["states"].dtype == np.uint8 and ep["actions"].max() < 18
+    pol = P.SB3Policy.load(d2 / "ppo_specialist.zip", "atari/pong")
+    assert type(pol.model.policy).__name__ == "ActorCriticCnnPolicy"
+
+
+def test_specialist_specs_and_checkpoints_are_checked(tmp_path):
+    from stable_baselines3 import A2C
+
+    from lramlab.collect.specialists import parse_specialist_spec
+
+    assert parse_specialist_spec("specialist", "specialist", "", "darkroom/goal-1-1")[0] == "ppo"
+    algo, cfg = parse_specialist_spec("specialist:steps=10", "specialist", "steps=10", "metaworld/reach-v2", seed=3)
+    assert algo == "sac" and isinstance(cfg, P.SACConfig) and cfg.steps == 10 and cfg.seed == 3
+    with pytest.raises(ValueError, match="SAC needs continuous actions"):
+        P.make_policy("sac", "darkroom/goal-1-1", tmp_path)
+    with pytest.raises(ValueError, match="DQN needs discrete actions"):
+        P.make_policy("dqn", "metaworld/reach-v2", tmp_path)
+    with pytest.raises(ValueError, match="batch_size=48 must be >= 2 and divide n_envs\\*n_steps=512"):
+        P.make_policy("ppo:batch_size=48,n_envs=4,n_steps=128", "darkroom/goal-1-1", tmp_path)
+    with pytest.raises(ValueError, match="bad option 'bogus=1'"):
+        P.make_policy("ppo:bogus=1", "darkroom/goal-1-1", tmp_path)
+    with pytest.raises(ValueError, match="needs a work_dir"):
+        P.make_policy("ppo", "darkroom/goal-1-1")
+    # an SB3 model saved by SB3 itself (no lramlab entry): its algorithm is read from the file
+    from lramlab.envs import make_env
+
+    model = A2C("MlpPolicy", make_env("darkroom/goal-1-1"), n_steps=5, seed=0, device="cpu")
+    model.learn(10)
+    model.save(tmp_path / "a2c.zip")
+    pol = P.load_checkpoint_policy(tmp_path / "a2c.zip", "darkroom/goal-1-1")
+    assert pol.config()["algorithm"] == "a2c" and isinstance(pol.act(np.zeros(2, np.float32)), int)
+    with pytest.raises(ValueError, match="observes shape \\(2,\\), task metaworld/reach-v2 has obs_shape \\(39,\\)"):
+        P.make_policy(f"checkpoint:{tmp_path / 'a2c.zip'}", "metaworld/reach-v2")
+    # a checkpoint of the former hand-written PPO says what to do instead
+    import torch
+
+    torch.save({"format": "lramlab-ppo/1", "state_dict": {}}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="stable-baselines3 models now"):
+        P.make_policy(f"checkpoint:{tmp_path / 'old.pt'}", "darkroom/goal-1-1")
 
 
 def test_noisy_wrapper_changes_some_actions():

@@ -178,58 +178,7 @@ def test_robomimic_round_trip(tmp_path):
     assert check_dataset(tmp_path / "out").ok
 
 
-# ------------------------------------------------------------------ Minari
-
-
-def _write_minari(root, eps, action_space, obs_space):
-    data = root / "data"
-    data.mkdir(parents=True)
-    with h5py.File(data / "main_data.hdf5", "w") as f:
-        for i, (O, A, R, TE, TR) in enumerate(eps):
-            g = f.create_group(f"episode_{i}")
-            g.attrs["id"], g.attrs["seed"], g.attrs["total_steps"] = i, i, len(A)
-            g["observations"], g["actions"], g["rewards"] = O, A, R
-            g["terminations"], g["truncations"] = TE, TR
-            g.create_group("infos").create_dataset("success", data=np.r_[False, TE])
-    meta = {"dataset_id": "test/cartpole-v0", "total_episodes": len(eps),
-            "total_steps": int(sum(len(e[1]) for e in eps)), "data_format": "hdf5",
-            "action_space": json.dumps(action_space), "observation_space": json.dumps(obs_space)}
-    (data / "metadata.json").write_text(json.dumps(meta))
-
-
-def test_minari_round_trip_discrete_and_rescaled_box(tmp_path):
-    eps = _gym_rollout("CartPole-v1", 4, 60, seed=3)
-    src = tmp_path / "cartpole-v0"
-    _write_minari(src, eps, {"type": "Discrete", "dtype": "int64", "start": 0, "n": 2},
-                  {"type": "Box", "dtype": "float32", "shape": [4]})
-    d = import_dataset("minari", src, "classic/cartpole", tmp_path / "out", progress=False)
-    td = TaskData(d)
-    assert len(td) == 4
-    for i, (O, A, R, TE, TR) in enumerate(eps):
-        got = td.read(i)
-        assert np.array_equal(got["states"], O[:-1]) and np.array_equal(got["actions"], A)
-        assert np.array_equal(got["rewards"], R) and got["dones"][-1] == TE[-1]
-        assert np.array_equal(got["success"], TE)
-    assert any(e[3][-1] for e in eps) and any(e[4][-1] for e in eps)  # both endings occur
-
-    peps = _gym_rollout("Pendulum-v1", 2, 30, seed=4)
-    psrc = tmp_path / "pendulum-v0"
-    _write_minari(psrc, peps, {"type": "Box", "dtype": "float32", "shape": [1], "low": [-2.0], "high": [2.0]},
-                  {"type": "Box", "dtype": "float32", "shape": [3]})
-    d2 = import_dataset("minari", psrc / "data" / "main_data.hdf5", "control/pendulum", tmp_path / "out",
-                        progress=False)
-    got = read_episode(d2 / "episode_000001.hdf5")
-    assert np.allclose(got["actions"], peps[1][1] / 2.0, atol=1e-6)
-    assert check_dataset(tmp_path / "out").ok
-
-
-def test_minari_wrong_observation_count_is_named(tmp_path):
-    eps = _gym_rollout("CartPole-v1", 1, 20, seed=0)
-    O, A, R, TE, TR = eps[0]
-    src = tmp_path / "m"
-    _write_minari(src, [(O[:-1], A, R, TE, TR)], {"type": "Discrete", "n": 2}, {"type": "Box"})
-    with pytest.raises(ImportFormatError, match="episode_0.*T \\+ 1 observations"):
-        import_dataset("minari", src, "classic/cartpole", tmp_path / "out", progress=False)
+# ------------------------------------------------------------------ Minari: tests/test_minari_import.py
 
 
 # ------------------------------------------------------------------ DQN-Replay

@@ -23,7 +23,7 @@ import torch
 
 from lramlab.models import LRAMConfig, build_model
 from lramlab.models.backbones import available_backbones
-from lramlab.train import TrainConfig, run
+from lramlab.train import TrainConfig
 from lramlab.train.step import (NO_DECAY_RULES, build_optimizer, legacy_param_names, load_optimizer_state,
                                 optimizer_param_names, weight_decay_groups)
 

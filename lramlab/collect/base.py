@@ -57,7 +57,9 @@ def _parse_kv(text: str, cls, spec: str) -> dict:
     return out
 
 
-POLICY_KINDS = ("random", "noisy", "expert", "checkpoint", "ppo", "history")
+POLICY_KINDS = ("random", "noisy", "expert", "checkpoint", "ppo", "sac", "dqn", "specialist", "history")
+#: kinds that train an SB3 specialist first (lramlab.collect.specialists)
+SPECIALIST_KINDS = ("ppo", "sac", "dqn", "specialist")
 
 
 def default_policy(domain: str) -> str:

@@ -1,5 +1,6 @@
-"""Policies from checkpoint files (``checkpoint:<path>``): PPO specialists, whole torch modules,
-and lramlab models run recurrently with the task's target return."""
+"""Policies from checkpoint files (``checkpoint:<path>``): stable-baselines3 models (``.zip``, see
+`lramlab.collect.specialists`), whole torch modules, and lramlab models run recurrently with the
+task's target return."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from lramlab.collect.base import Policy, get_task_spec
-from lramlab.collect.ppo import PPO_FORMAT, PPOPolicy, _torch
+from lramlab.collect.specialists import SB3Policy, is_sb3_file
 from lramlab.manifests import model_rewards, reward_rule
+
+#: the format of the hand-written PPO's checkpoints (removed: specialists are SB3 models now)
+_OLD_PPO_FORMAT = "lramlab-ppo/1"
+
+
+def _torch():
+    import torch
+
+    return torch
 
 
 class ModulePolicy(Policy):
@@ -100,31 +110,36 @@ class LRAMPolicy(Policy):
 
 
 def load_checkpoint_policy(path: str | Path, task, greedy: bool = False) -> Policy:
-    """A policy from a checkpoint file (PPO specialist, nn.Module, or lramlab model; see module doc)."""
-    torch = _torch()
+    """A policy from a checkpoint file (SB3 model, nn.Module, or lramlab model; see module doc).
+
+    greedy: SB3 models act with their mode / greedy action instead of sampling."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint policy: {path} does not exist")
+    if is_sb3_file(path):  # before torch.load: torch.save files are zip archives too
+        return SB3Policy.load(path, _known_task(task), deterministic=greedy)
+    torch = _torch()
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
-        raise ValueError(f"checkpoint policy: {path} is not a torch checkpoint ({err})") from err
-    if isinstance(obj, dict) and obj.get("format") == PPO_FORMAT:
-        try:  # the checkpoint knows its spaces; check them against the task when it is known
-            spec = get_task_spec(task)
-        except KeyError:
-            spec = None
-        if spec is not None and (spec.action_kind != obj["action_kind"] or int(spec.action_dim) != int(obj["action_dim"])):
-            raise ValueError(f"checkpoint policy: {path} acts in {obj['action_kind']}({obj['action_dim']}), "
-                             f"task {spec.id} needs {spec.action_kind}({spec.action_dim})")
-        return PPOPolicy(obj, str(path), greedy=greedy)
+        raise ValueError(f"checkpoint policy: {path} is not a torch checkpoint or SB3 model ({err})") from err
+    if isinstance(obj, dict) and obj.get("format") == _OLD_PPO_FORMAT:
+        raise ValueError(f"checkpoint policy: {path} is a checkpoint of lramlab's former hand-written PPO "
+                         f"({_OLD_PPO_FORMAT}); specialists are stable-baselines3 models now: retrain with "
+                         f"--policy ppo (or load an SB3 .zip)")
     if isinstance(obj, torch.nn.Module):
         spec = get_task_spec(task)
         return ModulePolicy(obj, str(path), spec.action_kind, spec.action_dim)
     try:
         return LRAMPolicy(str(path), task)
     except ImportError as err:
-        raise ValueError(f"checkpoint policy: {path} is neither a PPO checkpoint ({PPO_FORMAT}) nor a "
-                         f"torch.nn.Module, and lramlab.models is unavailable to load it ({err})") from err
+        raise ValueError(f"checkpoint policy: {path} is neither an SB3 model, a torch.nn.Module, nor an "
+                         f"lramlab model (lramlab.models is unavailable to load it: {err})") from err
 
 
+def _known_task(task):
+    """The task's spec when it is in the manifests (its spaces are then checked), else None."""
+    try:
+        return get_task_spec(task)
+    except KeyError:
+        return None

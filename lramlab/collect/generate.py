@@ -213,8 +213,8 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
             if todo:
                 from lramlab.envs import make_env
 
-                pol = P.make_policy(policy, spec, work_dir=task_dir, progress=progress) if kind != "ppo" \
-                    else _ppo_policy(policy, spec, task_dir, seed, progress)
+                # a specialist (ppo/sac/dqn) trains once into task_dir, seeded by the run's seed
+                pol = P.make_policy(policy, spec, work_dir=task_dir, progress=progress, seed=seed)
                 meta["policy_config"] = pol.config()
                 _write_meta(task_dir, meta)
                 env = make_env(spec, seed=seed)
@@ -256,22 +256,6 @@ def _stats_current(task_dir: Path) -> bool:
         return False
 
 
-def _ppo_policy(policy: str, spec, task_dir: Path, seed: int, progress: bool) -> P.Policy:
-    """Train the PPO specialist once (seeded by the run's seed unless the spec sets one), reuse it on resume."""
-    _, rest = P.parse_spec(policy)
-    kw = P._parse_kv(rest, P.PPOConfig, policy)
-    kw.setdefault("seed", int(seed))
-    cfg = P.PPOConfig(**kw)
-    path = task_dir / "ppo_specialist.pt"
-    if not path.exists():
-        P.train_ppo(spec, path, cfg, progress=progress)
-    pol = P.load_checkpoint_policy(path, spec)
-    pol.spec = policy
-    base = pol.config()
-    pol.config = lambda: {**base, "ppo": asdict(cfg), "checkpoint": str(path.name)}  # type: ignore[method-assign]
-    return pol
-
-
 def expand_tasks(patterns: list[str]) -> list[str]:
     """Task ids for names or glob patterns (``darkroom/*``, ``metaworld/*-v2``)."""
     from lramlab.manifests import get_task, list_tasks
@@ -293,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="lramlab data generate",
         description="Generate trajectories by running a policy in a real simulator (resumable).",
         epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World) | "
-               "checkpoint:<path> | ppo[:steps=<n>,...] | history[:explore_episodes=<n>,...] (Dark-Room). "
+               "checkpoint:<path> | ppo|sac|dqn|specialist[:steps=<n>,...] (stable-baselines3) | history[:explore_episodes=<n>,...] (Dark-Room). "
                "Defaults: darkroom -> history, metaworld -> expert, others -> random.")
     ap.add_argument("--task", action="append", required=True,
                     help="task id or glob (repeatable), e.g. darkroom/goal-2-0 or 'darkroom/*'")

@@ -1,8 +1,8 @@
 """Behaviour policies and learners that generate trajectories (`lramlab data generate --policy P`).
 
 This module builds a policy from its spec (`make_policy`); the policies live in `base` (random,
-noisy), `experts` (Meta-World), `qlearning` (Dark-Room histories), `ppo` (specialists) and
-`checkpoints` (policies loaded from files).
+noisy), `experts` (Meta-World), `qlearning` (Dark-Room histories), `specialists` (stable-baselines3
+PPO / SAC / DQN) and `checkpoints` (policies loaded from files).
 
 Policy specs (the string given to ``--policy``; recorded in meta.json with the resolved config):
 
@@ -12,8 +12,9 @@ Policy specs (the string given to ``--policy``; recorded in meta.json with the r
 - ``expert`` / ``expert:noise=<std>`` -- Meta-World scripted expert
   (``metaworld.policies.Sawyer<Task>V3Policy``), with optional Gaussian action noise of that std
   (clipped to [-1, 1]) for mixed-quality data.
-- ``checkpoint:<path>`` -- a torch checkpoint, one of (checked in this order):
-  1. a PPO specialist written by :func:`train_ppo` (samples from its action distribution);
+- ``checkpoint:<path>`` -- a model file, one of (checked in this order):
+  1. a stable-baselines3 model ``.zip`` (PPO, A2C, SAC, TD3, DQN; e.g. from :func:`train_specialist`),
+     sampling from its action distribution (DQN: epsilon-greedy with its final exploration rate);
   2. a whole ``torch.nn.Module`` saved with ``torch.save(module, path)`` that maps a float32 obs
      batch ``(1, *obs_shape)`` (images as float 0..255) to either discrete logits ``(1, n)``
      (argmax is taken), continuous actions ``(1, act_dim)`` (clipped to [-1, 1]), or integer
@@ -21,8 +22,11 @@ Policy specs (the string given to ``--policy``; recorded in meta.json with the r
   3. an lramlab model checkpoint (``lramlab.models.load_model``), run recurrently with the task's
      target return as the first return-to-go, greedy decoding.
   Loading uses ``torch.load(weights_only=False)`` (pickles): only load files you trust.
-- ``ppo`` / ``ppo:steps=<n>,...`` -- train a PPO specialist from scratch (:class:`PPOConfig`
-  fields), save it next to the data, then act with it as ``checkpoint:``.
+- ``ppo`` / ``sac`` / ``dqn`` with ``:steps=<n>,...`` options -- train a stable-baselines3 specialist
+  from scratch (fields of :class:`PPOConfig`, :class:`SACConfig`, :class:`DQNConfig`), save it next
+  to the data (``<algo>_specialist.zip``, reused on resume), then act with it
+  (``deterministic=1``: its mode / greedy action). ``specialist[:...]``: SAC for continuous actions,
+  PPO for discrete ones. The training seed defaults to the run's ``--seed``.
 - ``history`` / ``history:explore_episodes=<n>,...`` -- Dark-Room only: a tabular Q-learning learning
   history (:class:`QLearningConfig` fields), episodes in learning order (for Algorithm Distillation).
 
@@ -32,21 +36,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lramlab.collect.base import (POLICY_KINDS, NoisyPolicy, Policy, RandomPolicy, _parse_kv, default_policy,
-                                  get_task_spec, parse_spec, single_thread)
+from lramlab.collect.base import (POLICY_KINDS, SPECIALIST_KINDS, NoisyPolicy, Policy, RandomPolicy, _parse_kv,
+                                  default_policy, get_task_spec, parse_spec, single_thread)
 from lramlab.collect.checkpoints import LRAMPolicy, ModulePolicy, load_checkpoint_policy
 from lramlab.collect.experts import ExpertConfig, MetaWorldExpert, metaworld_policy_class
-from lramlab.collect.ppo import PPO_FORMAT, PPOConfig, PPOPolicy, train_ppo
+from lramlab.collect.specialists import (ALGORITHMS, DQNConfig, PPOConfig, SACConfig, SB3Policy, SpecialistConfig,
+                                         TrainingLog, is_sb3_file, learn, specialist_policy, train_specialist)
 from lramlab.collect.qlearning import (QLearningConfig, darkroom_histories, history_rng, iter_darkroom_histories,
                                        iter_darkroom_history)
 
 # ============================================================================ building policies
 
 
-def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: bool = True) -> Policy:
+def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: bool = True,
+                seed: int | None = None) -> Policy:
     """A per-step :class:`Policy` for `spec` on `task` (``history`` is not per-step: see generate).
 
-    ``ppo`` trains a specialist first and saves it as ``work_dir/ppo_specialist.pt``.
+    ``ppo`` / ``sac`` / ``dqn`` / ``specialist`` train a specialist first (seed: `seed` unless the
+    spec sets one) and save it as ``work_dir/<algo>_specialist.zip``, or reuse the one there.
     """
     kind, rest = parse_spec(spec)
     t = get_task_spec(task)
@@ -65,7 +72,7 @@ def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: b
             if inner != "expert":
                 raise ValueError(f"policy {spec!r}: domain {t.domain!r} has no scripted expert to add noise to; "
                                  f"name the inner policy, e.g. noisy:{eps}:checkpoint:PATH")
-        return NoisyPolicy(make_policy(inner, t, work_dir, progress), eps, t.action_kind, t.action_dim)
+        return NoisyPolicy(make_policy(inner, t, work_dir, progress, seed), eps, t.action_kind, t.action_dim)
     if kind == "expert":
         if t.domain != "metaworld":
             raise ValueError(f"policy {spec!r}: scripted experts exist for Meta-World only, not {t.id!r}")
@@ -74,16 +81,10 @@ def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: b
         if not rest:
             raise ValueError(f"policy {spec!r}: expected checkpoint:<path>")
         return load_checkpoint_policy(rest, t)
-    if kind == "ppo":
-        cfg = PPOConfig(**_parse_kv(rest, PPOConfig, spec))
+    if kind in SPECIALIST_KINDS:
         if work_dir is None:
             raise ValueError(f"policy {spec!r}: needs a work_dir to save the trained specialist")
-        path = Path(work_dir) / "ppo_specialist.pt"
-        if not path.exists():  # trained once per data directory, reused when generation resumes
-            train_ppo(t, path, cfg, progress=progress)
-        pol = load_checkpoint_policy(path, t)
-        pol.spec = spec
-        return pol
+        return specialist_policy(spec, kind, rest, t, work_dir, seed, progress)
     raise ValueError(f"policy {spec!r} is not a per-step policy (history is generated by "
                      f"lramlab.collect.generate for Dark-Room tasks)")
 
@@ -97,6 +98,7 @@ def history_config(spec: str) -> QLearningConfig:
 
 __all__ = ["POLICY_KINDS", "Policy", "RandomPolicy", "NoisyPolicy", "MetaWorldExpert", "ExpertConfig",
            "metaworld_policy_class", "QLearningConfig", "iter_darkroom_histories", "iter_darkroom_history",
-           "darkroom_histories", "history_rng", "PPOConfig", "PPOPolicy", "PPO_FORMAT", "train_ppo",
+           "darkroom_histories", "history_rng", "ALGORITHMS", "SpecialistConfig", "PPOConfig", "SACConfig",
+           "DQNConfig", "SB3Policy", "TrainingLog", "learn", "train_specialist", "is_sb3_file",
            "ModulePolicy", "LRAMPolicy", "load_checkpoint_policy", "make_policy", "history_config",
            "parse_spec", "default_policy", "get_task_spec", "single_thread"]

@@ -1,6 +1,6 @@
 """`lramlab data import FORMAT SRC --task T --out DIR`: published datasets -> the lramlab store.
 
-Formats (none needs its original package installed):
+Formats (only ``minari`` needs its own package, ``pip install -e ".[data]"``):
 
 - ``native`` -- LRAM's released layout: a directory of per-episode HDF5 files (any names, taken
   in natural order: ``0.hdf5 < 2.hdf5 < 10.hdf5``) with ``states``, ``actions``, ``rewards``
@@ -11,12 +11,16 @@ Formats (none needs its original package installed):
   ``data/demo_<i>/{obs/<key>, actions, rewards, dones}``. The chosen low-dim obs keys
   (``--obs-keys``; default all (T, d) keys, sorted) are concatenated into the states. Rewards are
   the sparse success signal, so ``success = rewards > 0``; a demo ends terminated.
-- ``minari`` -- a Minari dataset directory (``<dir>/data/main_data.hdf5`` or ``main_data.hdf5``
-  itself): groups ``episode_<i>/{observations (T+1, ...), actions, rewards, terminations,
-  truncations, infos}``, metadata in ``data/metadata.json`` (Minari >= 0.5) or the file attrs
-  (older). The final observation is dropped. Dict observations are flattened by ``--obs-keys``.
-  Box actions with bounds other than [-1, 1] (from the metadata's action space) are rescaled
-  linearly to [-1, 1]. ``infos/success`` (or ``is_success``) becomes ``success``.
+- ``minari`` -- a Minari dataset, read through the ``minari`` package (no download): SRC is a
+  dataset directory (``<root>/<namespace>/<name>-v<k>``, holding ``data/``; or that ``data/``
+  directory, or its ``main_data.hdf5``) opened with ``minari.MinariDataset``, or a dataset id
+  (``D4RL/door/human-v2``) that ``minari.load_dataset`` finds under ``MINARI_DATASETS_PATH``.
+  Episodes come from ``iterate_episodes()`` (``EpisodeData``): observations (T + 1, ...) -- the
+  final one is dropped -- Box states flattened, uint8 image Boxes to (1, 64, 64) grayscale, Dict
+  observations concatenated by ``--obs-keys`` (default: all low-dim keys, sorted); Discrete actions
+  shifted by the space's ``start``; Box actions with bounds other than [-1, 1] rescaled linearly
+  to [-1, 1]; ``infos["success"]`` (or ``is_success``) becomes ``success``; ``terminations`` at the
+  last step becomes ``dones``.
 - ``dqn-replay`` -- DQN-Replay (Agarwal et al., 2020) as released for Atari: per checkpoint N,
   gzipped ``.npy`` arrays ``$store$_{observation,action,reward,terminal}_ckpt.N.gz`` (+ optional
   ``add_count_ckpt.N.gz``). Frames (84, 84) uint8 are resized to (1, 64, 64) (cv2 INTER_AREA).
@@ -265,101 +269,121 @@ def _clip_unit(a: np.ndarray, where: str, tol: float = 1e-4) -> np.ndarray:
 # ----------------------------------------------------------------------------- minari
 
 
-def _minari_paths(src: Path) -> tuple[Path, Path | None]:
-    src = Path(src)
-    for cand in (src, src / "data" / "main_data.hdf5", src / "main_data.hdf5"):
-        if cand.is_file() and cand.name.endswith(".hdf5"):
-            meta = cand.parent / "metadata.json"
-            return cand, meta if meta.is_file() else None
-    raise FileNotFoundError(f"minari import: no main_data.hdf5 under {src} (expected <dataset>/data/main_data.hdf5)")
+def _minari():
+    from lramlab._optional import require
+
+    return require("minari", "importing Minari datasets")
 
 
-def _space_from_meta(text) -> dict | None:
-    if text is None:
-        return None
-    if isinstance(text, bytes):
-        text = text.decode()
-    if isinstance(text, str):
-        try:
-            text = json.loads(text)
-        except json.JSONDecodeError:
-            return None
-    return text if isinstance(text, dict) else None
+def open_minari(src: str | Path):
+    """A ``minari.MinariDataset`` from a dataset directory (or its ``data/`` or ``main_data.hdf5``),
+    else from a dataset id under ``MINARI_DATASETS_PATH`` (``minari.load_dataset``, never downloading)."""
+    minari = _minari()
+    p = Path(src)
+    cands = [p.parent] if p.is_file() else [p / "data", p]
+    for cand in cands:
+        if (cand / "metadata.json").is_file():
+            try:
+                return minari.MinariDataset(cand)
+            except Exception as err:  # noqa: BLE001 - minari raises many kinds on a damaged dataset
+                raise ImportFormatError(f"{cand}: not a readable Minari dataset ({type(err).__name__}: {err})") from err
+    if p.exists():
+        raise ImportFormatError(f"{p}: no Minari dataset here (expected <dataset>/data/metadata.json and its data file)")
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    try:
+        return minari.load_dataset(str(src), download=False)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"minari import: {str(src)!r} is neither a dataset directory nor a dataset id "
+                                f"found under MINARI_DATASETS_PATH ({get_dataset_path()}): {err}") from err
+    except ValueError as err:  # a malformed id
+        raise FileNotFoundError(f"minari import: {str(src)!r} is not a dataset directory, and not a dataset "
+                                f"id ({err})") from err
+
+
+def _minari_states(obs, space, keys: list[str] | None, T: int, where: str) -> np.ndarray:
+    """Observations (T + 1, ...) of one episode -> states (T, ...) as the store keeps them."""
+    from gymnasium import spaces  # minari's own dependency
+
+    if isinstance(space, spaces.Dict):
+        names = keys if keys is not None else sorted(
+            k for k, s in space.spaces.items() if isinstance(s, spaces.Box) and len(s.shape) <= 1)
+        if not names:
+            raise ImportFormatError(f"{where}: observation_space is a Dict without low-dimensional Box keys "
+                                    f"({sorted(space.spaces)}); name them with --obs-keys")
+        parts = []
+        for k in names:
+            if k not in obs:
+                raise ImportFormatError(f"{where}: observation key {k!r} missing; available: {sorted(obs)}")
+            x = obs[k]
+            if isinstance(x, dict):
+                raise ImportFormatError(f"{where}: observation key {k!r} is a nested Dict; expected (T + 1, d) arrays")
+            x = np.asarray(x)
+            parts.append(x.reshape(len(x), -1).astype(np.float32))
+        if len({len(x) for x in parts}) != 1:
+            raise ImportFormatError(f"{where}: observation keys {names} have different lengths")
+        x = np.concatenate(parts, axis=1)
+    elif isinstance(space, (spaces.Box, spaces.Discrete)):
+        x = np.asarray(obs)
+    else:
+        raise ImportFormatError(f"{where}: observation_space {space} is not supported (Box, Discrete or a Dict of Boxes)")
+    if len(x) != T + 1:
+        raise ImportFormatError(f"{where}: {len(x)} observations for {T} steps; Minari stores T + 1 observations "
+                                "(the final one included)")
+    if isinstance(space, spaces.Box) and x.dtype == np.uint8 and x.ndim >= 3:
+        return to_gray64(x[:-1], f"{where}: observations")
+    return x[:-1].reshape(T, -1).astype(np.float32)
+
+
+def _minari_actions(a: np.ndarray, space, T: int, where: str) -> np.ndarray:
+    from gymnasium import spaces
+
+    if len(a) != T:
+        raise ImportFormatError(f"{where}: {len(a)} actions for {T} rewards")
+    if isinstance(space, spaces.Discrete):
+        return a.reshape(T).astype(np.int64) - int(space.start)
+    if not isinstance(space, spaces.Box):
+        raise ImportFormatError(f"{where}: action_space {space} is not supported (Discrete or Box)")
+    x = a.reshape(T, -1).astype(np.float64)
+    lo = np.broadcast_to(np.asarray(space.low, np.float64).reshape(-1), x.shape[1:])
+    hi = np.broadcast_to(np.asarray(space.high, np.float64).reshape(-1), x.shape[1:])
+    if np.isfinite(lo).all() and np.isfinite(hi).all() and not (np.allclose(lo, -1) and np.allclose(hi, 1)):
+        x = 2.0 * (x - lo) / (hi - lo) - 1.0  # linear map onto [-1, 1]
+    return _clip_unit(x.astype(np.float32), f"{where}: actions")
+
+
+def _minari_success(infos, T: int) -> np.ndarray | None:
+    """``infos["success"]`` (or ``is_success``) for the T steps; DataCollector also records the reset's info."""
+    for key in ("success", "is_success"):
+        if isinstance(infos, dict) and key in infos and not isinstance(infos[key], dict):
+            s = np.asarray(infos[key]).astype(bool).reshape(-1)
+            return s[-T:] if len(s) >= T else None
+    return None
 
 
 def iter_minari(src: Path, obs_keys: list[str] | None = None, **_: Any) -> Iterator[tuple[str, dict]]:
-    path, meta_path = _minari_paths(Path(src))
-    h5py = _h5py()
-    with h5py.File(path, "r") as f:
-        meta = json.loads(meta_path.read_text()) if meta_path else dict(f.attrs)
-        act_space = _space_from_meta(meta.get("action_space"))
-        episodes = sorted((k for k in f if k.startswith("episode_")), key=_natural_key)
-        if not episodes:
-            raise ImportFormatError(f"{path}: no episode_<i> groups")
-        for name in episodes:
-            g = f[name]
-            where = f"{path}:{name}"
-            obs = g["observations"] if "observations" in g else None
-            if obs is None:
-                raise ImportFormatError(f"{where}: 'observations' missing")
-            rewards = np.asarray(_require(g, "rewards", where), dtype=np.float32).reshape(-1)
-            T = len(rewards)
-            term = np.asarray(_require(g, "terminations", where)).astype(bool).reshape(-1)
-            trunc = np.asarray(_require(g, "truncations", where)).astype(bool).reshape(-1)
-            if isinstance(obs, h5py.Dataset) and obs.dtype == np.uint8 and obs.ndim >= 3:
-                states = to_gray64(obs[()][:-1], f"{where}/observations")
-            else:
-                states = _flatten_obs(obs, obs_keys, f"{where}/observations", drop_last=True)
-                states = np.asarray(states, dtype=np.float32).reshape(len(states), -1)
-            if len(states) != T:
-                raise ImportFormatError(f"{where}: {len(states) + 1} observations for {T} steps; Minari stores "
-                                        "T + 1 observations (the final one included)")
-            a = np.asarray(_require(g, "actions", where))
-            if np.issubdtype(a.dtype, np.integer) or (act_space or {}).get("type") == "Discrete":
-                actions = a.reshape(T).astype(np.int64)
-                start = int((act_space or {}).get("start", 0) or 0)
-                actions = actions - start
-            else:
-                actions = a.reshape(T, -1).astype(np.float64)
-                if act_space and act_space.get("type") == "Box":
-                    lo = np.asarray(act_space["low"], dtype=np.float64).reshape(-1)
-                    hi = np.asarray(act_space["high"], dtype=np.float64).reshape(-1)
-                    if np.isfinite(lo).all() and np.isfinite(hi).all() and not (
-                            np.allclose(lo, -1) and np.allclose(hi, 1)):
-                        actions = 2.0 * (actions - lo) / (hi - lo) - 1.0  # linear map onto [-1, 1]
-                actions = _clip_unit(actions.astype(np.float32), f"{where}/actions")
-            if len(term) != T or len(trunc) != T:
-                raise ImportFormatError(f"{where}: terminations/truncations must have {T} steps")
-            ep = {"states": states, "actions": actions, "rewards": rewards,
-                  "dones": np.r_[np.zeros(T - 1, dtype=bool), term[-1:]]}
-            if term[:-1].any() or trunc[:-1].any():
-                raise ImportFormatError(f"{where}: episode ends before its last step (terminations/truncations)")
-            succ = _minari_success(g, T)
-            if succ is not None:
-                ep["success"] = succ
-            yield where, ep
-
-
-def _minari_success(g, T: int) -> np.ndarray | None:
-    h5py = _h5py()
-    if "infos" not in g:
-        return None
-    infos = g["infos"]
-    if isinstance(infos, h5py.Group):
-        for key in ("success", "is_success"):
-            if key in infos:
-                s = np.asarray(infos[key][()]).astype(bool).reshape(-1)
-                # infos has T + 1 entries when the reset info is included
-                return s[-T:] if len(s) >= T else None
-        return None
-    try:  # Minari >= 0.5: one JSON string per step
-        rows = [json.loads(x.decode() if isinstance(x, bytes) else x) for x in infos[()]]
-    except (ValueError, TypeError):
-        return None
-    vals = [r.get("success", r.get("is_success")) if isinstance(r, dict) else None for r in rows]
-    if len(vals) < T or any(v is None for v in vals[-T:]):
-        return None
-    return np.asarray(vals[-T:], dtype=bool)
+    ds = open_minari(src)
+    name = f"minari dataset {ds.id} ({ds.spec.data_path})"
+    for ep in ds.iterate_episodes():
+        where = f"{name}: episode {ep.id}"
+        rewards = np.asarray(ep.rewards, dtype=np.float32).reshape(-1)
+        T = len(rewards)
+        if T == 0:
+            raise ImportFormatError(f"{where}: no steps")
+        term = np.asarray(ep.terminations).astype(bool).reshape(-1)
+        trunc = np.asarray(ep.truncations).astype(bool).reshape(-1)
+        if len(term) != T or len(trunc) != T:
+            raise ImportFormatError(f"{where}: terminations/truncations have {len(term)}/{len(trunc)} steps, "
+                                    f"rewards {T}")
+        if term[:-1].any() or trunc[:-1].any():
+            raise ImportFormatError(f"{where}: episode ends before its last step (terminations/truncations)")
+        ep_out = {"states": _minari_states(ep.observations, ds.observation_space, obs_keys, T, where),
+                  "actions": _minari_actions(np.asarray(ep.actions), ds.action_space, T, where),
+                  "rewards": rewards, "dones": np.r_[np.zeros(T - 1, dtype=bool), term[-1:]]}
+        succ = _minari_success(ep.infos, T)
+        if succ is not None:
+            ep_out["success"] = succ
+        yield where, ep_out
 
 
 # ----------------------------------------------------------------------------- DQN-Replay
@@ -505,7 +529,7 @@ def import_dataset(fmt: str, src: str | Path, task: str, out: str | Path, overwr
             bar.close()
     if n == 0:
         raise ImportFormatError(f"{src}: no complete episodes found")
-    meta = {"task": spec.id, "policy": f"imported:{fmt}", "source_format": fmt, "source": str(Path(src).resolve()),
+    meta = {"task": spec.id, "policy": f"imported:{fmt}", "source_format": fmt, "source": str(Path(src).resolve()) if Path(src).exists() else str(src),
             "seed": None, "episodes": n, "generator": "lramlab.data.importers",
             "options": {k: v for k, v in options.items() if v is not None}}
     if fmt == "dqn-replay":
@@ -520,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lramlab data import",
                                  description="Import a published dataset format into the lramlab store.")
     ap.add_argument("format", choices=FORMATS)
-    ap.add_argument("src", help="source: directory (native, minari, dqn-replay) or HDF5 file (robomimic)")
+    ap.add_argument("src", help="source: directory (native, minari, dqn-replay), HDF5 file (robomimic), or a Minari "
+                         "dataset id found under MINARI_DATASETS_PATH")
     ap.add_argument("--task", required=True, help="task id <domain>/<name> to store the data under")
     ap.add_argument("--out", required=True, help="dataset root")
     ap.add_argument("--obs-keys", default=None, help="comma-separated observation keys (robomimic, minari)")
