@@ -92,10 +92,10 @@ def test_store_keeps_raw_atari_rewards_and_the_sampler_clips_them(atari_root):
     b = ds.make_batch("atari", [(0, i, end)], as_torch=False)
     start = max(0, end - C + 1)
     n = end - start + 1
-    assert np.array_equal(b["rewards"][0, C - n:], (np.clip(r[start:end + 1], -1, 1) / 20).astype(np.float32))
+    assert np.array_equal(b["rewards"][0, :n], (np.clip(r[start:end + 1], -1, 1) / 20).astype(np.float32))
     want_rtg = (_clipped_rtg(r)[start:end + 1] / 20).astype(np.float32)  # clipped rewards to the episode's end
-    assert np.allclose(b["rtg"][0, C - n:], want_rtg, atol=1e-6)
-    assert not np.allclose(b["rtg"][0, C - n:], eps[i]["returns_to_go"][start:end + 1] / 20)  # the raw R̂ differs
+    assert np.allclose(b["rtg"][0, :n], want_rtg, atol=1e-6)
+    assert not np.allclose(b["rtg"][0, :n], eps[i]["returns_to_go"][start:end + 1] / 20)  # the raw R̂ differs
 
 
 def test_agent_sees_what_the_sampler_sees_and_scores_raw(tiny_model, tmp_path):
