@@ -258,11 +258,47 @@ class MambaMixer(nn.Module):
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)            # bias added in the scan
         return delta, bm.transpose(1, 2).contiguous(), cm.transpose(1, 2).contiguous()
 
+    def _use_numba(self, x: torch.Tensor) -> bool:
+        """The numba CPU path runs for scan "numba", and for "auto" on a CPU in fp32 when numba is
+        importable (mamba-ssm's kernels, when they apply, come first)."""
+        if self.scan not in ("auto", "numba"):
+            return False
+        if self.scan == "auto" and (x.is_cuda or x.dtype != torch.float32
+                                    or self.in_proj.weight.dtype != torch.float32):
+            return False
+        from . import _mamba_cpu
+
+        if self.scan == "numba":
+            if x.device.type != "cpu":
+                raise RuntimeError(f"mamba_scan='numba' runs on a CPU; the input is on {x.device}")
+            if not _mamba_cpu.available():
+                raise RuntimeError("mamba_scan='numba' but the numba kernels are unavailable here (is "
+                                   'numba installed? pip install -e ".[models]"); use mamba_scan="auto"')
+            return True
+        return _mamba_cpu.available()
+
+    def _forward_numba(self, x, conv_state, ssm_state):
+        from . import _mamba_cpu
+
+        xz = self.in_proj(x)                                               # (B, L, 2E)
+        prev = None if conv_state is None else conv_state[..., 1:].transpose(1, 2)   # (B, W-1, E)
+        y, new_ssm = _mamba_cpu.mamba_inner_numba(
+            xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+            self.dt_proj.bias, self.A_log, self.D, prev, ssm_state, self.scan_chunk)
+        self.last_impl = "numba"
+        out = self.out_proj(y.to(x.dtype))
+        if conv_state is None:
+            return out
+        xcat = torch.cat([conv_state, xz[..., :self.d_inner].transpose(1, 2).to(conv_state.dtype)], -1)
+        return out, xcat[..., -self.d_conv:].contiguous(), new_ssm
+
     # -- parallel (chunk) path ---------------------------------------------------------------
     def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None = None,
                 ssm_state: torch.Tensor | None = None):
         b, length, _ = x.shape
         stateful = conv_state is not None
+        if self._use_numba(x):
+            return self._forward_numba(x, conv_state, ssm_state)
         xz = self.in_proj(x).transpose(1, 2)                               # (B, 2E, L)
         xi, z = xz.chunk(2, dim=1)                                         # (B, E, L) each
         a = -torch.exp(self.A_log.float())                                 # (E, N)
@@ -388,8 +424,8 @@ class MambaBackbone(nn.Module):
         if kernel not in ("auto", "torch", "cuda"):
             raise ValueError(f"mamba_kernel={kernel!r}: expected 'auto', 'torch' or 'cuda'")
         scan = getattr(cfg, "mamba_scan", "auto")
-        if scan not in ("auto", "chunked", "sequential"):
-            raise ValueError(f"mamba_scan={scan!r}: expected 'auto', 'chunked' or 'sequential'")
+        if scan not in ("auto", "numba", "chunked", "sequential"):
+            raise ValueError(f"mamba_scan={scan!r}: expected 'auto', 'numba', 'chunked' or 'sequential'")
         chunk = int(getattr(cfg, "mamba_scan_chunk", 32))
         if chunk < 1:
             raise ValueError(f"mamba_scan_chunk={chunk}: expected a positive int")
@@ -406,6 +442,7 @@ class MambaBackbone(nn.Module):
         self.norm_f = nn.RMSNorm(d, eps=eps)
         self._init_weights()
         self._logged_impl: str | None = None
+        self._stepper = None  # _mamba_cpu.MambaStepper, made on the first fused step
 
     def _init_weights(self) -> None:
         # mamba-ssm MixerModel._init_weights: Linear biases zero (except dt_proj's), and out_proj
@@ -447,12 +484,39 @@ class MambaBackbone(nn.Module):
                   for layer in self.layers]
         return MambaState(torch.stack([c for c, _ in caches]), torch.stack([s for _, s in caches]))
 
+    def _numba_step_applies(self, x: torch.Tensor, state: MambaState) -> bool:
+        """The fused numba step runs for few rows (B * l <= MAX_STEP_ROWS) on a CPU in fp32
+        without autograd, when mamba_scan is "auto" or "numba" and the kernels compiled here."""
+        mixer = self.layers[0].mixer
+        if mixer.scan not in ("auto", "numba") or x.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return False
+        if x.dtype != torch.float32 or state.conv.dtype != torch.float32 or state.ssm.dtype != torch.float32 \
+                or mixer.in_proj.weight.dtype != torch.float32:
+            return False
+        if not isinstance(self.norm_f, nn.RMSNorm) or not all(isinstance(l.norm, nn.RMSNorm) for l in self.layers):
+            return False
+        from . import _mamba_cpu
+
+        return x.shape[0] * x.shape[1] <= _mamba_cpu.MAX_STEP_ROWS and _mamba_cpu.available()
+
     def step(self, x: torch.Tensor, state: MambaState):
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"step: x has shape {tuple(x.shape)}, expected (B, l, {self.d_model})")
         if x.shape[0] != state.batch_size:
             raise ValueError(f"step: x has batch {x.shape[0]} but the state was made for "
                              f"{state.batch_size}")
+        if self._numba_step_applies(x, state):
+            if not (state.conv.is_contiguous() and state.ssm.is_contiguous()):
+                state = MambaState(state.conv.contiguous(), state.ssm.contiguous())
+            if self._stepper is None:
+                from ._mamba_cpu import MambaStepper
+
+                self._stepper = MambaStepper(self)
+            y = self._stepper.step(x, state.conv, state.ssm)
+            self.layers[0].mixer.last_impl = "numba-step"
+            return y, state
         h = x
         convs, ssms = [], []
         for i, layer in enumerate(self.layers):
