@@ -375,8 +375,8 @@ def _build():
 
     # ------------------------------------------------------------------------ recurrent step
     @jit
-    def rmsnorm_rows(x, w, eps, out):
-        """out[m] = x[m] / sqrt(mean(x[m]^2) + eps) * w, for x, out (M, D)."""
+    def rmsnorm_rows(x, w, eps, out, rstd):
+        """out[m] = x[m] * rstd[m] * w with rstd[m] = 1 / sqrt(mean(x[m]^2) + eps); x, out (M, D)."""
         M, D = x.shape
         for m in range(M):
             xr, orow = x[m], out[m]
@@ -384,8 +384,26 @@ def _build():
             for d in range(D):
                 ss += xr[d] * xr[d]
             r = f32(1.0) / np.sqrt(ss / f32(D) + eps)
+            rstd[m] = r
             for d in range(D):
                 orow[d] = xr[d] * r * w[d]
+
+    @jit
+    def rmsnorm_bwd(x, w, rstd, dy, dx, dw):
+        """Gradients of `rmsnorm_rows`: dx (M, D), dw (D,) (overwritten)."""
+        M, D = x.shape
+        for d in range(D):
+            dw[d] = f32(0.0)
+        for m in range(M):
+            xr, gr, dr = x[m], dy[m], dx[m]
+            r = rstd[m]
+            s = f32(0.0)
+            for d in range(D):
+                s += gr[d] * w[d] * xr[d]
+                dw[d] += gr[d] * xr[d] * r
+            c = r * r * r * s / f32(D)
+            for d in range(D):
+                dr[d] = r * gr[d] * w[d] - c * xr[d]
 
     @jit
     def linear_rows(x, W, out):
@@ -448,21 +466,21 @@ def _build():
 
     @jit
     def layer_step(h, nw, eps, inw, cs, cw, cb, xpw, dtw, dtb, A, Dv, ssm, outw,
-                   xn, xz, xc, xdbl, dl, y, o):
+                   xn, xz, xc, xdbl, dl, y, o, rs):
         """One Mamba block for l tokens of B rows, in place: h += mixer(rmsnorm(h)).
 
         h (B, l, D) residual stream; nw (D,) norm weight; inw (2E, D) in_proj; cs (B, E, W) conv
         state (the last W conv inputs, updated); cw (E, W), cb (E,) conv; xpw (R+2N, E) x_proj;
         dtw (E, R), dtb (E,) dt_proj; A (E, N) = -exp(A_log); Dv (E,); ssm (B, E, N) state (updated);
         outw (D, E) out_proj. Scratch: xn (M, D), xz (M, 2E), xc (M, E), xdbl (M, R+2N),
-        dl (M, E), y (M, E), o (M, D) with M = B*l, rows b-major."""
+        dl (M, E), y (M, E), o (M, D), rs (M,) with M = B*l, rows b-major."""
         nb, l, D = h.shape
         E = Dv.shape[0]
         W = cw.shape[1]
         N = A.shape[1]
         R = dtw.shape[1]
         h2 = h.reshape(nb * l, D)
-        rmsnorm_rows(h2, nw, eps, xn)
+        rmsnorm_rows(h2, nw, eps, xn, rs)
         linear_rows(xn, inw, xz)
         for b in range(nb):  # causal conv over [state | new inputs], state shifted token by token
             cb_ = cs[b]
@@ -476,10 +494,14 @@ def _build():
                         row[k] = row[k + 1]
                         s += wr[k] * row[k]
                     row[W - 1] = xzr[e]
-                    s += wr[W - 1] * xzr[e]
-                    xcr[e] = s * _sigmoid(s)
+                    xcr[e] = s + wr[W - 1] * xzr[e]
+        M = nb * l
+        for m in range(M):  # SiLU, a separate loop over e so that it vectorises
+            xcr = xc[m]
+            for e in range(E):
+                xcr[e] = xcr[e] * _sigmoid(xcr[e])
         linear_rows(xc, xpw, xdbl)
-        for m in range(nb * l):  # delta (before softplus) = dt_proj(xdbl[:R]) + bias
+        for m in range(M):  # delta = softplus(dt_proj(xdbl[:R]) + bias)
             xr, dr = xdbl[m], dl[m]
             for e in range(E):
                 wr = dtw[e]
@@ -487,14 +509,16 @@ def _build():
                 for r in range(R):
                     a += wr[r] * xr[r]
                 dr[e] = a
-        for b in range(nb):
+            for e in range(E):
+                dr[e] = _softplus(dr[e])
+        for b in range(nb):  # state update, vectorised over the N states of a channel
             st = ssm[b]
             for t in range(l):
                 m = b * l + t
                 Bv, Cv = xdbl[m, R:R + N], xdbl[m, R + N:R + 2 * N]
-                xcr, dr, zr, yr = xc[m], dl[m], xz[m, E:2 * E], y[m]
+                xcr, dr, yr = xc[m], dl[m], y[m]
                 for e in range(E):
-                    dv = _softplus(dr[e])
+                    dv = dr[e]
                     du = dv * xcr[e]
                     hr, ar = st[e], A[e]
                     acc = f32(0.0)
@@ -502,10 +526,13 @@ def _build():
                         hv = _exp(dv * ar[n]) * hr[n] + du * Bv[n]
                         hr[n] = hv
                         acc += hv * Cv[n]
-                    zz = zr[e]
-                    yr[e] = (acc + Dv[e] * xcr[e]) * zz * _sigmoid(zz)
+                    yr[e] = acc + Dv[e] * xcr[e]
+        for m in range(M):  # gate: y * silu(z)
+            zr, yr = xz[m, E:2 * E], y[m]
+            for e in range(E):
+                yr[e] = yr[e] * zr[e] * _sigmoid(zr[e])
         linear_rows(y, outw, o)
-        for m in range(nb * l):
+        for m in range(M):
             hr, orow = h2[m], o[m]
             for d in range(D):
                 hr[d] += orow[d]
@@ -521,5 +548,5 @@ def _build():
             out[i] = _softplus(x[i])
 
     return SimpleNamespace(scan_fwd=scan_fwd, scan_bwd=scan_bwd, conv_fwd=conv_fwd, conv_bwd=conv_bwd,
-                           rmsnorm_rows=rmsnorm_rows, linear_rows=linear_rows, layer_step=layer_step,
+                           rmsnorm_rows=rmsnorm_rows, rmsnorm_bwd=rmsnorm_bwd, linear_rows=linear_rows, layer_step=layer_step,
                            exp=exp_, softplus=softplus_, EB=EB)

@@ -374,6 +374,15 @@ class MambaMixer(nn.Module):
         return self.out_proj(y)[:, None], conv_state, ssm_state
 
 
+def _norm(norm: nn.Module, h: torch.Tensor, fast: bool) -> torch.Tensor:
+    """norm(h); on the numba path an RMSNorm runs as one fused kernel (forward and backward)."""
+    if fast and isinstance(norm, nn.RMSNorm):
+        from ._mamba_cpu import rms_norm_numba
+
+        return rms_norm_numba(h, norm)
+    return norm(h.to(norm.weight.dtype))
+
+
 class MambaBlock(nn.Module):
     """Pre-norm residual block, as mamba-ssm's Block in MixerModel with d_intermediate 0:
     h <- h + mixer(norm(h)). The residual stream stays in fp32 (residual_in_fp32)."""
@@ -384,7 +393,7 @@ class MambaBlock(nn.Module):
         self.mixer = mixer
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.mixer(self.norm(h.to(self.norm.weight.dtype)))
+        return h + self.mixer(_norm(self.norm, h, self.mixer._use_numba(h)))
 
 
 @dataclass
@@ -473,7 +482,7 @@ class MambaBackbone(nn.Module):
         for layer in self.layers:
             h = layer(h)
             hidden.append(h)
-        y = self.norm_f(h.to(self.norm_f.weight.dtype))
+        y = _norm(self.norm_f, h, self.layers[0].mixer._use_numba(h))
         self._note_impl()
         if output_hidden_states:
             return y, hidden
