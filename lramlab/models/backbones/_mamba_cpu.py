@@ -214,7 +214,7 @@ def rms_norm_numba(x: torch.Tensor, norm) -> torch.Tensor:
     """`norm(x)` for an nn.RMSNorm over the last dim, fused in numba (torch's CPU RMSNorm is ~6
     separate ops forward and more backward; this is one pass each). x (..., D) -> fp32 (..., D)."""
     eps = norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps
-    return _RMSNorm.apply(x, norm.weight, eps)
+    return _RMSNorm.apply(x.float(), norm.weight.float(), eps)
 
 
 def mamba_inner_numba(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
@@ -228,8 +228,9 @@ def mamba_inner_numba(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
     Returns y (B, L, E) fp32 and the last state (B, E, N) fp32; differentiable in all tensors."""
     if xz.device.type != "cpu":
         raise RuntimeError(f"mamba_inner_numba runs on a CPU; xz is on {xz.device}")
-    return _MambaInner.apply(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
-                             A_log, D, conv_prev, ssm_state, int(chunk_size))
+    f = lambda t: None if t is None else t.float()  # noqa: E731 - fp32 compute (no-op for fp32)
+    return _MambaInner.apply(f(xz), f(conv_weight), f(conv_bias), f(x_proj_weight), f(dt_proj_weight),
+                             f(dt_proj_bias), f(A_log), f(D), f(conv_prev), f(ssm_state), int(chunk_size))
 
 
 # Rows (B * l) up to which the fused step beats the chunk path (whose projections are MKL GEMMs).

@@ -1,4 +1,5 @@
-"""Mamba-1 backbone in pure torch, with the mamba-ssm CUDA kernels used when they are importable.
+"""Mamba-1 backbone: a pure-torch reference, a numba CPU fast path (training and step), and
+mamba-ssm's CUDA kernels when they are importable.
 
 Shape letters: B batch, L tokens, D model width (`d_model`), E inner width (`expand * D`),
 N SSM state size (`d_state`), W conv width (`d_conv`), R rank of the step-size projection
@@ -10,19 +11,26 @@ N SSM state size (`d_state`), W conv width (`d_conv`), R rank of the step-size p
 `norm_f`; d_intermediate 0, RMSNorm), so a state dict moves between the two without renaming
 (mamba-ssm's `embedding` is not part of the backbone: lramlab's encoders replace it).
 
-Two interchangeable scans with the signature of mamba-ssm's `selective_scan_fn` (plus an initial state):
+Scans with the signature of mamba-ssm's `selective_scan_fn` (plus an initial state):
 - `selective_scan_ref`: the recurrence, one token at a time (the reference).
 - `selective_scan_parallel`: chunked scan. Inside chunks of K tokens a log-depth (Hillis-Steele)
   scan runs over all chunks at once on (log decay, state) pairs; decays are exp of short sums of
   delta*A <= 0 (in (0, 1]: no overflow, no cancellation of large cumulative sums); the chunk-end
   states are then carried across chunks sequentially. Memory O(B E L N log K), linear in L;
   O(log K + L / K) torch calls.
-The mixer uses the chunked scan on CUDA and the sequential one on a CPU (faster there: it keeps a
-(B, E, N) working set in cache); config `mamba_scan` overrides. On a CUDA tensor, with `mamba_ssm`
-importable and config `mamba_kernel` "auto" or "cuda", the parallel forward (no state) uses
-mamba-ssm's `selective_scan_fn` (and `causal_conv1d_fn` when installed); `step` always runs in
-torch (mamba-ssm's scan takes no initial state). `MambaBackbone.scan_impl` names the path that ran
-last, and it is logged when it changes.
+- `_mamba_cpu.selective_scan_numba`: numba kernels with a hand-written backward (CPU, fp32).
+
+Which path runs (`MambaBackbone.scan_impl` names the last one, logged when it changes):
+- CUDA, mamba-ssm importable, config `mamba_kernel` "auto"/"cuda": mamba-ssm's `selective_scan_fn`
+  (and `causal_conv1d_fn` when installed) for the stateless forward.
+- CPU, fp32, numba importable, config `mamba_scan` "auto" (default) or "numba": "numba" -- the
+  mixer between in_proj and out_proj is one autograd Function (`_mamba_cpu.mamba_inner_numba`:
+  numba conv + SiLU, MKL x_proj/dt_proj, numba scan with the gate; numba backward that
+  recomputes states chunkwise) and the RMSNorms are fused; `step` with few rows (B*l <= 12,
+  no autograd) is "numba-step", one fused numba call per block, updating the state in place.
+- otherwise the pure-torch scans: "torch-chunked" on CUDA, "torch-sequential" on a CPU (faster
+  there than the chunked one), or as `mamba_scan` says; "torch-step" for one-token steps.
+"mamba_scan='sequential'" is the reference path everywhere (forward, backward, step).
 """
 from __future__ import annotations
 
@@ -379,7 +387,7 @@ def _norm(norm: nn.Module, h: torch.Tensor, fast: bool) -> torch.Tensor:
     if fast and isinstance(norm, nn.RMSNorm):
         from ._mamba_cpu import rms_norm_numba
 
-        return rms_norm_numba(h, norm)
+        return rms_norm_numba(h, norm).to(norm.weight.dtype)
     return norm(h.to(norm.weight.dtype))
 
 
@@ -422,8 +430,10 @@ class MambaBackbone(nn.Module):
     init_state(batch_size) -> MambaState; step(x (B, l, D), state) -> (y (B, l, D), state).
     Config fields read: d_model, n_layers, mamba_d_state, mamba_d_conv, mamba_expand, and optionally
     mamba_kernel ("auto" | "torch" | "cuda": mamba-ssm kernels on CUDA when importable / never /
-    required), mamba_scan ("auto" | "chunked" | "sequential": the pure-torch scan; auto = chunked on
-    CUDA, sequential on CPU), mamba_scan_chunk (int, 32), norm_eps (1e-5).
+    required), mamba_scan ("auto" | "numba" | "chunked" | "sequential"; auto = numba on a CPU in
+    fp32 when numba imports, else chunked on CUDA and sequential on a CPU; see the module
+    docstring), mamba_scan_chunk (int, 32: chunk of the chunked scan, checkpoint spacing of the
+    numba backward), norm_eps (1e-5).
     """
 
     def __init__(self, cfg: Any):
@@ -467,8 +477,9 @@ class MambaBackbone(nn.Module):
 
     @property
     def scan_impl(self) -> str:
-        """Which path ran last: "mamba_ssm" (CUDA kernels), "torch-chunked", "torch-sequential"
-        (pure-torch scans) or "torch-step" (one-token recurrent update)."""
+        """Which path ran last: "mamba_ssm" (CUDA kernels), "numba" (CPU numba scan/conv with its
+        backward), "numba-step" (fused numba recurrent step), "torch-chunked", "torch-sequential"
+        (pure-torch scans) or "torch-step" (one-token torch recurrent update)."""
         return self.layers[0].mixer.last_impl
 
     def _note_impl(self) -> None:
@@ -511,6 +522,9 @@ class MambaBackbone(nn.Module):
         return x.shape[0] * x.shape[1] <= _mamba_cpu.MAX_STEP_ROWS and _mamba_cpu.available()
 
     def step(self, x: torch.Tensor, state: MambaState):
+        """Advance by l >= 1 tokens: x (B, l, D) -> (y (B, l, D), state). Use the returned state:
+        the fused numba step ("numba-step") updates the given state's tensors in place and returns
+        it, the other paths return new tensors."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"step: x has shape {tuple(x.shape)}, expected (B, l, {self.d_model})")
         if x.shape[0] != state.batch_size:
