@@ -305,13 +305,14 @@ class MambaMixer(nn.Module):
                 ssm_state: torch.Tensor | None = None):
         b, length, _ = x.shape
         stateful = conv_state is not None
-        if self._use_numba(x):
+        cuda_kernels = not stateful and self._use_kernels(x)   # raises for mamba_kernel="cuda" on a CPU
+        if not cuda_kernels and self._use_numba(x):
             return self._forward_numba(x, conv_state, ssm_state)
         xz = self.in_proj(x).transpose(1, 2)                               # (B, 2E, L)
         xi, z = xz.chunk(2, dim=1)                                         # (B, E, L) each
         a = -torch.exp(self.A_log.float())                                 # (E, N)
         w = self.conv1d.weight                                             # (E, 1, W)
-        if not stateful and self._use_kernels(x):
+        if cuda_kernels:
             kern = mamba_kernels()
             if "causal_conv1d_fn" in kern:
                 xc = kern["causal_conv1d_fn"](xi.contiguous(), w.squeeze(1), self.conv1d.bias,
