@@ -82,7 +82,7 @@ def run(configs: list[tuple[str, int, int]], reps: int, warmup: int, reference: 
             model = build_model(LRAMConfig(backbone=backbone, size=size, context_steps=C, **kw)).train()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-            def step(model=model, opt=opt):
+            def step(model=model, opt=opt, batch=batch):
                 loss, _ = action_loss(model(batch), batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -114,8 +114,8 @@ def run(configs: list[tuple[str, int, int]], reps: int, warmup: int, reference: 
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| size | B | C | model | params | ms/step (wall) | tokens/s (wall) | ratio (wall) | "
-             "ms/step (CPU) | tokens/s (CPU) | ratio (CPU) |",
+    lines = [("| size | B | C | model | params | ms/step (wall) | tokens/s (wall) | ratio (wall) | "
+              "ms/step (CPU) | tokens/s (CPU) | ratio (CPU) |"),
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         name = r["backbone"] + (f" ({r['impl']})" if r["impl"] else "")

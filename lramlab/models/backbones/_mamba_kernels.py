@@ -52,7 +52,6 @@ def kernels():
 
 
 def _build():
-    import math
     from types import SimpleNamespace
 
     import numba

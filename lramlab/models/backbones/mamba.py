@@ -516,7 +516,7 @@ class MambaBackbone(nn.Module):
         if x.dtype != torch.float32 or state.conv.dtype != torch.float32 or state.ssm.dtype != torch.float32 \
                 or mixer.in_proj.weight.dtype != torch.float32:
             return False
-        if not isinstance(self.norm_f, nn.RMSNorm) or not all(isinstance(l.norm, nn.RMSNorm) for l in self.layers):
+        if not isinstance(self.norm_f, nn.RMSNorm) or not all(isinstance(blk.norm, nn.RMSNorm) for blk in self.layers):
             return False
         from . import _mamba_cpu
 
