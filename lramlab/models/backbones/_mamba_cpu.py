@@ -247,13 +247,13 @@ class MambaStepper:
 
     def __init__(self, backbone):
         self.backbone = backbone
+        self._params = list(backbone.parameters())  # the same Parameter objects for the module's life
         self._key = None
         self._layers = None
         self._scratch: dict[int, tuple] = {}
 
     def _weights(self):
-        params = list(self.backbone.parameters())
-        key = tuple((p.data_ptr(), p._version) for p in params)
+        key = tuple((p.data_ptr(), p._version) for p in self._params)
         if key != self._key:
             layers = []
             for layer in self.backbone.layers:
@@ -287,9 +287,10 @@ class MambaStepper:
         h.copy_(x.reshape(b * length, d))
         hv = _np(h).reshape(b, length, d)
         bufs = [_np(t) for t in (xn, xz, xc, xdbl, dl, y, o, rs)]
+        conv_np, ssm_np = _np(conv), _np(ssm)
         for i, (arrays, eps) in enumerate(self._weights()):
             nw, inw, cw, cb, xpw, dtw, dtb, A, Dv, outw = arrays
-            k.layer_step(hv, nw, eps, inw, _np(conv[i]), cw, cb, xpw, dtw, dtb, A, Dv, _np(ssm[i]), outw, *bufs)
+            k.layer_step(hv, nw, eps, inw, conv_np[i], cw, cb, xpw, dtw, dtb, A, Dv, ssm_np[i], outw, *bufs)
         norm_f = self.backbone.norm_f
         out = torch.empty(b * length, d)
         eps = norm_f.eps if norm_f.eps is not None else torch.finfo(torch.float32).eps
