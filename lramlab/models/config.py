@@ -115,6 +115,15 @@ class LRAMConfig:
         use fbgemm's fp16-packed weights (fp32 activations, states and accumulation; ~2e-4 relative
         error per projection, so step no longer equals forward to 1e-4). Inference only.
       mamba_d_state, mamba_d_conv, mamba_expand: Mamba block (16, 4, 2).
+      mamba_kernel: "auto" (mamba-ssm's CUDA kernels on a GPU when they import) | "torch" (never)
+        | "cuda" (required: error without them).
+      mamba_scan: the scan when mamba-ssm's kernels do not run: "auto" (= "numba" on a CPU in fp32
+        when numba imports, else "sequential" on a CPU and "chunked" on a GPU) | "numba" (the CPU
+        fast path of backbones/_mamba_cpu.py: fused numba scan/conv forward and backward for
+        training, fused one-token step) | "sequential" (the pure-torch reference recurrence)
+        | "chunked" (pure-torch log-depth scan within chunks). Weights are the same in all.
+      mamba_scan_chunk: chunk length of the "chunked" scan, and the state-checkpoint spacing of the
+        "numba" backward (memory B*E*N*L/chunk per layer) (32).
       dt_dropout: DT dropout (0, App. E.4); dt_n_positions: DT learned positional table (1600).
       dt_window_mode: DT `step` past its window: "exact" (re-encode the training window of the
         last C steps every step) | "hop" (re-encode the last W/2 once per W/2 tokens); see
@@ -144,6 +153,9 @@ class LRAMConfig:
     mamba_d_state: int = 16
     mamba_d_conv: int = 4
     mamba_expand: int = 2
+    mamba_kernel: Literal["auto", "torch", "cuda"] = "auto"
+    mamba_scan: Literal["auto", "numba", "sequential", "chunked"] = "auto"
+    mamba_scan_chunk: int = 32
     # DT
     dt_dropout: float = 0.0
     dt_n_positions: int = 1600
@@ -164,7 +176,8 @@ class LRAMConfig:
             if getattr(self, name) is None:
                 setattr(self, name, p[name])
         for name in ("d_model", "n_layers", "n_heads", "context_steps", "conv1d_kernel_size",
-                     "qkv_proj_blocksize", "mamba_d_state", "mamba_d_conv", "mamba_expand", "dt_n_positions"):
+                     "qkv_proj_blocksize", "mamba_d_state", "mamba_d_conv", "mamba_expand", "mamba_scan_chunk",
+                     "dt_n_positions"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"LRAMConfig.{name}={v!r} must be a positive integer")
@@ -180,6 +193,10 @@ class LRAMConfig:
             raise ValueError(f"LRAMConfig.xlstm_step_kernel={self.xlstm_step_kernel!r}; valid: fast, reference")
         if self.xlstm_step_weights not in ("float32", "float16"):
             raise ValueError(f"LRAMConfig.xlstm_step_weights={self.xlstm_step_weights!r}; valid: float32, float16")
+        if self.mamba_kernel not in ("auto", "torch", "cuda"):
+            raise ValueError(f"LRAMConfig.mamba_kernel={self.mamba_kernel!r}; valid: auto, torch, cuda")
+        if self.mamba_scan not in ("auto", "numba", "sequential", "chunked"):
+            raise ValueError(f"LRAMConfig.mamba_scan={self.mamba_scan!r}; valid: auto, numba, sequential, chunked")
         if self.dt_window_mode not in ("exact", "hop"):
             raise ValueError(f"LRAMConfig.dt_window_mode={self.dt_window_mode!r}; valid: exact, hop")
         if not (0.0 <= float(self.dt_dropout) < 1.0):

@@ -1,4 +1,5 @@
-"""Mamba-1 backbone in pure torch, with the mamba-ssm CUDA kernels used when they are importable.
+"""Mamba-1 backbone: a pure-torch reference, a numba CPU fast path (training and step), and
+mamba-ssm's CUDA kernels when they are importable.
 
 Shape letters: B batch, L tokens, D model width (`d_model`), E inner width (`expand * D`),
 N SSM state size (`d_state`), W conv width (`d_conv`), R rank of the step-size projection
@@ -10,19 +11,26 @@ N SSM state size (`d_state`), W conv width (`d_conv`), R rank of the step-size p
 `norm_f`; d_intermediate 0, RMSNorm), so a state dict moves between the two without renaming
 (mamba-ssm's `embedding` is not part of the backbone: lramlab's encoders replace it).
 
-Two interchangeable scans with the signature of mamba-ssm's `selective_scan_fn` (plus an initial state):
+Scans with the signature of mamba-ssm's `selective_scan_fn` (plus an initial state):
 - `selective_scan_ref`: the recurrence, one token at a time (the reference).
 - `selective_scan_parallel`: chunked scan. Inside chunks of K tokens a log-depth (Hillis-Steele)
   scan runs over all chunks at once on (log decay, state) pairs; decays are exp of short sums of
   delta*A <= 0 (in (0, 1]: no overflow, no cancellation of large cumulative sums); the chunk-end
   states are then carried across chunks sequentially. Memory O(B E L N log K), linear in L;
   O(log K + L / K) torch calls.
-The mixer uses the chunked scan on CUDA and the sequential one on a CPU (faster there: it keeps a
-(B, E, N) working set in cache); config `mamba_scan` overrides. On a CUDA tensor, with `mamba_ssm`
-importable and config `mamba_kernel` "auto" or "cuda", the parallel forward (no state) uses
-mamba-ssm's `selective_scan_fn` (and `causal_conv1d_fn` when installed); `step` always runs in
-torch (mamba-ssm's scan takes no initial state). `MambaBackbone.scan_impl` names the path that ran
-last, and it is logged when it changes.
+- `_mamba_cpu.selective_scan_numba`: numba kernels with a hand-written backward (CPU, fp32).
+
+Which path runs (`MambaBackbone.scan_impl` names the last one, logged when it changes):
+- CUDA, mamba-ssm importable, config `mamba_kernel` "auto"/"cuda": mamba-ssm's `selective_scan_fn`
+  (and `causal_conv1d_fn` when installed) for the stateless forward.
+- CPU, fp32, numba importable, config `mamba_scan` "auto" (default) or "numba": "numba" -- the
+  mixer between in_proj and out_proj is one autograd Function (`_mamba_cpu.mamba_inner_numba`:
+  numba conv + SiLU, MKL x_proj/dt_proj, numba scan with the gate; numba backward that
+  recomputes states chunkwise) and the RMSNorms are fused; `step` with few rows (B*l <= 12,
+  no autograd) is "numba-step", one fused numba call per block, updating the state in place.
+- otherwise the pure-torch scans: "torch-chunked" on CUDA, "torch-sequential" on a CPU (faster
+  there than the chunked one), or as `mamba_scan` says; "torch-step" for one-token steps.
+"mamba_scan='sequential'" is the reference path everywhere (forward, backward, step).
 """
 from __future__ import annotations
 
@@ -258,16 +266,53 @@ class MambaMixer(nn.Module):
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)            # bias added in the scan
         return delta, bm.transpose(1, 2).contiguous(), cm.transpose(1, 2).contiguous()
 
+    def _use_numba(self, x: torch.Tensor) -> bool:
+        """The numba CPU path runs for scan "numba", and for "auto" on a CPU in fp32 when numba is
+        importable (mamba-ssm's kernels, when they apply, come first)."""
+        if self.scan not in ("auto", "numba"):
+            return False
+        if self.scan == "auto" and (x.is_cuda or x.dtype != torch.float32
+                                    or self.in_proj.weight.dtype != torch.float32):
+            return False
+        from . import _mamba_cpu
+
+        if self.scan == "numba":
+            if x.device.type != "cpu":
+                raise RuntimeError(f"mamba_scan='numba' runs on a CPU; the input is on {x.device}")
+            if not _mamba_cpu.available():
+                raise RuntimeError("mamba_scan='numba' but the numba kernels are unavailable here (is "
+                                   'numba installed? pip install -e ".[models]"); use mamba_scan="auto"')
+            return True
+        return _mamba_cpu.available()
+
+    def _forward_numba(self, x, conv_state, ssm_state):
+        from . import _mamba_cpu
+
+        xz = self.in_proj(x)                                               # (B, L, 2E)
+        prev = None if conv_state is None else conv_state[..., 1:].transpose(1, 2)   # (B, W-1, E)
+        y, new_ssm = _mamba_cpu.mamba_inner_numba(
+            xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+            self.dt_proj.bias, self.A_log, self.D, prev, ssm_state, self.scan_chunk)
+        self.last_impl = "numba"
+        out = self.out_proj(y.to(x.dtype))
+        if conv_state is None:
+            return out
+        xcat = torch.cat([conv_state, xz[..., :self.d_inner].transpose(1, 2).to(conv_state.dtype)], -1)
+        return out, xcat[..., -self.d_conv:].contiguous(), new_ssm
+
     # -- parallel (chunk) path ---------------------------------------------------------------
     def forward(self, x: torch.Tensor, conv_state: torch.Tensor | None = None,
                 ssm_state: torch.Tensor | None = None):
         b, length, _ = x.shape
         stateful = conv_state is not None
+        cuda_kernels = not stateful and self._use_kernels(x)   # raises for mamba_kernel="cuda" on a CPU
+        if not cuda_kernels and self._use_numba(x):
+            return self._forward_numba(x, conv_state, ssm_state)
         xz = self.in_proj(x).transpose(1, 2)                               # (B, 2E, L)
         xi, z = xz.chunk(2, dim=1)                                         # (B, E, L) each
         a = -torch.exp(self.A_log.float())                                 # (E, N)
         w = self.conv1d.weight                                             # (E, 1, W)
-        if not stateful and self._use_kernels(x):
+        if cuda_kernels:
             kern = mamba_kernels()
             if "causal_conv1d_fn" in kern:
                 xc = kern["causal_conv1d_fn"](xi.contiguous(), w.squeeze(1), self.conv1d.bias,
@@ -338,6 +383,15 @@ class MambaMixer(nn.Module):
         return self.out_proj(y)[:, None], conv_state, ssm_state
 
 
+def _norm(norm: nn.Module, h: torch.Tensor, fast: bool) -> torch.Tensor:
+    """norm(h); on the numba path an RMSNorm runs as one fused kernel (forward and backward)."""
+    if fast and isinstance(norm, nn.RMSNorm):
+        from ._mamba_cpu import rms_norm_numba
+
+        return rms_norm_numba(h, norm).to(norm.weight.dtype)
+    return norm(h.to(norm.weight.dtype))
+
+
 class MambaBlock(nn.Module):
     """Pre-norm residual block, as mamba-ssm's Block in MixerModel with d_intermediate 0:
     h <- h + mixer(norm(h)). The residual stream stays in fp32 (residual_in_fp32)."""
@@ -348,7 +402,7 @@ class MambaBlock(nn.Module):
         self.mixer = mixer
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.mixer(self.norm(h.to(self.norm.weight.dtype)))
+        return h + self.mixer(_norm(self.norm, h, self.mixer._use_numba(h)))
 
 
 @dataclass
@@ -377,8 +431,10 @@ class MambaBackbone(nn.Module):
     init_state(batch_size) -> MambaState; step(x (B, l, D), state) -> (y (B, l, D), state).
     Config fields read: d_model, n_layers, mamba_d_state, mamba_d_conv, mamba_expand, and optionally
     mamba_kernel ("auto" | "torch" | "cuda": mamba-ssm kernels on CUDA when importable / never /
-    required), mamba_scan ("auto" | "chunked" | "sequential": the pure-torch scan; auto = chunked on
-    CUDA, sequential on CPU), mamba_scan_chunk (int, 32), norm_eps (1e-5).
+    required), mamba_scan ("auto" | "numba" | "chunked" | "sequential"; auto = numba on a CPU in
+    fp32 when numba imports, else chunked on CUDA and sequential on a CPU; see the module
+    docstring), mamba_scan_chunk (int, 32: chunk of the chunked scan, checkpoint spacing of the
+    numba backward), norm_eps (1e-5).
     """
 
     def __init__(self, cfg: Any):
@@ -388,8 +444,8 @@ class MambaBackbone(nn.Module):
         if kernel not in ("auto", "torch", "cuda"):
             raise ValueError(f"mamba_kernel={kernel!r}: expected 'auto', 'torch' or 'cuda'")
         scan = getattr(cfg, "mamba_scan", "auto")
-        if scan not in ("auto", "chunked", "sequential"):
-            raise ValueError(f"mamba_scan={scan!r}: expected 'auto', 'chunked' or 'sequential'")
+        if scan not in ("auto", "numba", "chunked", "sequential"):
+            raise ValueError(f"mamba_scan={scan!r}: expected 'auto', 'numba', 'chunked' or 'sequential'")
         chunk = int(getattr(cfg, "mamba_scan_chunk", 32))
         if chunk < 1:
             raise ValueError(f"mamba_scan_chunk={chunk}: expected a positive int")
@@ -406,6 +462,7 @@ class MambaBackbone(nn.Module):
         self.norm_f = nn.RMSNorm(d, eps=eps)
         self._init_weights()
         self._logged_impl: str | None = None
+        self._stepper = None  # _mamba_cpu.MambaStepper, made on the first fused step
 
     def _init_weights(self) -> None:
         # mamba-ssm MixerModel._init_weights: Linear biases zero (except dt_proj's), and out_proj
@@ -421,8 +478,9 @@ class MambaBackbone(nn.Module):
 
     @property
     def scan_impl(self) -> str:
-        """Which path ran last: "mamba_ssm" (CUDA kernels), "torch-chunked", "torch-sequential"
-        (pure-torch scans) or "torch-step" (one-token recurrent update)."""
+        """Which path ran last: "mamba_ssm" (CUDA kernels), "numba" (CPU numba scan/conv with its
+        backward), "numba-step" (fused numba recurrent step), "torch-chunked", "torch-sequential"
+        (pure-torch scans) or "torch-step" (one-token torch recurrent update)."""
         return self.layers[0].mixer.last_impl
 
     def _note_impl(self) -> None:
@@ -436,7 +494,7 @@ class MambaBackbone(nn.Module):
         for layer in self.layers:
             h = layer(h)
             hidden.append(h)
-        y = self.norm_f(h.to(self.norm_f.weight.dtype))
+        y = _norm(self.norm_f, h, self.layers[0].mixer._use_numba(h))
         self._note_impl()
         if output_hidden_states:
             return y, hidden
@@ -447,12 +505,42 @@ class MambaBackbone(nn.Module):
                   for layer in self.layers]
         return MambaState(torch.stack([c for c, _ in caches]), torch.stack([s for _, s in caches]))
 
+    def _numba_step_applies(self, x: torch.Tensor, state: MambaState) -> bool:
+        """The fused numba step runs for few rows (B * l <= MAX_STEP_ROWS) on a CPU in fp32
+        without autograd, when mamba_scan is "auto" or "numba" and the kernels compiled here."""
+        mixer = self.layers[0].mixer
+        if mixer.scan not in ("auto", "numba") or x.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return False
+        if x.dtype != torch.float32 or state.conv.dtype != torch.float32 or state.ssm.dtype != torch.float32 \
+                or mixer.in_proj.weight.dtype != torch.float32:
+            return False
+        if not isinstance(self.norm_f, nn.RMSNorm) or not all(isinstance(blk.norm, nn.RMSNorm) for blk in self.layers):
+            return False
+        from . import _mamba_cpu
+
+        return x.shape[0] * x.shape[1] <= _mamba_cpu.MAX_STEP_ROWS and _mamba_cpu.available()
+
     def step(self, x: torch.Tensor, state: MambaState):
+        """Advance by l >= 1 tokens: x (B, l, D) -> (y (B, l, D), state). Use the returned state:
+        the fused numba step ("numba-step") updates the given state's tensors in place and returns
+        it, the other paths return new tensors."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"step: x has shape {tuple(x.shape)}, expected (B, l, {self.d_model})")
         if x.shape[0] != state.batch_size:
             raise ValueError(f"step: x has batch {x.shape[0]} but the state was made for "
                              f"{state.batch_size}")
+        if self._numba_step_applies(x, state):
+            if not (state.conv.is_contiguous() and state.ssm.is_contiguous()):
+                state = MambaState(state.conv.contiguous(), state.ssm.contiguous())
+            if self._stepper is None:
+                from ._mamba_cpu import MambaStepper
+
+                self._stepper = MambaStepper(self)
+            y = self._stepper.step(x, state.conv, state.ssm)
+            self.layers[0].mixer.last_impl = "numba-step"
+            return y, state
         h = x
         convs, ssms = [], []
         for i, layer in enumerate(self.layers):
