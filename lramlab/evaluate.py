@@ -23,6 +23,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from lramlab._dataclass_cli import check_fields, command
+
 
 def iqm(values: Sequence[float]) -> float:
     """Interquartile mean: the mean of the middle 50 % (scipy.stats.trim_mean(x, 0.25), rliable's IQM).
@@ -244,6 +246,7 @@ class EvalConfig:
         if isinstance(self.tasks, str):
             self.tasks = tuple(t for t in self.tasks.split(",") if t)
         self.tasks = tuple(self.tasks)
+        check_fields(self)  # types; target_return finite
         if not self.checkpoint:
             raise ValueError("EvalConfig.checkpoint is empty: give a run directory or checkpoint file")
         for name in ("episodes",):
@@ -290,13 +293,17 @@ def format_table(res: EvalResult) -> str:
     return "\n".join(lines)
 
 
+@command("lramlab eval")
 def main(argv: list[str] | None = None) -> int:
-    """`lramlab eval --checkpoint RUN_DIR --tasks T1,T2 --episodes N [--json]`."""
-    from lramlab._dataclass_cli import parse_cli
+    """`lramlab eval --checkpoint RUN_DIR --tasks T1,T2 --episodes N [--json [FILE|-]]`."""
+    from lramlab._dataclass_cli import JsonOutput, parse_cli
 
-    cfg, as_json = parse_cli(EvalConfig, argv, prog="lramlab eval", required=("checkpoint",))
-    res = evaluate(cfg)
-    print(json.dumps(res.to_dict(), indent=2) if as_json else format_table(res))
+    cfg, json_dest = parse_cli(EvalConfig, argv, prog="lramlab eval", required=("checkpoint",))
+    with JsonOutput(json_dest) as out:
+        res = evaluate(cfg)
+        out.write(res.to_dict())
+    if not out.to_stdout:
+        print(format_table(res))
     return 0
 
 
