@@ -296,7 +296,6 @@ class JsonOutput:
         self.obj: Any = None
         self._stdout = None
         self._saved_fd: int | None = None
-        self._fd: int | None = None
 
     @property
     def to_stdout(self) -> bool:
@@ -313,16 +312,13 @@ class JsonOutput:
                 raise FileNotFoundError(errno.ENOENT, "--json: its directory does not exist", str(path))
             return self
         sys.stdout.flush()
-        self._stdout = sys.stdout
-        try:
-            self._fd = self._stdout.fileno()
-            err_fd = sys.stderr.fileno()
-        except (AttributeError, OSError, ValueError):
-            self._fd = None  # captured streams (pytest): swapping the Python objects is enough
-        if self._fd is not None:
-            sys.stderr.flush()
-            self._saved_fd = os.dup(self._fd)
-            os.dup2(err_fd, self._fd)
+        sys.stderr.flush()
+        self._stdout = sys.stdout  # the JSON goes here at the end
+        try:  # file descriptor 1 too: C libraries and child processes write there
+            self._saved_fd = os.dup(1)
+            os.dup2(2, 1)
+        except OSError:
+            self._saved_fd = None
         sys.stdout = sys.stderr
         return self
 
@@ -337,7 +333,7 @@ class JsonOutput:
             sys.stdout.flush()
             sys.stderr.flush()
             if self._saved_fd is not None:
-                os.dup2(self._saved_fd, self._fd)
+                os.dup2(self._saved_fd, 1)
                 os.close(self._saved_fd)
                 self._saved_fd = None
             sys.stdout, self._stdout = self._stdout, None

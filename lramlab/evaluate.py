@@ -26,6 +26,9 @@ import torch
 from lramlab._dataclass_cli import check_fields, command
 
 
+MAX_ENVS = 64  # environments stepping together when n_envs is not given
+
+
 def iqm(values: Sequence[float]) -> float:
     """Interquartile mean: the mean of the middle 50 % (scipy.stats.trim_mean(x, 0.25), rliable's IQM).
 
@@ -139,7 +142,7 @@ def evaluate_model(model: torch.nn.Module, tasks: Sequence[Any], episodes: int =
                    target_return: float | None = None, progress: bool = False) -> EvalResult:
     """Roll out `model` on `tasks` and score them (see the module docstring).
 
-    n_envs: environments per task stepping together (0: all `episodes` at once).
+    n_envs: environments per task stepping together (0: all `episodes` at once, at most MAX_ENVS).
     workers > 1: tasks spread over that many spawned processes (CPU), each with its own model copy.
     skip_unavailable: a task whose simulator is missing here is listed in `skipped` instead of failing.
     """
@@ -157,8 +160,9 @@ def evaluate_model(model: torch.nn.Module, tasks: Sequence[Any], episodes: int =
             res.skipped[s.id] = why
         else:
             raise RuntimeError(f"cannot evaluate {s.id}: {why}")
-    kw = dict(episodes=episodes, n_envs=n_envs or episodes, seed=seed, greedy=greedy, record_dir=record_dir,
-              frames=frames, target_return=target_return)
+    # 0: all episodes in one batch, up to MAX_ENVS (--episodes 10^9 must not build 10^9 envs at once)
+    kw = dict(episodes=episodes, n_envs=n_envs or min(episodes, MAX_ENVS), seed=seed, greedy=greedy,
+              record_dir=record_dir, frames=frames, target_return=target_return)
     outcomes: dict[str, Any] = {}
     if workers > 1 and len(runnable) > 1:
         import multiprocessing as mp
@@ -232,7 +236,7 @@ class EvalConfig:
     checkpoint: str = ""                 # run dir, training checkpoint or model.save file
     tasks: tuple[str, ...] = ()          # task ids/names (empty: the run's training tasks)
     episodes: int = 3                    # episodes per task (paper: 3 seeds)
-    n_envs: int = 0                      # envs per task stepping together (0: all episodes at once)
+    n_envs: int = 0                      # envs per task stepping together (0: all episodes at once, up to 64)
     workers: int = 1                     # parallel processes across tasks
     seed: int = 0
     greedy: bool = True                  # argmax actions (False: sample)
@@ -252,7 +256,7 @@ class EvalConfig:
         for name in ("episodes",):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 1")
-        for name in ("n_envs", "workers"):
+        for name in ("n_envs", "workers", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 0")
 

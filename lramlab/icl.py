@@ -150,6 +150,8 @@ class ICLConfig:
         for name in ("context_episodes", "steps", "batch_size", "trials"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 1")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed!r}: expected >= 0")
         if not self.target_return > 0:
             raise ValueError(f"target_return={self.target_return!r}: expected > 0")
         if self.dt_window_mode not in ("exact", "hop"):

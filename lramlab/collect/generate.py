@@ -154,6 +154,8 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
     episodes = int(episodes)
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if int(seed) < 0:
+        raise ValueError(f"--seed must be >= 0 (episode seeds derive from it), got {seed}")
     if max_steps is not None and int(max_steps) < 1:
         raise ValueError(f"--max-steps must be >= 1 (or left out for the environment's own limit), got {max_steps}")
     policy = policy or P.default_policy(spec.domain)

@@ -504,15 +504,15 @@ def import_dataset(fmt: str, src: str | Path, task: str, out: str | Path, overwr
     os.umask(umask)
     os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 would become the task directory's mode
     bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc=f"import {fmt} -> {spec.id}", unit="ep")
     n = 0
     try:
         for where, ep in it:
             if max_episodes is not None and n >= max_episodes:
                 break
+            if bar is None and progress:  # from the first episode on: a bad source fails without one
+                from tqdm import tqdm
+
+                bar = tqdm(desc=f"import {fmt} -> {spec.id}", unit="ep")
             _check_against(spec, ep, where)
             image = ep["states"].dtype == np.uint8
             # durability comes once, for the whole directory, before the swap

@@ -135,7 +135,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
-        non_negative = ("warmup", "log_every", "val_every", "val_batches", "ckpt_every",
+        non_negative = ("seed", "warmup", "log_every", "val_every", "val_batches", "ckpt_every",
                         "keep_every", "eval_every", "eval_episodes", "num_threads", "num_workers")
         for name in non_negative:
             if getattr(self, name) < 0:

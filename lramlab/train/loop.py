@@ -25,7 +25,8 @@ from lramlab.train.data import (found_tasks, make_datasets, make_sampler, next_b
 from lramlab.train.distributed import (DistInfo, barrier, cleanup, env_world, gather_objects, init_distributed,
                                        pick_device)
 from lramlab.train.freeze import apply_freeze
-from lramlab.train.rundir import check_finetune, claim_run_dir, resume_changes, warn_long_warmup
+from lramlab.train.rundir import (check_finetune, check_fits_in_memory, claim_run_dir, resume_changes,
+                                  warn_long_warmup)
 from lramlab.train.runlog import MetricLogger, versions, write_json
 from lramlab.train.step import (DOMAIN_KEY, batch_to, build_optimizer, build_scheduler, lr_at, target_count,
                                 train_step, validate)
@@ -124,7 +125,8 @@ def run(cfg: TrainConfig, *, evaluate: EvalCallback | None = None, task_specs=No
         torch.set_num_threads(cfg.num_threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    make_model_config(cfg)  # a bad model setting fails before anything is written
+    # a bad model setting or a batch that cannot fit fails before anything is written
+    check_fits_in_memory(cfg, make_model_config(cfg).d_model)
     rank, _, local_rank = env_world()
     note = warn_long_warmup(cfg)
     if note and rank == 0:

@@ -93,6 +93,22 @@ def claim_run_dir(cfg: TrainConfig, info) -> RunLock | None:
     return lock
 
 
+def check_fits_in_memory(cfg: TrainConfig, d_model: int) -> None:
+    """Refuse a micro-batch that cannot fit in this machine's memory before anything is allocated
+    (a batch of 10^9 windows got the process OOM-killed, taking nothing else down with it only by
+    luck). The estimate is a lower bound -- the float states of B x C steps and ONE activation
+    tensor of 3 tokens per step -- so it never refuses a batch that fits."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    need = cfg.batch_size * cfg.context * (204 * 4 + 3 * d_model * 4)
+    if need > ram:
+        raise ValueError(f"batch_size={cfg.batch_size} x context={cfg.context}: one micro-batch needs at least "
+                         f"{need / 2**30:.1f} GiB (states and one activation tensor of width {d_model}), more than "
+                         f"this machine's {ram / 2**30:.1f} GiB of memory; give a smaller --batch-size or --context")
+
+
 def warn_long_warmup(cfg: TrainConfig) -> str | None:
     """The warning for a warm-up as long as the run (the learning rate never reaches `lr`)."""
     if cfg.warmup and cfg.warmup >= cfg.steps:
