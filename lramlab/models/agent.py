@@ -46,14 +46,15 @@ def _as_tensor(x, device, dtype=None) -> torch.Tensor:
 
 
 def _require_finite(named: list[tuple[str, torch.Tensor]]) -> None:
-    """ValueError naming the first non-finite input; one device sync when all are finite."""
+    """ValueError naming the first non-finite input; one check (and one device sync) when all are
+    finite: ~25 us a step on a shared CPU core, +0.5-3 % on a 16M step, +7 % on a tiny DT's
+    (benchmarks/step_finite_check.py)."""
     if not named:
         return
-    flags = torch.stack([torch.isfinite(t).all() for _, t in named])
-    if bool(flags.all()):
+    if bool(torch.isfinite(torch.cat([t.reshape(-1) for _, t in named])).all()):
         return
-    for (name, t), ok in zip(named, flags.tolist()):
-        if not ok:
+    for name, t in named:
+        if not bool(torch.isfinite(t).all()):
             idx = tuple(int(i) for i in (~torch.isfinite(t)).nonzero()[0])
             raise ValueError(f"step: {name} is {t[idx].item()} at index {idx}: expected finite numbers (a NaN or "
                              f"inf would poison the recurrent state of every later step)")

@@ -70,8 +70,9 @@ def claim_run_dir(cfg: TrainConfig, info) -> RunLock | None:
     try:
         found = existing_run(run_dir)
         if found and not (cfg.resume or cfg.overwrite):
-            raise ValueError(f"run directory {run_dir} already holds a run ({', '.join(found)}): pass --resume to "
-                             f"continue it, --overwrite to replace it, or choose another --out")
+            raise ValueError(f"run directory {run_dir} already holds a run ({', '.join(found)}): pass --resume "
+                             f"(resume=True) to continue it, --overwrite (overwrite=True) to replace it, or choose "
+                             f"another --out")
         if info.is_main:
             if cfg.overwrite and found:
                 for name in RUN_FILES:
