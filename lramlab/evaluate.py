@@ -145,11 +145,22 @@ def evaluate_model(model: torch.nn.Module, tasks: Sequence[Any], episodes: int =
     n_envs: environments per task stepping together (0: all `episodes` at once, at most MAX_ENVS).
     workers > 1: tasks spread over that many spawned processes (CPU), each with its own model copy.
     skip_unavailable: a task whose simulator is missing here is listed in `skipped` instead of failing.
+    record_dir: rollouts are written there as episode_000000.hdf5, ...; a task directory there that
+    already holds episodes is refused (they would be overwritten).
     """
     from lramlab.envs import domain_available
     from lramlab.rollout import run_task, task_spec
 
     specs = [task_spec(t) for t in tasks]
+    if record_dir is not None:
+        from lramlab.data.store import list_episode_files
+
+        for s in specs:
+            d = Path(record_dir) / s.domain / s.name
+            n = len(list_episode_files(d)) if d.is_dir() else 0
+            if n:
+                raise ValueError(f"--record {record_dir}: {d} already holds {n} episode files, which the recorded "
+                                 f"rollouts (episode_000000.hdf5, ...) would overwrite; give a new directory")
     res = EvalResult()
     runnable = []
     for s in specs:

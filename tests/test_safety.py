@@ -310,3 +310,36 @@ def test_import_killed_mid_write_leaves_old_data_and_nothing_that_passes_check(d
     assert done.returncode == 0, done.stderr
     assert [p.name for p in task_dir.parent.iterdir()] == [task_dir.name]
     assert check_dataset(out).episodes == 5
+
+
+def test_import_overwrite_from_the_directory_it_replaces(data_root, tmp_path):
+    """`--overwrite` with the task directory as its own source: the new data is read whole before
+    anything is replaced (deleting the old episodes first left nothing to import)."""
+    import shutil
+
+    from lramlab.data.importers import import_dataset
+    from lramlab.data.store import check_dataset
+
+    out = tmp_path / "store"
+    shutil.copytree(data_root / TASKS[0], out / TASKS[0])
+    import_dataset("native", out / TASKS[0], TASKS[0], out, overwrite=True, progress=False)
+    rep = check_dataset(out)
+    assert rep.ok and rep.episodes == 6
+    assert json.loads((out / TASKS[0] / "meta.json").read_text())["policy"] == "imported:native"
+
+
+def test_eval_record_never_overwrites_a_dataset(data_root, tmp_path, capsys):
+    import shutil
+
+    from lramlab.cli import main
+    from lramlab.models import LRAMConfig, build_model
+
+    store = tmp_path / "store"
+    shutil.copytree(data_root / TASKS[0], store / TASKS[0])
+    before = _digest(store)
+    model = tmp_path / "model.pt"
+    build_model(LRAMConfig(backbone="dt", size="tiny", context_steps=10)).save(model)
+    rc = main(["eval", "--checkpoint", str(model), "--tasks", TASKS[0], "--episodes", "1", "--record", str(store)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already holds 6 episode files" in err, err
+    assert _digest(store) == before
