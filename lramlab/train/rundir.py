@@ -38,9 +38,12 @@ class RunLock:
     """An exclusive flock on OUT/.lock for the life of the run (rank 0)."""
 
     def __init__(self, run_dir: Path):
-        import fcntl
-
         self.path = run_dir / LOCK_NAME
+        self.fd = None
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: no lock (the existing-run check still holds)
+            return
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
