@@ -4,6 +4,7 @@ A write goes to a hidden temporary file in the target's directory (``.<name>.<ra
 is flushed and fsync'd, then renamed over the target with `os.replace`, and the directory is
 fsync'd: a reader never sees half a file, a killed process leaves the previous version (and a
 ``.*.tmp`` file that `remove_stale_tmp` deletes), and a finished write survives a power loss.
+A whole directory built aside is put in place with `swap_in_dir` (one atomic rename exchange).
 """
 from __future__ import annotations
 
@@ -92,3 +93,72 @@ def remove_stale_tmp(directory) -> list[Path]:
         except FileNotFoundError:
             pass
     return removed
+
+
+def pid_alive(pid) -> bool:
+    """Whether process `pid` (an int or its decimal string) is running on this machine."""
+    try:
+        pid = int(pid)
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def swap_in_dir(new, target) -> Path | None:
+    """Put the finished directory `new` at `target` (same filesystem), replacing what is there.
+
+    Returns where the previous `target` now lives (for the caller to delete once it likes), or None
+    when there was none. On Linux the swap is one atomic `renameat2(RENAME_EXCHANGE)`: a reader
+    sees the old directory or the new one, and a crash at any moment leaves one of them at
+    `target`. Elsewhere it is two renames; a crash between them leaves `target` missing and the old
+    directory at `.<name>.replaced-<pid>` beside it (`restore_replaced` puts it back).
+    """
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.rename(new, target)
+        fsync_dir(target.parent)
+        return None
+    if _exchange(new, target):
+        fsync_dir(target.parent)
+        return new  # `new` now holds the previous contents
+    aside = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+    os.rename(target, aside)
+    os.rename(new, target)
+    fsync_dir(target.parent)
+    return aside
+
+
+def restore_replaced(target) -> None:
+    """After a crash inside a two-rename `swap_in_dir`: put a `.<name>.replaced-*` directory back
+    at `target` if `target` is missing (delete such leftovers otherwise)."""
+    import shutil
+
+    target = Path(target)
+    for aside in sorted(target.parent.glob(f".{target.name}.replaced-*")):
+        if pid_alive(aside.name.rsplit("-", 1)[-1]):
+            continue  # a swap in progress in a live process
+        if not target.exists():
+            os.rename(aside, target)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)

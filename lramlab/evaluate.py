@@ -44,7 +44,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from lramlab._dataclass_cli import check_fields, command
+
 ON_FAILURE = ("raise", "nan", "skip")
+MAX_ENVS = 64  # environments stepping together when n_envs is not given
 
 
 def iqm(values: Sequence[float]) -> float:
@@ -241,9 +244,12 @@ def resolve_target(spec, target: str | float = "data", data_dirs: dict[str, Path
         return float(target), "given"
     if target not in ("data", "manifest"):
         try:
-            return float(target), "given"
+            value = float(target)
         except ValueError:
             raise ValueError(f"target={target!r}: expected 'data', 'manifest' or a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"target={target}: expected a finite number (or 'data', 'manifest')")
+        return value, "given"
     flat = spec.domain in FLAT_TARGET_DOMAINS
     if target == "manifest" or flat:
         if spec.target_return is None:
@@ -320,11 +326,13 @@ def evaluate_model(model: torch.nn.Module, tasks: Sequence[Any], episodes: int =
                    max_steps: int | None = None, progress: bool = False) -> EvalResult:
     """Roll out `model` on `tasks` and score them (see the module docstring).
 
-    n_envs: environments per task stepping together (0: all `episodes` at once).
+    n_envs: environments per task stepping together (0: all `episodes` at once, at most MAX_ENVS).
     workers > 1: tasks spread over that many spawned processes (CPU), each with its own model copy.
     skip_unavailable: a task whose domain's simulator is missing here is listed in `skipped`
     instead of raising. target / data: R̂_1 (see `resolve_target`). on_failure: "raise" | "nan" |
     "skip" (module docstring). max_steps: cap episodes below the manifest's episode_length.
+    record_dir: rollouts are written there as episode_000000.hdf5, ...; a task directory there that
+    already holds episodes is refused (they would be overwritten).
     """
     from lramlab.envs import domain_available
     from lramlab.manifests import reward_rule
@@ -333,6 +341,15 @@ def evaluate_model(model: torch.nn.Module, tasks: Sequence[Any], episodes: int =
     if on_failure not in ON_FAILURE:
         raise ValueError(f"on_failure={on_failure!r}; expected one of {list(ON_FAILURE)}")
     specs = [task_spec(t) for t in tasks]
+    if record_dir is not None:
+        from lramlab.data.store import list_episode_files
+
+        for s in specs:
+            d = Path(record_dir) / s.domain / s.name
+            n = len(list_episode_files(d)) if d.is_dir() else 0
+            if n:
+                raise ValueError(f"--record {record_dir}: {d} already holds {n} episode files, which the recorded "
+                                 f"rollouts (episode_000000.hdf5, ...) would overwrite; give a new directory")
     res = EvalResult()
     runnable = []
     for s in specs:
@@ -350,7 +367,8 @@ def evaluate_model(model: torch.nn.Module, tasks: Sequence[Any], episodes: int =
                     "reward_rules": {s.domain: reward_rule(s) for s in runnable}, "on_failure": on_failure,
                     "episode_end": "the env's own end or the cap (Atari: a whole game; life loss does not end it)",
                     "checkpoint": None, "checkpoint_sha256": None}
-    base = dict(episodes=episodes, n_envs=n_envs or episodes, seed=seed, greedy=greedy, record_dir=record_dir,
+    # n_envs 0: all episodes in one batch, up to MAX_ENVS (not 10^9 envs at once)
+    base = dict(episodes=episodes, n_envs=n_envs or min(episodes, MAX_ENVS), seed=seed, greedy=greedy, record_dir=record_dir,
                 frames=frames, max_steps=max_steps)
     jobs = [(s, {**base, "target_return": targets[s.id][0]}) for s in runnable]
     outcomes: dict[str, tuple[str, Any]] = {}
@@ -433,7 +451,7 @@ class EvalConfig:
     checkpoint: str = ""                 # run dir, training checkpoint or model.save file
     tasks: tuple[str, ...] = ()          # task ids/names (empty: the run's training tasks)
     episodes: int = 3                    # episodes per task (paper: 3 seeds)
-    n_envs: int = 0                      # envs per task stepping together (0: all episodes at once)
+    n_envs: int = 0                      # envs per task stepping together (0: all episodes at once, up to 64)
     workers: int = 1                     # parallel processes across tasks
     seed: int = 0
     greedy: bool = True                  # argmax actions (False: sample)
@@ -451,12 +469,13 @@ class EvalConfig:
             self.tasks = tuple(t for t in self.tasks.split(",") if t)
         self.tasks = tuple(self.tasks)
         self.data = (self.data,) if isinstance(self.data, str) else tuple(self.data)
+        check_fields(self)  # types; target finite
         if not self.checkpoint:
             raise ValueError("EvalConfig.checkpoint is empty: give a run directory or checkpoint file")
         for name in ("episodes",):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 1")
-        for name in ("n_envs", "workers"):
+        for name in ("n_envs", "workers", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 0")
         if self.on_failure not in ON_FAILURE:
@@ -464,9 +483,11 @@ class EvalConfig:
         self.target = str(self.target)
         if self.target not in ("data", "manifest"):
             try:
-                float(self.target)
+                value = float(self.target)
             except ValueError:
-                raise ValueError(f"target={self.target!r}: expected 'data', 'manifest' or a number") from None
+                raise ValueError(f"EvalConfig.target={self.target!r}: expected 'data', 'manifest' or a number") from None
+            if not math.isfinite(value):
+                raise ValueError(f"EvalConfig.target={self.target}: expected a finite number (or 'data', 'manifest')")
 
 
 def _run_config(checkpoint: str) -> dict:
@@ -543,24 +564,25 @@ def format_table(res: EvalResult) -> str:
     return "\n".join(lines)
 
 
+@command("lramlab eval")
 def main(argv: list[str] | None = None) -> int:
-    """`lramlab eval --checkpoint RUN_DIR --tasks T1,T2 --episodes N [--json]`: exit 0 when every
-    task ran, 1 when a task failed (unless --on-failure skip), 2 when no task could run here."""
-    from lramlab._dataclass_cli import parse_cli
+    """`lramlab eval --checkpoint RUN_DIR --tasks T1,T2 --episodes N [--json [FILE|-]]`: exit 0 when
+    every task ran, 1 when a task failed (unless --on-failure skip), 2 when no task could run here."""
+    from lramlab._dataclass_cli import JsonOutput, parse_cli
 
-    cfg, as_json = parse_cli(EvalConfig, argv, prog="lramlab eval", required=("checkpoint",))
-    try:
-        res = evaluate(cfg)
-    except EvaluationFailed as err:
-        res = err.result
-    except (ValueError, KeyError, FileNotFoundError) as err:  # bad input: say what, no traceback
-        print(f"lramlab eval: {err}", file=sys.stderr)
-        return 2
-    if cfg.out:
-        from lramlab._io import atomic_write_text
+    cfg, json_dest = parse_cli(EvalConfig, argv, prog="lramlab eval", required=("checkpoint",))
+    with JsonOutput(json_dest) as out:
+        try:
+            res = evaluate(cfg)
+        except EvaluationFailed as err:
+            res = err.result
+        if cfg.out:
+            from lramlab._io import atomic_write_text
 
-        atomic_write_text(Path(cfg.out), json.dumps(res.to_dict(), indent=1))
-    print(json.dumps(res.to_dict(), indent=2) if as_json else format_table(res))
+            atomic_write_text(Path(cfg.out), json.dumps(res.to_dict(), indent=1))
+        out.write(res.to_dict())
+    if not out.to_stdout:
+        print(format_table(res))
     if not res.tasks:
         print(f"lramlab eval: no task could run here ({len(res.skipped)} unavailable)", file=sys.stderr)
         return 2

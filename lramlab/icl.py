@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from lramlab._dataclass_cli import check_fields, command
 from lramlab.data.history import HistoryDataset
 
 EPISODE_LENGTH = 100
@@ -126,7 +127,7 @@ class ICLConfig:
     steps: int = 20_000                   # updates
     batch_size: int = 128
     lr: float = 1e-4
-    warmup: int = 4000
+    warmup: int | None = None             # linear warm-up steps (None: min(4000, steps // 10), as TrainConfig)
     history_start: float = 0.0            # skip this leading fraction of each history in training
     val_fraction: float = 0.025
     trials: int = 40                      # consecutive in-context episodes per goal
@@ -139,14 +140,18 @@ class ICLConfig:
     num_threads: int = 0
     out: str = "runs/icl"                 # run directory (training run + icl.json)
     checkpoint: str | None = None         # evaluate this model instead of training one
+    overwrite: bool = False               # replace a run / icl.json already in OUT (default: refuse)
     progress: bool = True
 
     def __post_init__(self):
+        check_fields(self)  # types; lr, target_return, ... finite
         if not self.data and not self.checkpoint:
             raise ValueError("ICLConfig: give data=DIR (to train) or checkpoint=... (to evaluate only)")
         for name in ("context_episodes", "steps", "batch_size", "trials"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 1")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed!r}: expected >= 0")
         if not self.target_return > 0:
             raise ValueError(f"target_return={self.target_return!r}: expected > 0")
         if self.dt_window_mode not in ("exact", "hop"):
@@ -192,9 +197,9 @@ def train_config_for(cfg: ICLConfig):
     return TrainConfig(data=(cfg.data,), tasks=tasks, window="history", history_start=cfg.history_start,
                        val_fraction=cfg.val_fraction, backbone=cfg.backbone, size=cfg.size, slstm_at=cfg.slstm_at,
                        steps=cfg.steps, batch_size=cfg.batch_size, context=cfg.context, lr=cfg.lr,
-                       warmup=min(cfg.warmup, cfg.steps), amp=cfg.amp, seed=cfg.seed, device=cfg.device,
+                       warmup=cfg.warmup, amp=cfg.amp, seed=cfg.seed, device=cfg.device,
                        out=cfg.out, val_every=0, ckpt_every=max(1, cfg.steps // 4), log_every=10,
-                       progress=cfg.progress, num_threads=cfg.num_threads)
+                       progress=cfg.progress, num_threads=cfg.num_threads, overwrite=cfg.overwrite)
 
 
 def run_icl(cfg: ICLConfig) -> ICLResult:
@@ -206,6 +211,9 @@ def run_icl(cfg: ICLConfig) -> ICLResult:
         torch.set_num_threads(cfg.num_threads)
     metrics: dict = {}
     run_dir = Path(cfg.out)
+    if (run_dir / "icl.json").exists() and not cfg.overwrite:
+        raise ValueError(f"{run_dir / 'icl.json'} exists (an earlier ICL run): pass --overwrite to replace it, "
+                         f"or another --out")
     if cfg.checkpoint:
         src = cfg.checkpoint
     else:
@@ -228,15 +236,16 @@ def run_icl(cfg: ICLConfig) -> ICLResult:
     return result
 
 
+@command("lramlab icl")
 def main(argv: list[str] | None = None) -> int:
-    """`lramlab icl --data DIR --backbone B --steps N --out RUN_DIR [--checkpoint CKPT] [--json]`."""
-    from lramlab._dataclass_cli import parse_cli
+    """`lramlab icl --data DIR --backbone B --steps N --out RUN_DIR [--checkpoint CKPT] [--json [FILE|-]]`."""
+    from lramlab._dataclass_cli import JsonOutput, parse_cli
 
-    cfg, as_json = parse_cli(ICLConfig, argv, prog="lramlab icl")
-    res = run_icl(cfg)
-    if as_json:
-        print(json.dumps(res.to_dict(), indent=1))
-    else:
+    cfg, json_dest = parse_cli(ICLConfig, argv, prog="lramlab icl")
+    with JsonOutput(json_dest) as out:
+        res = run_icl(cfg)
+        out.write(res.to_dict())
+    if not out.to_stdout:
         curve = res.mean_curve
         print(f"ICL {res.backbone}: {len(res.goals)} goals x {len(curve)} trials -> {res.run_dir}/icl.json")
         print("mean return per trial: " + " ".join(f"{v:.1f}" for v in curve))

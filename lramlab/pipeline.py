@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lramlab import REPO_ROOT
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
 from lramlab._optional import require
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -116,31 +119,121 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
 
 
 # ----------------------------------------------------------------------------- params
-def load_params(path: str | Path | None) -> dict[str, dict]:
-    """Per-notebook overrides from a YAML or JSON file: {notebook name: {parameter: value}}."""
-    if path is None:
+class Params(dict):
+    """`load_params`' result, {notebook: {parameter: value}}, which remembers its file and the
+    line of each entry, so a bad name or value is reported as FILE:LINE."""
+
+    def __init__(self, data: Mapping | None = None, source: str | None = None,
+                 lines: Mapping[tuple[str, str | None], int] | None = None):
+        super().__init__(data or {})
+        self.source = source
+        self.lines = dict(lines or {})
+
+    def where(self, notebook: str, parameter: str | None = None) -> str:
+        line = self.lines.get((notebook, parameter)) or self.lines.get((notebook, None))
+        if self.source is None:
+            return "parameters"
+        return f"{self.source}:{line}" if line else self.source
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, str | None], int]:
+    """{(notebook key as written, parameter or None): 1-based line} from the YAML/JSON node tree."""
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
         return {}
+    out: dict[tuple[str, str | None], int] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return out
+    for k, v in root.value:
+        nb = str(k.value)
+        out[(nb, None)] = k.start_mark.line + 1
+        if isinstance(v, yaml.MappingNode):
+            for pk, _ in v.value:
+                out[(nb, str(pk.value))] = pk.start_mark.line + 1
+    return out
+
+
+def _non_finite(v) -> bool:
+    if isinstance(v, float):
+        return not math.isfinite(v)
+    if isinstance(v, (list, tuple)):
+        return any(_non_finite(x) for x in v)
+    if isinstance(v, dict):
+        return any(_non_finite(x) for x in v.values())
+    return False
+
+
+def load_params(path: str | Path | None) -> Params:
+    """Per-notebook overrides from a YAML or JSON file: {notebook name: {parameter: value}}.
+
+    A parse error, an unknown notebook, a non-mapping entry or a NaN / infinite number is a
+    ValueError naming FILE:LINE."""
+    if path is None:
+        return Params()
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"--params {p}: no such file")
+    if p.is_dir():
+        raise IsADirectoryError(f"--params {p}: is a directory, expected a YAML or JSON file")
     text = p.read_text()
     if p.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{p}:{err.lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
     else:
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"{p}{line}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping notebook name -> {{parameter: value}}, got {type(data).__name__}")
-    out = {}
+    raw_lines = _yaml_lines(text)
+    out = Params(source=str(p))
     for nb, vals in data.items():
-        key = _notebook_key(str(nb), where=str(p))
+        line = raw_lines.get((str(nb), None))
+        where = f"{p}:{line}" if line else str(p)
+        key = _notebook_key(str(nb), where=where)
         if vals is None:
             vals = {}
         if not isinstance(vals, dict):
-            raise ValueError(f"{p}: entry {nb!r} must be a mapping parameter -> value, got {type(vals).__name__}")
+            raise ValueError(f"{where}: entry {nb!r} must be a mapping parameter -> value, got {type(vals).__name__}")
         out[key] = dict(vals)
+        out.lines[(key, None)] = line
+        for name, v in vals.items():
+            out.lines[(key, str(name))] = raw_lines.get((str(nb), str(name)))
+            if _non_finite(v):
+                raise ValueError(f"{out.where(key, str(name))}: {key}.{name}={v!r}: expected a finite number")
     return out
+
+
+_PY_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,), "dict": (dict,)}
+
+
+def check_overrides(params: Params, nb: str, declared: Mapping[str, dict]) -> None:
+    """Unknown parameter names and values of the wrong type (against the notebook's `parameters`
+    cell, as papermill infers it) are a ValueError naming FILE:LINE -- before any notebook runs."""
+    given = params.get(nb, {})
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise ValueError(f"{params.where(nb, unknown[0])}: parameters for {nb}: unknown name(s) {unknown}; the "
+                         f"notebook's parameters are {sorted(declared)}")
+    for name, v in given.items():
+        kind = declared[name].get("inferred_type_name")
+        ok = _PY_TYPES.get(kind)
+        if ok is None:
+            continue  # a type papermill could not infer: the notebook's own config checks it
+        if isinstance(v, bool) and kind != "bool" or not isinstance(v, ok):
+            raise ValueError(f"{params.where(nb, name)}: {nb}.{name}={v!r}: expected {kind} (the notebook's "
+                             f"default is {declared[name].get('default')})")
 
 
 def _notebook_key(name: str, where: str = "") -> str:
@@ -217,6 +310,17 @@ def run_notebook(name: str, out: Path, parameters: Mapping[str, Any], kernel: st
     return dst
 
 
+def _set_aside(run_dir: Path) -> Path | None:
+    """Move an earlier attempt's OUT/NN_name to OUT/.NN_name.previous (replacing an older one)."""
+    if not run_dir.exists():
+        return None
+    aside = run_dir.with_name(f".{run_dir.name}.previous")
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.rename(run_dir, aside)
+    return aside
+
+
 def run_pipeline(out: str | Path = "runs/demo", params: Mapping[str, Mapping[str, Any]] | str | Path | None = None,
                  only: Sequence[str] | None = None, force: bool = False, progress: bool = True,
                  cell_timeout: int | None = None, notebook_dir: str | Path = NOTEBOOK_DIR,
@@ -229,8 +333,16 @@ def run_pipeline(out: str | Path = "runs/demo", params: Mapping[str, Mapping[str
     t0 = time.perf_counter()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    overrides = load_params(params) if isinstance(params, (str, Path)) or params is None else \
-        {_notebook_key(k): dict(v or {}) for k, v in params.items()}
+    if isinstance(params, Params):
+        overrides = params
+    elif isinstance(params, (str, Path)) or params is None:
+        overrides = load_params(params)
+    else:
+        overrides = Params({_notebook_key(k): dict(v or {}) for k, v in params.items()})
+        for nb, vals in overrides.items():
+            for name, v in vals.items():
+                if _non_finite(v):
+                    raise ValueError(f"parameters: {nb}.{name}={v!r}: expected a finite number")
     names = list(NOTEBOOKS) if not only else [_notebook_key(n) for n in only]
     names = [n for n in NOTEBOOKS if n in names]  # always in pipeline order
     notebook_dir = Path(notebook_dir)
@@ -238,10 +350,7 @@ def run_pipeline(out: str | Path = "runs/demo", params: Mapping[str, Mapping[str
     declared = {}
     for nb in names:
         declared[nb] = notebook_parameters(notebook_dir / f"{nb}.ipynb")
-        unknown = sorted(set(overrides.get(nb, {})) - set(declared[nb]))
-        if unknown:
-            raise ValueError(f"parameters for {nb}: unknown name(s) {unknown}; the notebook's parameters are "
-                             f"{sorted(declared[nb])}")
+        check_overrides(overrides, nb, declared[nb])
     kernel = kernel or ensure_kernel()
     png_ok, png_error = png_export_available()
     results: list[NotebookRun] = []
@@ -271,8 +380,9 @@ def run_pipeline(out: str | Path = "runs/demo", params: Mapping[str, Mapping[str
                 p["out_dir"] = str(run_dir)
             if "save_png" in declared[nb] and "save_png" not in overrides.get(nb, {}):
                 p["save_png"] = bool(png_ok)
-            if metrics_path.exists():
-                metrics_path.unlink()  # --force: a stale metrics.json must not survive a failed re-run
+            # a re-run starts clean (the training run inside would refuse to overwrite itself); the
+            # earlier attempt stays aside until this one succeeds
+            previous = _set_aside(run_dir)
             t = time.perf_counter()
             try:
                 dst = run_notebook(nb, out, p, kernel, cell_timeout, notebook_dir)
@@ -286,6 +396,8 @@ def run_pipeline(out: str | Path = "runs/demo", params: Mapping[str, Mapping[str
                 raise err
             done[nb] = _read_metrics(metrics_path)
             results.append(NotebookRun(nb, "ran", time.perf_counter() - t, str(dst), done[nb], p))
+            if previous is not None:
+                shutil.rmtree(previous, ignore_errors=True)
     finally:
         bar.close()
         res = PipelineResult(str(out), results, time.perf_counter() - t0, kernel, png_ok, png_error)
@@ -297,8 +409,8 @@ def run_pipeline(out: str | Path = "runs/demo", params: Mapping[str, Mapping[str
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lramlab pipeline", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="lramlab pipeline", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--params", default=None, help="YAML/JSON file: {notebook: {parameter: value}} overrides")
     p.add_argument("--out", default="runs/demo", help="run directory (one sub-directory per notebook)")
     p.add_argument("--only", nargs="+", default=None, metavar="NOTEBOOK",
@@ -307,31 +419,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
+    add_json_option(p, "the pipeline's record (pipeline.json; with --list: the notebooks' parameters)")
     return p
 
 
+@command("lramlab pipeline")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
-        for nb in NOTEBOOKS:
-            print(nb)
-            for name, info in notebook_parameters(NOTEBOOK_DIR / f"{nb}.ipynb").items():
-                print(f"  {name:<22} {info['inferred_type_name']:<14} = {info['default']:<22} {info['help']}")
+        with JsonOutput(args.json) as out:
+            listing = {nb: notebook_parameters(NOTEBOOK_DIR / f"{nb}.ipynb") for nb in NOTEBOOKS}
+            out.write(listing)
+        if not out.to_stdout:
+            for nb, params in listing.items():
+                print(nb)
+                for name, info in params.items():
+                    print(f"  {name:<22} {info['inferred_type_name']:<14} = {info['default']:<22} {info['help']}")
         return 0
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo for the kernels (inherited env)
-    try:
-        res = run_pipeline(args.out, args.params, only=args.only, force=args.force,
-                           progress=not args.no_progress, cell_timeout=args.cell_timeout)
-    except PipelineError as err:
-        print(f"lramlab pipeline: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as err:
-        print(f"lramlab pipeline: {err}", file=sys.stderr)
-        return 2
-    for r in res.runs:
-        print(f"{r.name:<20} {r.status:<8} {r.seconds:7.1f} s  {r.output}")
-    print(f"total {res.seconds:.1f} s; kernel {res.kernel}; outputs in {res.out}")
-    print("figures: HTML" + (" + PNG" if res.png else f" only (no PNG: {res.png_error})"))
+    with JsonOutput(args.json) as out:
+        try:
+            res = run_pipeline(args.out, args.params, only=args.only, force=args.force,
+                               progress=not args.no_progress, cell_timeout=args.cell_timeout)
+        except PipelineError as err:  # a notebook failed: its own exit status (1), named in one line
+            print(f"lramlab pipeline: {err}", file=sys.stderr)
+            return 1
+        out.write(asdict(res))
+    if not out.to_stdout:
+        for r in res.runs:
+            print(f"{r.name:<20} {r.status:<8} {r.seconds:7.1f} s  {r.output}")
+        print(f"total {res.seconds:.1f} s; kernel {res.kernel}; outputs in {res.out}")
+        print("figures: HTML" + (" + PNG" if res.png else f" only (no PNG: {res.png_error})"))
     return 0
 
 

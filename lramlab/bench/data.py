@@ -23,10 +23,11 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
 
 BENCH_DATA_VERSION = 1  # bump when the recipe below changes: a new cache sub-directory is used
 STATE_TASKS = ("metaworld/reach-v2", "metaworld/push-v2", "metaworld/door-open-v2", "metaworld/drawer-close-v2")
@@ -190,12 +191,20 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if not 0 < v < float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s}")
+    return v
+
+
 def _packed_tasks(ds) -> int:
     return sum(d.packed is not None for d in ds.data)
 
 
+@command("lramlab bench data")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="lramlab bench data", description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="lramlab bench data", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=None,
                     help="a dataset root to measure (default: the cached bench dataset of real rollouts)")
     ap.add_argument("--cache", type=Path, default=None,
@@ -206,19 +215,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state-episodes", type=_positive_int, default=None, help="episodes per Meta-World task")
     ap.add_argument("--image-episodes", type=_positive_int, default=None, help="episodes per Atari game")
     ap.add_argument("--image-steps", type=_positive_int, default=None, help="cap on Atari episode length")
-    ap.add_argument("--context", type=int, default=50, help="window length C in timesteps (paper: 50)")
-    ap.add_argument("--batch-size", type=int, default=128, help="windows per domain micro-batch (paper: 128)")
-    ap.add_argument("--windows", type=int, default=2048, help="windows to time per domain")
+    ap.add_argument("--context", type=_positive_int, default=50, help="window length C in timesteps (paper: 50)")
+    ap.add_argument("--batch-size", type=_positive_int, default=128, help="windows per domain micro-batch (paper: 128)")
+    ap.add_argument("--windows", type=_positive_int, default=2048, help="windows to time per domain")
     ap.add_argument("--workers", type=int, nargs="*", default=[0], help="DataLoader worker counts to time")
     ap.add_argument("--layout", nargs="+", choices=("episode", "packed"), default=["episode", "packed"],
                     help="storage layouts to time (default both, side by side)")
-    ap.add_argument("--updates-per-s", type=float, default=1.0,
+    ap.add_argument("--updates-per-s", type=_positive_float, default=1.0,
                     help="optimizer updates per second the trainer runs (each needs batch-size windows per domain)")
-    ap.add_argument("--reward-scale", type=float, default=None, help="reward scale override for --data")
+    ap.add_argument("--reward-scale", type=_positive_float, default=None, help="reward scale override for --data")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true", help="no progress bars while making the dataset")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_json_option(ap, "the results as JSON")
     args = ap.parse_args(argv)
+    json_out = JsonOutput(args.json).__enter__()  # with --json -: stdout holds only the JSON
 
     from lramlab.data.sampling import TrajectoryDataset
     from lramlab.data.store import find_tasks, pack_task, use_packed
@@ -262,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
                     r["needed_windows_per_s"] = args.batch_size * args.updates_per_s
                     r["ratio"] = r["windows_per_s"] / r["needed_windows_per_s"]
                     results.append(r)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError, ImportError) as err:
-        print(f"lramlab bench data: {err}", file=sys.stderr)
-        return 2
+    except BaseException as err:  # the command boundary reports it (lramlab._dataclass_cli.command)
+        json_out.__exit__(type(err), err, None)
+        raise
     summary = []
     for workers in args.workers:
         for layout in layouts:
@@ -276,9 +286,9 @@ def main(argv: list[str] | None = None) -> int:
            "updates_per_s_assumed": args.updates_per_s,
            "dataset_write_s": None if info is None or info["reused"] else info["build_s"],
            "steps": int(ds.n_steps.sum()), "results": results, "per_update": summary}
-    if args.json:
-        print(json.dumps(out, indent=1))
-    else:
+    json_out.write(out)
+    json_out.__exit__(None, None, None)
+    if not json_out.to_stdout:
         print(f"lramlab bench data: C={args.context}, batch {args.batch_size} per domain micro-batch; data: {content}")
         if info is not None and not info["reused"]:
             print(f"(dataset made in {info['build_s']:.1f} s; later runs reuse it)")

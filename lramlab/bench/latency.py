@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import math
 import os
 import statistics
@@ -33,6 +32,8 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 import torch
+
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
 
 
 # ------------------------------------------------------------------------------------ timing
@@ -422,12 +423,22 @@ def _ints(s: str) -> list[int]:
     return out
 
 
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not 0 < v < math.inf:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{s!r}: need a finite number > 0")
+    return v
+
+
 def _strs(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lramlab bench latency", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="lramlab bench latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", type=_strs, default=["xlstm", "mamba", "dt"], help="comma list (xlstm,mamba,dt)")
     p.add_argument("--sizes", type=_strs, default=["16M"], help="comma list of presets, e.g. 16M,16M-half,206M")
     p.add_argument("--contexts", type=_ints, default=[50, 400, 1600, 6400, 25600], help="context lengths C in timesteps")
@@ -447,13 +458,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--max-state-gb", type=float, default=4.0,
+    p.add_argument("--max-state-gb", type=_positive_float, default=4.0,
                    help="skip a configuration whose state (e.g. DT's KV cache) would exceed this")
     p.add_argument("--references", type=_strs, default=["xlstm-pkgstep", "hf-gpt2"],
                    help="reference rows: xlstm-pkgstep (the xlstm package's own step loop, xLSTM rows), "
                         "hf-gpt2 (HF GPT-2 with a KV cache, DT rows); 'none' for neither")
     p.add_argument("--no-reference", action="store_true", help="same as --references none")
-    p.add_argument("--json", default=None, help="write the rows as JSON to this path ('-' = stdout)")
+    add_json_option(p, "the rows as JSON")
     a = p.parse_args(argv)
     from lramlab.models.config import BACKBONES, SIZES
 
@@ -536,19 +547,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+@command("lramlab bench latency")
 def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    rows = run(args)
-    if args.json:
-        text = json.dumps({"rows": rows, "argv": list(argv or []), "torch": torch.__version__,
-                           "cpu_count": os.cpu_count()}, indent=1)
-        if args.json == "-":
-            print(text)
-        else:
-            tmp = args.json + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, args.json)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    with JsonOutput(args.json) as out:  # --json -: the table rows go to stderr, stdout gets only the JSON
+        rows = run(args)
+        out.write({"rows": rows, "argv": argv, "torch": torch.__version__, "cpu_count": os.cpu_count()})
     return 0
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
 from lramlab.collect import policies as P
 
 META_VERSION = 1
@@ -153,6 +154,10 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
     episodes = int(episodes)
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if int(seed) < 0:
+        raise ValueError(f"--seed must be >= 0 (episode seeds derive from it), got {seed}")
+    if max_steps is not None and int(max_steps) < 1:
+        raise ValueError(f"--max-steps must be >= 1 (or left out for the environment's own limit), got {max_steps}")
     policy = policy or P.default_policy(spec.domain)
     kind, _ = P.parse_spec(policy)
     task_dir = Path(out) / spec.domain / spec.name
@@ -167,6 +172,9 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
         if spec.domain != "darkroom":
             raise ValueError(f"policy {policy!r}: learning histories are implemented for Dark-Room only, "
                              f"not {spec.id!r}")
+        if max_steps is not None:
+            raise ValueError(f"--max-steps {max_steps}: a learning history ({policy!r}) plays whole Dark-Room "
+                             f"episodes; leave --max-steps out")
         cfg = P.history_config(policy).resolved(episodes)
         meta.update(policy_config={"algorithm": "tabular Q-learning, epsilon-greedy", **asdict(cfg)},
                     episodes=episodes,
@@ -272,8 +280,9 @@ def expand_tasks(patterns: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+@command("lramlab data generate")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="lramlab data generate",
         description="Generate trajectories by running a policy in a real simulator (resumable).",
         epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World) | "
@@ -288,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)  # for resume tests
+    add_json_option(ap, "each task's stats.json summary as a JSON list")
     args = ap.parse_args(argv)
-    try:
+    rows = []
+    with JsonOutput(args.json) as out:
         tasks = expand_tasks(args.task)
         for t in tasks:
             d = generate(t, args.episodes, args.policy, args.out, args.seed, progress=not args.no_progress,
@@ -299,9 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             extra = f", success {stats['success_rate']:.2f}" if "success_rate" in stats else ""
             print(f"{stats['task']}: {stats['n_episodes']} episodes, {stats['n_transitions']} steps, "
                   f"return mean {rs['mean']:.3f} [{rs['min']:.3f}, {rs['max']:.3f}]{extra} -> {d}")
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError, ImportError) as err:
-        print(f"lramlab data generate: {err}", file=sys.stderr)
-        return 2
+            rows.append({"dir": str(d), **{k: v for k, v in stats.items() if k != "episodes"}})
+        out.write(rows)
     return 0
 
 

@@ -35,16 +35,18 @@ Formats (only ``minari`` needs its own package, ``pip install -e ".[data]"``):
   leaves them unchanged).
 
 Episodes are written through `lramlab.data.store.write_episode` (validated, atomic) as
-``OUT/<domain>/<name>/episode_%06d.hdf5`` in source order, then ``meta.json`` and ``stats.json``.
+``OUT/<domain>/<name>/episode_%06d.hdf5`` in source order, then ``meta.json`` and ``stats.json``,
+into a hidden directory that replaces the task directory only when all of it is valid
+(`import_dataset`): a failed or killed import never touches data already there.
 If the task is in the manifests, the observation shape and action space are checked against it.
 
 Shape letters: T timesteps, H/W frame height/width, C channels.
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -52,6 +54,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import numpy as np
+
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
 
 FORMATS = ("native", "robomimic", "minari", "dqn-replay")
 
@@ -194,6 +198,10 @@ def iter_native(src: Path, **_: Any) -> Iterator[tuple[str, dict]]:
             ep = {"states": states, "actions": _require(f, "actions", str(p)),
                   "rewards": np.asarray(_require(f, "rewards", str(p)), dtype=np.float32)}
             T = len(ep["rewards"])
+            for key in ("states", "actions"):
+                if len(ep[key]) != T:  # before any reshape: a short dataset must be named, not reshaped
+                    raise ImportFormatError(f"{p}: dataset {key!r} has {len(ep[key])} steps, 'rewards' has {T}; "
+                                            f"expected equal lengths")
             if states.dtype == np.uint8 and states.ndim >= 3:
                 ep["states"] = to_gray64(states, f"{p}: states")
             else:
@@ -482,67 +490,118 @@ ITERATORS: dict[str, Callable[..., Iterator[tuple[str, dict]]]] = {
 }
 
 
+STAGE_TAG = ".import-"  # OUT/<domain>/.<name>.import-<pid>-<token>: an import being built (hidden)
+
+
+def _clear_stale_stages(task_dir: Path) -> None:
+    """Remove what killed imports of this task left: staging dirs of dead processes; and put back a
+    task directory a crash inside a two-rename swap left aside."""
+    import shutil
+
+    from lramlab._io import pid_alive, restore_replaced
+
+    for d in task_dir.parent.glob(f".{task_dir.name}{STAGE_TAG}*"):
+        pid = d.name[len(f".{task_dir.name}{STAGE_TAG}"):].split("-", 1)[0]
+        if d.is_dir() and not pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+    restore_replaced(task_dir)
+
+
 def import_dataset(fmt: str, src: str | Path, task: str, out: str | Path, overwrite: bool = False,
                    max_episodes: int | None = None, progress: bool = True, **options: Any) -> Path:
     """Import `src` (in format `fmt`) as task `task` under `out`; returns the task directory.
 
     options: ``obs_keys`` (robomimic, minari), ``checkpoints`` (dqn-replay; its action mapping comes
     from the task's manifest entry ``extra.minimal_actions``).
-    A task directory that already holds episodes is refused unless ``overwrite`` (which removes them).
+    A task directory that already holds episodes is refused unless ``overwrite``. Nothing is
+    written into the task directory itself: the import is built in a hidden sibling directory
+    (``.<name>.import-<pid>-<token>``, which `find_tasks` and `data check` skip), every episode is
+    validated (when written, and read back for stats.json), and only then is the whole directory
+    swapped in (`lramlab._io.swap_in_dir`). A failed or killed import leaves the old task
+    directory untouched; the next import removes a killed one's staging directory.
     """
+    import shutil
+    import tempfile
+
+    from lramlab._io import fsync_dir, fsync_file, swap_in_dir
     from lramlab.data.store import atomic_write_text, list_episode_files, write_episode, write_stats
 
     if fmt not in ITERATORS:
         raise ValueError(f"unknown import format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if max_episodes is not None and int(max_episodes) < 1:
+        raise ValueError(f"--max-episodes must be >= 1 (or left out for all), got {max_episodes}")
     spec = _task_spec(task)
     task_dir = Path(out) / spec.domain / spec.name
+    if task_dir.exists() and not task_dir.is_dir():
+        raise NotADirectoryError(20, "task path exists and is not a directory", str(task_dir))
+    task_dir.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale_stages(task_dir)
     old = list_episode_files(task_dir) if task_dir.exists() else []
-    if old:
-        if not overwrite:
-            raise ValueError(f"{task_dir} already holds {len(old)} episode files; pass --overwrite to replace them")
-        for p in old:
-            p.unlink()
-        for name in ("stats.json", "meta.json"):
-            (task_dir / name).unlink(missing_ok=True)
-    task_dir.mkdir(parents=True, exist_ok=True)
+    if old and not overwrite:
+        raise ValueError(f"{task_dir} already holds {len(old)} episode files; pass --overwrite to replace them")
+    if task_dir.exists() and not old:
+        extra = sorted(p.name for p in task_dir.iterdir()
+                       if not p.name.startswith(".") and p.name not in ("meta.json", "stats.json", "packed.hdf5"))
+        if extra and not overwrite:
+            raise ValueError(f"{task_dir} holds files that are not episodes ({', '.join(extra[:5])}); move them "
+                             f"away or pass --overwrite to replace the directory")
     if fmt == "dqn-replay" and "minimal_actions" not in options:
         options = {**options, "minimal_actions": (getattr(spec, "extra", None) or {}).get("minimal_actions")}
     it = ITERATORS[fmt](Path(src), **options)
+    stage = Path(tempfile.mkdtemp(prefix=f".{spec.name}{STAGE_TAG}{os.getpid()}-", dir=task_dir.parent))
+    umask = os.umask(0o22)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 would become the task directory's mode
     bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc=f"import {fmt} -> {spec.id}", unit="ep")
     n = 0
     try:
         for where, ep in it:
             if max_episodes is not None and n >= max_episodes:
                 break
+            if bar is None and progress:  # from the first episode on: a bad source fails without one
+                from tqdm import tqdm
+
+                bar = tqdm(desc=f"import {fmt} -> {spec.id}", unit="ep")
             _check_against(spec, ep, where)
             image = ep["states"].dtype == np.uint8
-            write_episode(task_dir, n, ep, compress=image, task=spec.id)
+            # durability comes once, for the whole directory, before the swap
+            write_episode(stage, n, ep, compress=image, task=spec.id, fsync=False)
             n += 1
             if bar is not None:
                 bar.update(1)
-    finally:
         if bar is not None:
             bar.close()
-    if n == 0:
-        raise ImportFormatError(f"{src}: no complete episodes found")
-    meta = {"task": spec.id, "policy": f"imported:{fmt}", "source_format": fmt, "source": str(Path(src).resolve()) if Path(src).exists() else str(src),
-            "seed": None, "episodes": n, "generator": "lramlab.data.importers",
-            "options": {k: v for k, v in options.items() if v is not None}}
-    if fmt == "dqn-replay":
-        meta["actions"] = "minimal action set mapped to the full 18-action set (options.minimal_actions)"
-        meta["rewards"] = "as released: clipped to [-1, 1] by Dopamine"
-    atomic_write_text(task_dir / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
-    write_stats(task_dir)
+            bar = None
+        if n == 0:
+            raise ImportFormatError(f"{src}: no complete episodes found")
+        meta = {"task": spec.id, "policy": f"imported:{fmt}", "source_format": fmt,
+                "source": str(Path(src).resolve()) if Path(src).exists() else str(src), "seed": None,
+                "episodes": n,
+                "generator": "lramlab.data.importers",
+                "options": {k: v for k, v in options.items() if v is not None}}
+        if fmt == "dqn-replay":
+            meta["actions"] = "minimal action set mapped to the full 18-action set (options.minimal_actions)"
+            meta["rewards"] = "as released: clipped to [-1, 1] by Dopamine"
+        atomic_write_text(stage / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+        write_stats(stage)  # reads every episode back, validated
+        for p in stage.iterdir():
+            fsync_file(p)
+        fsync_dir(stage)
+        previous = swap_in_dir(stage, task_dir)
+    except BaseException:
+        if bar is not None:
+            bar.close()
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
     return task_dir
 
 
+@command("lramlab data import")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="lramlab data import",
-                                 description="Import a published dataset format into the lramlab store.")
+    ap = ArgumentParser(prog="lramlab data import",
+                        description="Import a published dataset format into the lramlab store.")
     ap.add_argument("format", choices=FORMATS)
     ap.add_argument("src", help="source: directory (native, minari, dqn-replay), HDF5 file (robomimic), or a Minari "
                          "dataset id found under MINARI_DATASETS_PATH")
@@ -551,22 +610,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--obs-keys", default=None, help="comma-separated observation keys (robomimic, minari)")
     ap.add_argument("--ckpt", type=int, action="append", default=None, help="DQN-Replay checkpoint(s) to import")
     ap.add_argument("--max-episodes", type=int, default=None)
-    ap.add_argument("--overwrite", action="store_true", help="replace episodes already in the task directory")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace the task's episodes (the new ones are built aside and swapped in when all are valid)")
     ap.add_argument("--no-progress", action="store_true")
+    add_json_option(ap, "the task's stats.json summary")
     args = ap.parse_args(argv)
     opts: dict[str, Any] = {}
     if args.obs_keys:
         opts["obs_keys"] = [k.strip() for k in args.obs_keys.split(",") if k.strip()]
     if args.ckpt:
         opts["checkpoints"] = args.ckpt
-    try:
+    with JsonOutput(args.json) as out:
         d = import_dataset(args.format, args.src, args.task, args.out, overwrite=args.overwrite,
                            max_episodes=args.max_episodes, progress=not args.no_progress, **opts)
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as err:
-        print(f"lramlab data import: {err}", file=sys.stderr)
-        return 2
-    stats = json.loads((d / "stats.json").read_text())
-    print(f"{stats['task']}: imported {stats['n_episodes']} episodes, {stats['n_transitions']} steps -> {d}")
+        stats = json.loads((d / "stats.json").read_text())
+        print(f"{stats['task']}: imported {stats['n_episodes']} episodes, {stats['n_transitions']} steps -> {d}")
+        out.write({"dir": str(d), **{k: v for k, v in stats.items() if k != "episodes"}})
     return 0
 
 

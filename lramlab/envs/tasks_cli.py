@@ -1,12 +1,11 @@
 """`lramlab tasks`: the manifests' tasks and whether their domain's simulator runs on this machine."""
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
 from lramlab.envs import domain_available
-from lramlab.manifests import DOMAINS, ENV_VAR, SPLITS, ManifestError, list_tasks
+from lramlab.manifests import DOMAINS, ENV_VAR, SPLITS, list_tasks
 
 
 def _availability(domain: str) -> tuple[bool, str]:
@@ -17,19 +16,23 @@ def _availability(domain: str) -> tuple[bool, str]:
     return bool(ok), str(reason or "")
 
 
+@command("lramlab tasks")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lramlab tasks",
-                                description="List tasks from the manifests and whether they run here.")
+    p = ArgumentParser(prog="lramlab tasks", description="List tasks from the manifests and whether they run here.")
     p.add_argument("--domain", choices=DOMAINS)
     p.add_argument("--split", choices=SPLITS)
-    p.add_argument("--json", action="store_true", help="one JSON list on stdout")
+    add_json_option(p, "the tasks as one JSON list")
     p.add_argument("--manifests", default=None, help=f"manifest directory (default ${ENV_VAR} or data_manifests/)")
     args = p.parse_args(argv)
-    try:
-        tasks = list_tasks(args.domain, args.split, directory=args.manifests)
-    except ManifestError as e:
-        print(f"lramlab tasks: {e}", file=sys.stderr)
-        return 1
+    with JsonOutput(args.json) as out:
+        rows, avail = _rows(list_tasks(args.domain, args.split, directory=args.manifests))
+        out.write(rows)
+    if not out.to_stdout:
+        _print_table(rows, avail)
+    return 0
+
+
+def _rows(tasks) -> tuple[list[dict], dict]:
     avail = {d: _availability(d) for d in dict.fromkeys(s.domain for s in tasks)}
     rows = []
     for s in tasks:
@@ -39,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             row["reason"] = reason
         rows.append(row)
-    if args.json:
-        json.dump(rows, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-        return 0
+    return rows, avail
+
+
+def _print_table(rows: list[dict], avail: dict) -> None:
     if not rows:
         print("no tasks match")
-        return 0
+        return
     w = max(len(r["id"]) for r in rows)
     print(f"{'id':<{w}}  {'split':<7}  available")
     for r in rows:
@@ -56,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         n_hold = sum(r["domain"] == d and r["split"] == "holdout" for r in rows)
         line = f"{d}: {n_train + n_hold} tasks ({n_train} train, {n_hold} holdout), available: {'yes' if ok else 'no'}"
         print(line + ("" if ok else f" ({reason})"))
-    return 0
 
 
 if __name__ == "__main__":

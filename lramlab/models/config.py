@@ -15,6 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+from lramlab._dataclass_cli import check_fields
+
 BACKBONES = ("xlstm", "mamba", "dt")
 BASE_SIZES = ("tiny", "16M", "48M", "110M", "206M")
 SIZES = BASE_SIZES + tuple(f"{s}-half" for s in BASE_SIZES[1:])
@@ -165,6 +167,7 @@ class LRAMConfig:
     extra: dict = field(default_factory=dict)  # free-form notes carried into checkpoints
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types; float fields finite (an inf proj factor would fail deep in a layer)
         if self.backbone not in BACKBONES:
             raise ValueError(
                 f"LRAMConfig.backbone={self.backbone!r} is unknown; valid backbones: {', '.join(BACKBONES)}"

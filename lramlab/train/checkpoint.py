@@ -36,8 +36,10 @@ FORMAT = "lramlab-train-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable or not what was expected."""
+class CheckpointError(ValueError, RuntimeError):
+    """A checkpoint file is missing, unreadable or not what was expected; the message names its path.
+
+    A ValueError (bad input: `lramlab.cli` prints it as one line) and, as before, a RuntimeError."""
 
 
 def rng_state() -> dict:
@@ -149,16 +151,26 @@ def load_model_from_checkpoint(path: str | os.PathLike,
                                map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """Model from a run dir, a training checkpoint, or a `model.save` file (eval mode)."""
     p = resolve_checkpoint(path)
-    raw = torch.load(p, map_location=map_location, weights_only=False)
+    try:
+        raw = torch.load(p, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - truncated, not a torch file, unpickling: name the file
+        raise CheckpointError(f"checkpoint {p} could not be read (damaged, or not a checkpoint): "
+                              f"{type(err).__name__}: {err}") from err
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         if raw.get("model_config") is None:
             raise CheckpointError(f"{p}: training checkpoint carries no model_config")
-        model = build_from_config_dict(raw["model_config"])
-        model.load_state_dict(raw["model"])
+        try:
+            model = build_from_config_dict(raw["model_config"])
+            model.load_state_dict(raw["model"])
+        except (TypeError, ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{p}: its model config and weights do not rebuild a model: {err}") from err
     else:
         from lramlab.models import load_model
 
-        model = load_model(p)
+        try:
+            model = load_model(p)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from err
     model.to(map_location)
     model.eval()
     return model

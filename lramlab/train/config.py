@@ -8,6 +8,24 @@ domains: one micro-batch per domain per update, loss averaged), per-domain rewar
 (applied by the sampler), 2.5 % of each task's trajectories held out for validation
 perplexity, evaluated every 50K updates.
 
+Warm-up: `warmup=None` (the default) resolves to min(4000, steps // 10) -- the paper's 4000 for
+its 200K updates, and a tenth of a shorter run, so a short run still learns; a warm-up as long as
+the run (given explicitly) is trained as asked, with a warning naming both numbers.
+
+Run directories (`out`): a directory that already holds a run (config.json, metrics, a checkpoint
+or model.pt) is refused unless `resume=True` (continue it) or `overwrite=True` (delete that run's
+files first). `--resume` and the fields (`RESUME_MAY_CHANGE`): a resumed run compares this config
+with the one its checkpoint was written with. `steps` (not below the checkpoint's step: the
+cosine decay is re-spread over the new length) and the fields that only say how the run is
+executed or logged -- device, amp, num_threads, num_workers, deterministic, log/val/ckpt/keep/eval
+intervals, val_batches, eval_episodes, progress, tensorboard -- may change: the new values are
+used from the resume on and recorded (config.json `resumes`: step and {field: [old, new]}).
+Every other field (data, tasks, model, batch size, context, seed, lr, min_lr, warmup,
+weight_decay, betas, grad_clip, freeze, ...) fixes the data order, the model or the optimizer
+state and refuses to change: the error names each field with its old and new value.
+`finetune_from` refuses a checkpoint whose model settings (backbone, size, heads, sLSTM
+positions, tokens, context) differ from this config's, naming them.
+
 `lramlab._dataclass_cli.parser_for(TrainConfig)` builds the argparse parser from the fields, so
 the command line can never drift from the dataclass: `--batch-size` is `batch_size`, tuples take
 several values (`--data D1 D2`), booleans are `--amp/--no-amp`.
@@ -19,6 +37,23 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, get_args
+
+from lramlab._dataclass_cli import check_fields
+
+#: fields a --resume may change (applied from the resume on, recorded in config.json); every other
+#: field must equal the checkpoint's (see the module docstring)
+RESUME_MAY_CHANGE = frozenset({
+    "steps", "device", "amp", "num_threads", "num_workers", "deterministic", "log_every", "val_every",
+    "val_batches", "ckpt_every", "keep_every", "eval_every", "eval_episodes", "progress", "tensorboard"})
+#: how this invocation treats the run directory: never compared
+RUN_MODE_FIELDS = frozenset({"out", "resume", "overwrite"})
+PAPER_WARMUP = 4000
+
+
+def default_warmup(steps: int) -> int:
+    """min(4000, steps // 10): the paper's 4000 warm-up steps, or a tenth of a shorter run."""
+    return min(PAPER_WARMUP, int(steps) // 10)
+
 
 WindowKind = Literal["episode", "history"]
 Split = Literal["any", "train", "holdout"]
@@ -51,7 +86,7 @@ class TrainConfig:
     context: int = 50                     # timesteps per window (3 tokens each)
     lr: float = 1e-4                      # AdamW peak learning rate
     min_lr: float = 1e-6                  # end of the cosine decay
-    warmup: int = 4000                    # linear warm-up steps
+    warmup: int | None = None             # linear warm-up steps (None: min(4000, steps // 10); paper 4000)
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW defaults (the paper does not state them)
     grad_clip: float = 0.25               # max global grad norm (0: off)
@@ -63,6 +98,7 @@ class TrainConfig:
     # --- run ---------------------------------------------------------------------------
     out: str = "runs/lram"                # run directory
     resume: bool = False                  # continue from OUT/checkpoints/last.pt
+    overwrite: bool = False               # replace the run already in OUT (default: refuse to touch it)
     seed: int = 0
     device: str = "auto"                  # auto | cpu | cuda | cuda:N
     log_every: int = 10                   # steps between train/* metric lines
@@ -85,6 +121,8 @@ class TrainConfig:
             setattr(self, name, tuple(str(v) for v in val))
         if self.slstm_at is not None and not isinstance(self.slstm_at, str):
             self.slstm_at = ",".join(str(int(v)) for v in self.slstm_at)  # positions given as a sequence
+        self.betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else self.betas
+        check_fields(self)  # types; floats finite (lr=inf would train to NaN without a word)
         if self.tokens not in get_args(TokenMode):
             raise ValueError(f"tokens={self.tokens!r}: expected one of {get_args(TokenMode)}")
         self.betas = tuple(float(b) for b in self.betas)
@@ -92,11 +130,13 @@ class TrainConfig:
             raise ValueError(f"window={self.window!r}: expected one of {get_args(WindowKind)}")
         if self.split not in get_args(Split):
             raise ValueError(f"split={self.split!r}: expected one of {get_args(Split)}")
+        if self.warmup is None:
+            self.warmup = default_warmup(self.steps)
         positive = ("steps", "batch_size", "context")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
-        non_negative = ("warmup", "log_every", "val_every", "val_batches", "ckpt_every",
+        non_negative = ("seed", "warmup", "log_every", "val_every", "val_batches", "ckpt_every",
                         "keep_every", "eval_every", "eval_episodes", "num_threads", "num_workers")
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -129,6 +169,8 @@ class TrainConfig:
                     raise ValueError(f"freeze entry {spec!r}: expected 'backbone:N' with an integer N")
         if not self.out:
             raise ValueError("out='': expected a run directory")
+        if self.resume and self.overwrite:
+            raise ValueError("resume=True and overwrite=True: choose one (continue the run in out, or replace it)")
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

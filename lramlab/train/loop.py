@@ -7,6 +7,7 @@ checkpointing on schedule. The run directory records itself (`train.runlog`).
 """
 from __future__ import annotations
 
+import json
 import random
 import sys
 import time
@@ -24,6 +25,8 @@ from lramlab.train.data import (found_tasks, make_datasets, make_sampler, next_b
 from lramlab.train.distributed import (DistInfo, barrier, cleanup, env_world, gather_objects, init_distributed,
                                        pick_device)
 from lramlab.train.freeze import apply_freeze
+from lramlab.train.rundir import (check_finetune, check_fits_in_memory, claim_run_dir, resume_changes,
+                                  warn_long_warmup)
 from lramlab.train.runlog import MetricLogger, versions, write_json
 from lramlab.train.step import (DOMAIN_KEY, batch_to, build_optimizer, build_scheduler, load_optimizer_state, lr_at,
                                 optimizer_param_names, target_count, train_step, validate, weight_decay_groups)
@@ -124,12 +127,21 @@ def run(cfg: TrainConfig, *, evaluate: EvalCallback | None = None, task_specs=No
         torch.set_num_threads(cfg.num_threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    _, _, local_rank = env_world()
+    # a bad model setting or a batch that cannot fit fails before anything is written
+    check_fits_in_memory(cfg, make_model_config(cfg).d_model)
+    rank, _, local_rank = env_world()
+    note = warn_long_warmup(cfg)
+    if note and rank == 0:
+        print(f"lramlab train: warning: {note}", file=sys.stderr)
     device = pick_device(cfg.device, local_rank)
     info = init_distributed(device)
+    lock = None
     try:
+        lock = claim_run_dir(cfg, info)  # refuses a run already there unless resume / overwrite
         return _run(cfg, device, info, t0, evaluate, task_specs, reward_scale)
     finally:
+        if lock is not None:
+            lock.release()
         cleanup(info)
 
 
@@ -143,18 +155,12 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir.mkdir(exist_ok=True)
     barrier(info)
-    resume_ckpt = None
+    resume_ckpt, resumed = None, None
     if cfg.resume:
         if last.is_file():
             resume_ckpt = ckpt_mod.load_checkpoint(last)
-            saved = resume_ckpt.get("train_config") or {}
-            for k in ("backbone", "size", "context", "batch_size", "seed", "data", "tasks", "domains", "split",
-                      "window", "history_start", "val_fraction", "top_fraction", "tokens", "slstm_at", "n_heads"):
-                a, b = saved.get(k), cfg.to_dict()[k]
-                if isinstance(a, list):
-                    a = tuple(a)
-                if a is not None and a != b:
-                    raise ValueError(f"--resume: {last} was written with {k}={a!r}, this run has {k}={b!r}")
+            changed = resume_changes(resume_ckpt.get("train_config") or {}, cfg, last, int(resume_ckpt["step"]))
+            resumed = {"step": int(resume_ckpt["step"]), "changed": changed}
         elif info.is_main:
             print(f"lramlab train: --resume but {last} does not exist; starting from step 0", file=sys.stderr)
 
@@ -168,6 +174,7 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
         model.load_state_dict(resume_ckpt["model"])
     elif cfg.finetune_from:
         model = ckpt_mod.load_model_from_checkpoint(cfg.finetune_from)
+        check_finetune(model.cfg, make_model_config(cfg), cfg.finetune_from)
     else:
         model = build_model(make_model_config(cfg))
     frozen = apply_freeze(model, cfg.freeze) if cfg.freeze else []
@@ -218,7 +225,7 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
                                               "model": ckpt_mod.config_to_dict(model.cfg),
                                               "tasks": train_ds.tasks, "domains": sampler.domains,
                                               "world_size": info.world_size, "device": str(device),
-                                              "frozen": frozen,
+                                              "frozen": frozen, "resumes": _resumes(run_dir, resumed),
                                               "n_params": sum(p.numel() for p in model.parameters())})
         write_json(run_dir / "versions.json", versions())
         if logger.note:
@@ -286,6 +293,17 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
         logger.close()
     return RunResult(run_dir=run_dir, step=step, metrics=final, checkpoint=last, model_path=model_path,
                      wall_s=time.time() - t0, tasks=list(train_ds.tasks), domains=list(sampler.domains))
+
+
+def _resumes(run_dir: Path, resumed: dict | None) -> list[dict]:
+    """config.json's record of resumes: each one's step and the fields it changed ({field: [old, new]})."""
+    if resumed is None:
+        return []
+    try:
+        earlier = json.loads((run_dir / "config.json").read_text()).get("resumes", [])
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    return [r for r in earlier if isinstance(r, dict) and r.get("step", 0) < resumed["step"]] + [resumed]
 
 
 def _save_model_file(model, path: Path) -> None:

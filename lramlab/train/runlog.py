@@ -43,6 +43,14 @@ def versions() -> dict[str, Any]:
     return out
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a torn (unparseable) one."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):
+        return float("inf")
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
 
@@ -58,9 +66,10 @@ class MetricLogger:
         if not enabled:
             return
         if resume_step > 0 and self.path.exists():
-            # drop lines past the checkpoint: the resumed run writes them again
+            # drop lines past the checkpoint: the resumed run writes them again (and a line torn
+            # by a killed process: it can only be the last one, past the checkpoint too)
             kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+                    if ln.strip() and _step_of(ln) <= resume_step]
             atomic_write_text(self.path, "".join(k + "\n" for k in kept))
         elif resume_step == 0 and self.path.exists():
             self.path.unlink()

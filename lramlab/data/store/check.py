@@ -2,15 +2,14 @@
 `lramlab data pack` commands."""
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
 from lramlab._io import atomic_write_text
 from lramlab.data.store.episodes import TrajectoryFileError, _summary, _task_id_of, find_tasks, list_episode_files, read_episode
 from lramlab.data.store.packed import pack_task
@@ -183,23 +182,20 @@ def check_dataset(root, require_complete: bool = True, progress: bool = False) -
     return report
 
 
+@command("lramlab data check")
 def check_main(argv: list[str]) -> int:
-    """`lramlab data check DIR [--json]`: summarise a dataset and list every invalid file."""
-    ap = argparse.ArgumentParser(prog="lramlab data check", description=check_main.__doc__)
+    """`lramlab data check DIR [--json [FILE|-]]`: summarise a dataset and list every invalid file."""
+    ap = ArgumentParser(prog="lramlab data check", description=check_main.__doc__)
     ap.add_argument("dir", help="dataset root (DIR/<domain>/<name>/...) or one task directory")
-    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json_option(ap, "the report as JSON")
     ap.add_argument("--released", action="store_true",
                     help="files come from LRAM's released data (no 'complete' attribute required)")
     ap.add_argument("--progress", action="store_true", help="show a progress bar")
     args = ap.parse_args(argv)
-    try:
+    with JsonOutput(args.json) as out:
         rep = check_dataset(args.dir, require_complete=not args.released, progress=args.progress)
-    except FileNotFoundError as err:
-        print(f"lramlab data check: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(rep.to_dict(), indent=1))
-    else:
+        out.write(rep.to_dict())
+    if not out.to_stdout:
         print(f"{rep.root}: {len(rep.tasks)} tasks, {rep.episodes} valid episodes, "
               f"{rep.transitions} transitions, {len(rep.invalid)} invalid files")
         for t in rep.tasks:
@@ -217,9 +213,10 @@ def check_main(argv: list[str]) -> int:
     return 0 if rep.ok else 1
 
 
+@command("lramlab data pack")
 def pack_main(argv: list[str]) -> int:
     """`lramlab data pack DIR`: write one packed.hdf5 per task (concatenated episodes + offsets)."""
-    ap = argparse.ArgumentParser(prog="lramlab data pack", description=pack_main.__doc__)
+    ap = ArgumentParser(prog="lramlab data pack", description=pack_main.__doc__)
     ap.add_argument("dir", help="dataset root (DIR/<domain>/<name>/...) or one task directory")
     ap.add_argument("--compress", action="store_true",
                     help="gzip chunks (smaller, slower reads); default raw arrays that readers memory-map")
@@ -227,8 +224,10 @@ def pack_main(argv: list[str]) -> int:
     ap.add_argument("--released", action="store_true",
                     help="files come from LRAM's released data (no 'complete' attribute required)")
     ap.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_json_option(ap, "one {dir, pack, packed, bytes} record per task as a JSON list")
     args = ap.parse_args(argv)
-    try:
+    rows = []
+    with JsonOutput(args.json) as out:
         dirs = find_tasks(args.dir)
         it = dirs
         if args.progress:
@@ -240,9 +239,8 @@ def pack_main(argv: list[str]) -> int:
                                       require_complete=not args.released)
             print(f"{d}: {'packed' if written else 'current, kept'} -> {path.name} "
                   f"({path.stat().st_size / 2**20:.1f} MiB)")
-    except (FileNotFoundError, TrajectoryFileError, RuntimeError) as err:
-        print(f"lramlab data pack: {err}", file=sys.stderr)
-        return 2
+            rows.append({"dir": str(d), "pack": str(path), "packed": bool(written), "bytes": path.stat().st_size})
+        out.write(rows)
     return 0
 
 
