@@ -38,6 +38,8 @@ class TrainConfig:
     history_start: float = 0.0            # train on episodes from this fraction of each task's history on
     val_fraction: float = 0.025           # trajectories per task held out for validation perplexity
     num_workers: int = 0                  # DataLoader processes reading windows (0: in the training process)
+    skip_bad: bool = False                # train on the valid files when the data check finds bad ones (listed
+                                          # in OUT/skipped_files.json); default: stop before the first update
     # --- model -------------------------------------------------------------------------
     backbone: str = "xlstm"               # xlstm | mamba | dt
     size: str = "16M"                     # preset: 16M | 48M | 110M | 206M | tiny (tests)

@@ -43,18 +43,22 @@ from __future__ import annotations
 from __future__ import annotations
 
 from lramlab._io import atomic_write_text
-from lramlab.data.store.check import (DatasetReport, TaskReport, check_dataset, check_main, pack_main,
+from lramlab.data.store.check import (DatasetReport, TaskReport, check_dataset, check_main, check_task, pack_main,
                                       write_stats)
-from lramlab.data.store.episodes import (ALL_KEYS, EPISODE_GLOB, MAX_ACT_DIM, OPTIONAL_KEYS, PACKED_NAME,
-                                         REQUIRED_KEYS, UNSYNCED_NAME, TrajectoryFileError, episode_filename,
-                                         episode_length, find_tasks, is_complete, list_episode_files,
-                                         read_episode, returns_to_go, write_episode)
+from lramlab.data.store.episodes import (ALL_KEYS, EPISODE_GLOB, LRAMLAB_ATTRS, MAX_ACT_DIM, OPTIONAL_KEYS,
+                                         PACKED_NAME, REQUIRED_KEYS, UNSYNCED_NAME, TrajectoryFileError,
+                                         episode_filename, episode_length, find_tasks, is_complete,
+                                         list_episode_files, read_episode, returns_to_go, task_id_of,
+                                         write_episode)
+from lramlab.data.store.handles import max_open_files, set_max_open_files
 from lramlab.data.store.packed import pack_task, use_packed
 from lramlab.data.store.taskdata import TaskData
+from lramlab.data.store.validate import CACHE_NAME, TaskExpect, inspect_file, task_expect
 from lramlab.data.store.writer import StoreWriter, recover_unsynced
 
-__all__ = ["ALL_KEYS", "EPISODE_GLOB", "MAX_ACT_DIM", "OPTIONAL_KEYS", "PACKED_NAME", "REQUIRED_KEYS",
-           "UNSYNCED_NAME", "DatasetReport", "StoreWriter", "TaskData", "TaskReport", "TrajectoryFileError",
-           "atomic_write_text", "check_dataset", "check_main", "episode_filename", "episode_length", "find_tasks",
-           "is_complete", "list_episode_files", "pack_main", "pack_task", "read_episode", "recover_unsynced",
-           "returns_to_go", "use_packed", "write_episode", "write_stats"]
+__all__ = ["ALL_KEYS", "CACHE_NAME", "EPISODE_GLOB", "LRAMLAB_ATTRS", "MAX_ACT_DIM", "OPTIONAL_KEYS", "PACKED_NAME",
+           "REQUIRED_KEYS", "UNSYNCED_NAME", "DatasetReport", "StoreWriter", "TaskData", "TaskExpect", "TaskReport",
+           "TrajectoryFileError", "atomic_write_text", "check_dataset", "check_main", "check_task",
+           "episode_filename", "episode_length", "find_tasks", "inspect_file", "is_complete", "list_episode_files",
+           "max_open_files", "pack_main", "pack_task", "read_episode", "recover_unsynced", "returns_to_go",
+           "set_max_open_files", "task_expect", "task_id_of", "use_packed", "write_episode", "write_stats"]
