@@ -111,15 +111,18 @@ def _pack_problem(index, names: list[str], recs: list[dict]) -> str | None:
     by_name = {n: r for n, r in zip(names, recs)}
     cols = index.columns()
     with POOL.lock:
-        for j, name in enumerate(index.names):
-            a, b = int(index.offsets[j]), int(index.offsets[j + 1])
-            rec = by_name.get(name, {})
-            if "T" in rec and rec["T"] != b - a:
-                return f"episode {name}: {b - a} steps packed, the file has {rec['T']}"
-            try:
-                _read_open(f"{index.path} (episode {name})", cols, None, None, None, b - a, base=a)
-            except TrajectoryFileError as err:
-                return str(err)
+        try:
+            for j, name in enumerate(index.names):
+                a, b = int(index.offsets[j]), int(index.offsets[j + 1])
+                rec = by_name.get(name, {})
+                if "T" in rec and rec["T"] != b - a:
+                    return f"episode {name}: {b - a} steps packed, the file has {rec['T']}"
+                try:
+                    _read_open(f"{index.path} (episode {name})", cols, None, None, None, b - a, base=a)
+                except TrajectoryFileError as err:
+                    return str(err)
+        finally:
+            index.drop_handles()
     return None
 
 

@@ -16,6 +16,7 @@ Readers hold `POOL.lock` while they use a handle, so another thread cannot evict
 """
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import OrderedDict
@@ -49,7 +50,7 @@ def default_max_open() -> int:
 
 
 class HandlePool:
-    """LRU of open handles, keyed by (kind, path); at most `limit` open at once.
+    """LRU of open handles, keyed by (kind, owner token, path); at most `limit` open at once.
 
     `get(key, open_fn, close_fn)` returns the open handle, opening it (and closing the least
     recently used one when full) if needed. A failed open leaves the pool unchanged.
@@ -111,6 +112,14 @@ class HandlePool:
 
 
 POOL = HandlePool()
+_OWNERS = itertools.count(1)
+
+
+def new_owner() -> int:
+    """A token for the keys of one reader (a TaskData, a packed index): handles are not shared
+    between readers, so one made after a file was replaced (a re-pack, a rewritten episode) never
+    gets a descriptor of the old file from another reader."""
+    return next(_OWNERS)
 
 
 def max_open_files() -> int:

@@ -12,7 +12,7 @@ import numpy as np
 from lramlab._io import fsync_dir as _fsync_dir, fsync_file as _fsync_file, tmp_path_for
 from lramlab.data.store.episodes import (_H5_ERRORS, PACKED_NAME, TrajectoryFileError, _file_meta, _h5py, _open,
                                          _task_id_of, list_episode_files, os_error_of, read_episode)
-from lramlab.data.store.handles import POOL
+from lramlab.data.store.handles import POOL, new_owner
 
 _PACKED_FORMAT = "lramlab-packed-v1"
 _USE_PACKED = [True]
@@ -47,6 +47,7 @@ class _PackedIndex:
     offsets: np.ndarray  # (E+1,) row of each episode's first step; offsets[-1] = N
     shapes: dict  # key -> full (N, ...) shape
     raw: dict  # key -> (byte offset, dtype) for contiguous uncompressed datasets, else absent
+    owner: int = 0  # pool key token of this index (handles.new_owner)
 
     @classmethod
     def load(cls, task_dir: Path, episode_paths, warn: bool = False) -> "_PackedIndex | None":
@@ -110,13 +111,17 @@ class _PackedIndex:
             return None, "unreadable", "its offsets do not match its datasets"
         if stale:
             return None, "stale", stale
-        return cls(path=path, names=names, offsets=offsets, shapes=shapes, raw=raw), "current", ""
+        return cls(path=path, names=names, offsets=offsets, shapes=shapes, raw=raw, owner=new_owner()), "current", ""
 
     def columns(self) -> dict:
         """{key: column} whose `[a:b]` reads rows a..b-1: raw datasets by `os.preadv` on a descriptor,
         chunked / compressed ones through h5py (hyperslab reads); both opened through `POOL`."""
-        return {key: _RawColumn(self.path, key, *self.raw[key], self.shapes[key][1:]) if key in self.raw
-                else _H5Column(self.path, key) for key in self.shapes}
+        return {key: _RawColumn(self.path, self.owner, key, *self.raw[key], self.shapes[key][1:]) if key in self.raw
+                else _H5Column(self.path, self.owner, key) for key in self.shapes}
+
+    def drop_handles(self) -> None:
+        POOL.drop(("raw", self.owner, str(self.path)))
+        POOL.drop(("pk", self.owner, str(self.path)))
 
 
 def _close_fd(fd: int) -> None:
@@ -127,12 +132,12 @@ class _RawColumn:
     """Rows of one contiguous raw dataset of a packed file, read with pread: no memory map, so no
     descriptor or mapping per dataset (an np.memmap keeps a descriptor open for its lifetime)."""
 
-    def __init__(self, path: Path, key: str, offset: int, dtype: np.dtype, row: tuple):
-        self.path, self.key, self.offset, self.dtype, self.row = str(path), key, offset, dtype, tuple(row)
+    def __init__(self, path: Path, owner: int, key: str, offset: int, dtype: np.dtype, row: tuple):
+        self.path, self.owner, self.key, self.offset, self.dtype, self.row = str(path), owner, key, offset, dtype, tuple(row)
         self.row_bytes = int(np.prod(row, dtype=np.int64)) * dtype.itemsize
 
     def _fd(self) -> int:
-        return POOL.get(("raw", self.path), lambda: os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)),
+        return POOL.get(("raw", self.owner, self.path), lambda: os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)),
                         _close_fd)
 
     def __getitem__(self, sl: slice) -> np.ndarray:
@@ -147,11 +152,11 @@ class _RawColumn:
 
 
 class _H5Column:
-    def __init__(self, path: Path, key: str):
-        self.path, self.key = str(path), key
+    def __init__(self, path: Path, owner: int, key: str):
+        self.path, self.owner, self.key = str(path), owner, key
 
     def __getitem__(self, sl: slice) -> np.ndarray:
-        f = POOL.get(("pk", self.path), lambda: _open(self.path), lambda f: f.close())
+        f = POOL.get(("pk", self.owner, self.path), lambda: _open(self.path), lambda f: f.close())
         return f[self.key][sl]
 
 

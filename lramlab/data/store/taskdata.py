@@ -10,7 +10,7 @@ import numpy as np
 
 from lramlab.data.store.episodes import (TrajectoryFileError, _datasets, _file_meta, _open, _read_json, _read_open,
                                          _task_id_of, episode_length, list_episode_files)
-from lramlab.data.store.handles import POOL
+from lramlab.data.store.handles import POOL, new_owner
 from lramlab.data.store.packed import _PackedIndex, _packed_enabled
 
 
@@ -78,6 +78,7 @@ class TaskData:
         self.task = _task_id_of(self.task_dir)
         self.meta = _read_json(self.task_dir / "meta.json") or {}
         self.require_complete = require_complete
+        self._owner = new_owner()  # this reader's handles in the pool (see handles.new_owner)
         self._pk = None  # index of a current packed.hdf5 (see _PackedIndex)
         self._pk_rows = None  # row of each selected episode in the pack
         self._cols = None  # {key: column} of the packed file (no handles of its own)
@@ -134,7 +135,7 @@ class TaskData:
                 f.close()
                 raise
 
-        h = POOL.get(("ep", path, self.require_complete), open_, _close_h5)
+        h = POOL.get(("ep", self._owner, path), open_, _close_h5)
         if h[3] != self.lengths[i]:
             raise TrajectoryFileError(path, None, f"expected {self.lengths[i]} timesteps (stats.json or the "
                                                   f"data check), got {h[3]}")
@@ -157,7 +158,6 @@ class TaskData:
         """Close this task's handles in the pool (others' stay open)."""
         with POOL.lock:
             for n in self.names:
-                POOL.drop(("ep", os.path.join(self._dir_s, n), self.require_complete))
+                POOL.drop(("ep", self._owner, os.path.join(self._dir_s, n)))
             if self._pk is not None:
-                POOL.drop(("raw", str(self._pk.path)))
-                POOL.drop(("pk", str(self._pk.path)))
+                self._pk.drop_handles()
