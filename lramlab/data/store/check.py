@@ -4,6 +4,7 @@ commands."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass, field
@@ -127,14 +128,15 @@ def _pack_problem(index, names: list[str], recs: list[dict]) -> str | None:
 
 
 def check_task(task_dir, task_specs: Mapping | None = None, full: bool = False, cache: bool = True,
-               require_complete: bool = True, bar=None) -> tuple[TaskReport, list[dict], dict | None, tuple]:
+               require_complete: bool = True, bar=None,
+               manifests: Mapping | None = None) -> tuple[TaskReport, list[dict], dict | None, tuple]:
     """Check one task directory (see `check_dataset`). Returns (report, invalid entries, pack
     problem or None, (valid names, their lengths))."""
     task_dir = Path(task_dir)
     removed = remove_stale_tmp(task_dir)  # only tmp files whose writer is dead
     paths = list_episode_files(task_dir)
     task = _task_id_of(task_dir)
-    expect = task_expect(task, _read_json(task_dir / "meta.json"), task_specs)
+    expect = task_expect(task, _read_json(task_dir / "meta.json"), task_specs, manifests)
     use_cache = cache and require_complete  # facts of unfinished files differ with require_complete
     stored = load_cache(task_dir) if use_cache else {"files": {}}
     old = {} if full else stored["files"]
@@ -172,24 +174,32 @@ def check_task(task_dir, task_specs: Mapping | None = None, full: bool = False, 
     tr.returns = _return_stats(rets)
     if succ and len(succ) == len(good):
         tr.success_rate = float(np.mean(succ))
-    # the pack: current for these files? its content whole (cached by the pack's own size and mtime)?
-    index, tr.packed, reason = _PackedIndex.status(task_dir, paths)
+    # the pack: current for these files? its content whole? Cached by the pack's own (size, mtime)
+    # and a fingerprint of the episode files' (name, size, mtime), so a second check opens nothing.
     pack_cache = stored.get("packed") if not full else None
-    if index is not None:
-        pkey = stat_key(index.path.stat())
-        if isinstance(pack_cache, list) and pack_cache[:2] == pkey:
-            reason = pack_cache[2]
+    pack_path = task_dir / PACKED_NAME
+    reason, pkey = "", None
+    try:
+        pkey = stat_key(pack_path.stat())
+    except FileNotFoundError:
+        tr.packed, pack_cache = "absent", None
+    if pkey is not None:
+        sources = hashlib.sha1(json.dumps([[n] + files[n][:2] for n in names]).encode()).hexdigest()
+        if isinstance(pack_cache, list) and len(pack_cache) == 5 and pack_cache[:2] == pkey and pack_cache[4] == sources:
+            tr.packed, reason = pack_cache[2], pack_cache[3]
         else:
-            reason = _pack_problem(index, names, recs)
-            n_read += 1
-        pack_cache = pkey + [reason]
-        if reason:
-            tr.packed = "corrupt"
+            index, tr.packed, reason = _PackedIndex.status(task_dir, paths)
+            if index is not None:
+                reason = _pack_problem(index, names, recs) or ""
+                n_read += 1
+                if reason:
+                    tr.packed = "corrupt"
+            pack_cache = pkey + [tr.packed, reason, sources]
     problem = None
     if tr.packed in ("stale", "unreadable", "corrupt"):
         problem = {"file": str(task_dir / PACKED_NAME), "status": tr.packed, "reason": reason}
-    if use_cache and (n_read or removed or set(files) != set(stored["files"])):
-        save_cache(task_dir, files, pack_cache if index is not None else None)
+    if use_cache and (n_read or removed or set(files) != set(stored["files"]) or pack_cache != stored.get("packed")):
+        save_cache(task_dir, files, pack_cache)
     return tr, invalid, problem, (good, lengths)
 
 
@@ -218,9 +228,16 @@ def check_dataset(root, require_complete: bool = True, progress: bool = False, f
         from tqdm import tqdm
 
         bar = tqdm(total=sum(len(list_episode_files(d)) for d in task_dirs), desc="check", unit="file")
+    manifests = None
+    try:
+        from lramlab.manifests import load_manifests
+
+        manifests = load_manifests()
+    except (OSError, ValueError):  # no manifests: specs come from task_specs and meta.json
+        manifests = {}
     try:
         for d in task_dirs:
-            tr, invalid, problem, valid = check_task(d, task_specs, full, cache, require_complete, bar)
+            tr, invalid, problem, valid = check_task(d, task_specs, full, cache, require_complete, bar, manifests)
             report.tasks.append(tr)
             report.invalid.extend(invalid)
             if problem:
