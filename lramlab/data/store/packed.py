@@ -77,7 +77,7 @@ class _PackedIndex:
                 names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["files"][()]]
                 size, mtime = f["source_size"][()], f["source_mtime_ns"][()]
                 offsets = np.asarray(f["offsets"][()], dtype=np.int64)
-                N, shapes, dtypes = _file_meta(path, f)
+                N, shapes, _ = _file_meta(path, f)
                 raw = {}
                 for key in shapes:
                     ds = f[key]

@@ -128,9 +128,9 @@ class TaskData:
         def open_():
             f = _open(path, self.require_complete)
             try:
-                T, shapes, _ = _file_meta(path, f)
-                # dataset objects are kept: an h5py name lookup costs more than a 50-step slice read
-                return f, _datasets(f, path), shapes, T
+                dsets = _datasets(f, path)  # low-level columns: no h5py Dataset objects stay open
+                T, shapes, _ = _file_meta(path, f, dsets)
+                return f, dsets, shapes, T
             except BaseException:
                 f.close()
                 raise

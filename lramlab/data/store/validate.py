@@ -27,30 +27,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from lramlab._io import atomic_write
-from lramlab.data.store.episodes import (_H5_ERRORS, LRAMLAB_ATTRS, TrajectoryFileError, _check_shapes,
-                                         _check_values, _datasets, _open, os_error_of)
+from lramlab.data.store.episodes import (LRAMLAB_ATTRS, TrajectoryFileError, _check_shapes, _check_values,
+                                         _datasets, _open, _slice)
 
 CHECK_VERSION = 1  # bump when inspect_file's facts change: older caches are ignored
 CACHE_NAME = ".lramlab-check.json"
 
 
 # ----------------------------------------------------------------------------- one file
-def _read_whole(path, key: str, ds) -> np.ndarray:
-    """A whole dataset through h5py's low-level read (a third cheaper than `ds[()]` on small files)."""
-    import h5py
-
-    arr = np.empty(ds.shape, dtype=ds.dtype)
-    try:
-        if arr.size:
-            ds.id.read(h5py.h5s.ALL, h5py.h5s.ALL, arr)
-    except _H5_ERRORS as err:  # a damaged chunk surfaces only when read
-        os_err = os_error_of(err, path)
-        if os_err is not None:
-            raise os_err from err
-        raise TrajectoryFileError(path, key, f"read failed (corrupt data?): {err}") from err
-    return arr
-
-
 def inspect_file(path, require_complete: bool = True) -> dict:
     """The facts of one episode file, or {"error": [dataset, reason]} if it is damaged or invalid.
 
@@ -58,12 +42,12 @@ def inspect_file(path, require_complete: bool = True) -> dict:
     try:
         with _open(path, require_complete) as f:
             attrs = dict(f.attrs)  # one pass over the attributes
-            dsets = _datasets(f, path)  # one lookup per dataset (h5py lookups dominate small files)
-            shapes = {k: tuple(d.shape) for k, d in dsets.items()}
+            dsets = _datasets(f, path)
+            shapes = {k: d.shape for k, d in dsets.items()}
             dtypes = {k: d.dtype for k, d in dsets.items()}
             foreign = not any(k in attrs for k in LRAMLAB_ATTRS)
             T = _check_shapes(path, shapes, dtypes, rtg_optional=foreign and "returns_to_go" not in shapes)
-            ep = {k: _read_whole(path, k, d) for k, d in dsets.items()}
+            ep = {k: _slice(path, dsets, k, 0, T) for k in dsets}
         _check_values(path, ep, 0, T)
     except TrajectoryFileError as err:
         return {"error": [err.dataset, err.problem]}
