@@ -232,3 +232,23 @@ def test_no_space_left_is_said_as_such(many, tmp_path):
     assert "No space left on device" in p.stderr and "corrupt" not in p.stderr
     listing = p.stdout.split("pack: rc 2", 1)[1].split()
     assert "packed.hdf5" not in listing and not [n for n in listing if n.endswith(".tmp")]
+
+
+def test_scale_bench_reports_both_layouts_within_the_limit(tmp_path):
+    from lramlab.bench.data_scale import main
+
+    out = tmp_path / "bench.json"
+    rc = main(["--episode-files", "40", "--tasks", "8", "--cache", str(tmp_path / "cache"), "--updates", "3",
+               "--batch-size", "8", "--context", "20", "--loader-windows", "32", "--nofile", "64", "--no-progress",
+               "--save", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["dataset"]["episode_files"] == 40 and res["dataset"]["check_again_files_read"] == 0
+    by = {r["layout"]: r for r in res["results"]}
+    assert set(by) == {"episode", "packed"}
+    for layout, r in by.items():
+        assert r["nofile"] == 64 and r["budget"] == 16 and r["train_updates"] == 3
+        assert r["episode_files"] == 40 and r["tasks"] == 8
+        assert r["baseline_open_files"] < r["peak_open_files"] <= 64
+        assert r["peak_rss_bytes"] > 0 and r["loader_windows_per_s"] > 0
+    assert by["packed"]["packed_tasks"] == 8 and by["episode"]["packed_tasks"] == 0

@@ -19,8 +19,16 @@ files). Episode datasets (T timesteps, O state dims, A continuous action dims):
     success        (T,) bool, optional
 
 File attrs: `task`, `index` (written first) and `complete=1` (written last, just before the
-atomic rename). A reader rejects a file without `complete` -- unless `require_complete=False`,
-for files from LRAM's released data, which never had the attribute.
+atomic rename). A reader rejects a file with lramlab's first attributes but no `complete` (an
+unfinished write). A file with none of them is foreign -- LRAM's released data -- and is read
+as is, without a flag; its `returns_to_go`, when missing, are computed from the rewards.
+
+Scale. Every reader in a process takes its open files from one LRU (`handles.POOL`, at most
+`max_open_files()`, default 128 and never more than a quarter of `ulimit -n`), whatever the number
+of tasks or episodes; packed files are read with pread, without memory maps. An OS error
+(EMFILE, EACCES, EIO, ENOSPC) is raised as the OSError it is, never reported as a damaged file.
+`check_dataset` (`lramlab data check`, and the start of `lramlab train`) reads every file and
+compares it with its task's spec, caching each file's result by (name, size, mtime).
 
 Atomicity vs durability. Every write goes to a hidden tmp file that is renamed into place only
 when whole, so a KILLED process never leaves a file that looks complete. Durability (surviving a

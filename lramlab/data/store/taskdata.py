@@ -87,6 +87,7 @@ class TaskData:
         if self._pk is not None:
             pos = {n: j for j, n in enumerate(self._pk.names)}
             self._pk_rows = np.asarray([pos[n] for n in names], dtype=np.int64)
+            self._pk.names = []  # not needed any more: one copy of the names per task is enough
         self.packed = self._pk.path if self._pk is not None else None
         if lengths is not None:
             self.lengths = np.asarray(lengths, dtype=np.int64)
