@@ -1,9 +1,10 @@
 """Atomic, durable file writes shared by every layer (the bottom of the import graph).
 
-A write goes to a hidden temporary file in the target's directory (``.<name>.<random>.tmp``),
+A write goes to a hidden temporary file in the target's directory (``.<name>.<pid>-<random>.tmp``),
 is flushed and fsync'd, then renamed over the target with `os.replace`, and the directory is
 fsync'd: a reader never sees half a file, a killed process leaves the previous version (and a
-``.*.tmp`` file that `remove_stale_tmp` deletes), and a finished write survives a power loss.
+``.*.tmp`` file that `remove_stale_tmp` deletes once its writer's pid is gone, so cleaning up is
+safe while others write), and a finished write survives a power loss.
 """
 from __future__ import annotations
 
