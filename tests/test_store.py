@@ -544,7 +544,7 @@ def test_pack_is_atomic_and_checks_its_input(data_copy, tiny_episodes, monkeypat
     with pytest.raises(KeyboardInterrupt):
         pack_task(d)
     monkeypatch.undo()
-    assert not (d / "packed.hdf5").exists() and not list(d.glob(".*"))
+    assert not (d / "packed.hdf5").exists() and not list(d.glob(".*.tmp"))
     first = tiny_episodes["control/pendulum"][0]
     ep = dict(first, success=np.zeros(len(first["rewards"]), bool))
     write_episode(d, 50, ep)

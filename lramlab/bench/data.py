@@ -1,5 +1,9 @@
 """`lramlab bench data`: data-loading throughput (windows of C steps per second) vs what training needs.
 
+`lramlab bench data --episode-files N` measures instead a dataset at the paper's scale (N files in
+400 task directories) under `ulimit -n 1024`: peak open files, peak RSS, windows/s while a tiny
+model trains, per layout (`lramlab.bench.data_scale`).
+
 The default dataset is REAL rollouts made by `lramlab.collect.generate.generate` in real simulators:
 a state domain from Meta-World's scripted experts (4 tasks x 10 episodes x 200 steps; 39-d states,
 4-d continuous actions) and an image domain from Atari under a uniform random policy (2 games x 4
@@ -13,12 +17,13 @@ update; the report gives the loader's windows/s beside `batch_size x updates/s` 
 (>= 1: the loader keeps up on its own).
 
 Layouts, side by side in one run: `episode` reads the per-episode files; `packed` reads each
-task's packed.hdf5 (`lramlab data pack`, memory-mapped arrays). The bench dataset is packed in
+task's packed.hdf5 (`lramlab data pack`, raw arrays read with pread). The bench dataset is packed in
 its cache; a `--data` dataset is measured packed only where it already holds current packs.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import hashlib
 import json
 import os
@@ -204,7 +209,15 @@ def _packed_tasks(ds) -> int:
 
 @command("lramlab bench data")
 def main(argv: list[str] | None = None) -> int:
-    ap = ArgumentParser(prog="lramlab bench data", description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--episode-files" or a.startswith("--episode-files=") for a in argv):
+        from lramlab.bench.data_scale import main as scale_main  # the dataset at the paper's scale
+
+        return scale_main(argv)
+    ap = ArgumentParser(prog="lramlab bench data", description=__doc__.split("\n\n")[0],
+                        epilog="With --episode-files N: reading N files (Dark-Room histories, 400 "
+                               "tasks) with bounded open files and memory while a tiny model trains, "
+                               "per layout; see `lramlab bench data --episode-files N --help`.")
     ap.add_argument("--data", type=Path, default=None,
                     help="a dataset root to measure (default: the cached bench dataset of real rollouts)")
     ap.add_argument("--cache", type=Path, default=None,

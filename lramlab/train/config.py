@@ -74,6 +74,8 @@ class TrainConfig:
     val_fraction: float = 0.025           # trajectories per task held out for validation perplexity
     top_fraction: float = 1.0             # keep per task the top fraction of episodes by return (App. D.3: 0.05)
     num_workers: int = 0                  # DataLoader processes reading windows (0: in the training process)
+    skip_bad: bool = False                # train on the valid files when the data check finds bad ones (listed
+                                          # in OUT/skipped_files.json); default: stop before the first update
     # --- model -------------------------------------------------------------------------
     backbone: str = "xlstm"               # xlstm | mamba | dt
     size: str = "16M"                     # preset: 16M | 48M | 110M | 206M | tiny (tests)

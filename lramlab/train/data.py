@@ -2,6 +2,8 @@
 fixed validation batches."""
 from __future__ import annotations
 
+import json
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -32,9 +34,9 @@ def _resolve_task_names(requested: Sequence[str], found: Sequence[str]) -> list[
 
 def found_tasks(roots: Sequence[str]) -> list[str]:
     """Sorted task ids of the task directories under the roots."""
-    from lramlab.data.store import TaskData, find_tasks
+    from lramlab.data.store import find_tasks, task_id_of
 
-    return sorted({TaskData(d, max_open=1).task for root in roots for d in find_tasks(root)})
+    return sorted({task_id_of(d) for root in roots for d in find_tasks(root)})
 
 
 def select_tasks(cfg: TrainConfig) -> list[str] | None:
@@ -60,11 +62,89 @@ def select_tasks(cfg: TrainConfig) -> list[str] | None:
     return chosen
 
 
+class BadDataError(ValueError):
+    """The data check found bad episode files and the run was not told to skip them."""
+
+
+SKIPPED_NAME = "skipped_files.json"
+
+
+def _rank() -> tuple[int, int]:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
+    return 0, 1
+
+
+def check_data(cfg: TrainConfig, tasks: Sequence[str] | None = None, task_specs=None):
+    """Check every episode file the run would read against its task's spec (`check_dataset`,
+    cached per file, so a second run costs a stat per file), before the first update.
+
+    Bad files stop the run with every one listed (`BadDataError`), unless `cfg.skip_bad`: then the
+    run trains on the rest and rank 0 records what it left out in OUT/skipped_files.json. A stale
+    or damaged packed.hdf5 is only a warning (the episode files are read instead). Under DDP rank 0
+    checks first; the other ranks then find its results in the cache."""
+    from lramlab.data.store import check_dataset
+
+    rank, world = _rank()
+    kw = dict(task_specs=task_specs, tasks=tasks, progress=cfg.progress and rank == 0)
+    if world > 1:
+        import torch.distributed as dist
+
+        report = err = None
+        if rank == 0:
+            try:
+                report = check_dataset(list(cfg.data), **kw)
+            except Exception as e:  # noqa: BLE001 - re-raised after the barrier, so no rank hangs
+                err = e
+        dist.barrier()
+        if err is not None:
+            raise err
+        if report is None:
+            report = check_dataset(list(cfg.data), **kw)
+    else:
+        report = check_dataset(list(cfg.data), **kw)
+    if report.packs and rank == 0:
+        for pk in report.packs:
+            print(f"lramlab train: warning: {pk['file']} is {pk['status']} ({pk['reason']}); its task reads "
+                  f"the episode files. Run `lramlab data pack --force` on it.", file=sys.stderr)
+    if report.invalid:
+        lines = [f"  {b['file']}{' [' + b['dataset'] + ']' if b['dataset'] else ''}: {b['reason']}"
+                 for b in report.invalid]
+        if not cfg.skip_bad:
+            raise BadDataError(f"the data check found {len(report.invalid)} bad episode files (nothing was "
+                               f"trained; fix or remove them, or pass --skip-bad to train on the others):\n"
+                               + "\n".join(lines))
+        if rank == 0:
+            from lramlab._io import atomic_write_text
+
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cfg.run_dir / SKIPPED_NAME, json.dumps(
+                {"n_skipped": len(report.invalid), "files": report.invalid,
+                 "n_used": report.episodes}, indent=1))
+            print(f"lramlab train: --skip-bad: leaving out {len(report.invalid)} bad episode files "
+                  f"(listed in {cfg.run_dir / SKIPPED_NAME}):\n" + "\n".join(lines[:20])
+                  + ("\n  ..." if len(lines) > 20 else ""), file=sys.stderr)
+    return report
+
+
 def make_datasets(cfg: TrainConfig, task_specs=None, reward_scale=None):
-    """(train dataset, validation dataset or None) for the config's data and window kind."""
+    """(train dataset, validation dataset or None) for the config's data and window kind, over the
+    files the data check passed (`check_data`)."""
     tasks = select_tasks(cfg)
+    report = check_data(cfg, tasks, task_specs)
+    files = report.valid_files()
+    empty = [t.task for t in report.tasks if t.episodes == 0]
+    if tasks is not None and empty:
+        tasks = [t for t in tasks if t not in set(empty)]
+    if not report.episodes:
+        raise BadDataError(f"no valid episode file in {list(cfg.data)}")
     kw = dict(context_len=cfg.context, val_fraction=cfg.val_fraction, tasks=tasks,
-              task_specs=task_specs, reward_scale=reward_scale)
+              task_specs=task_specs, reward_scale=reward_scale, files=files)
     if cfg.window == "history":
         from lramlab.data.history import HistoryDataset
 

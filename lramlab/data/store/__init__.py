@@ -21,8 +21,16 @@ files). Episode datasets (T timesteps, O state dims, A continuous action dims):
     success        (T,) bool, optional
 
 File attrs: `task`, `index` (written first) and `complete=1` (written last, just before the
-atomic rename). A reader rejects a file without `complete` -- unless `require_complete=False`,
-for files from LRAM's released data, which never had the attribute.
+atomic rename). A reader rejects a file with lramlab's first attributes but no `complete` (an
+unfinished write). A file with none of them is foreign -- LRAM's released data -- and is read
+as is, without a flag; its `returns_to_go`, when missing, are computed from the rewards.
+
+Scale. Every reader in a process takes its open files from one LRU (`handles.POOL`, at most
+`max_open_files()`, default 128 and never more than a quarter of `ulimit -n`), whatever the number
+of tasks or episodes; packed files are read with pread, without memory maps. An OS error
+(EMFILE, EACCES, EIO, ENOSPC) is raised as the OSError it is, never reported as a damaged file.
+`check_dataset` (`lramlab data check`, and the start of `lramlab train`) reads every file and
+compares it with its task's spec, caching each file's result by (name, size, mtime).
 
 Atomicity vs durability. Every write goes to a hidden tmp file that is renamed into place only
 when whole, so a KILLED process never leaves a file that looks complete. Durability (surviving a
@@ -45,19 +53,23 @@ from __future__ import annotations
 from __future__ import annotations
 
 from lramlab._io import atomic_write_text
-from lramlab.data.store.check import (DatasetReport, TaskReport, check_dataset, check_main, data_target_return,
-                                      find_task_dirs, pack_main, task_stats, write_stats)
-from lramlab.data.store.episodes import (ALL_KEYS, EPISODE_GLOB, MAX_ACT_DIM, OPTIONAL_KEYS, PACKED_NAME,
-                                         REQUIRED_KEYS, UNSYNCED_NAME, TrajectoryFileError, episode_filename,
-                                         episode_length, find_tasks, is_complete, list_episode_files,
-                                         read_episode, returns_to_go, write_episode)
+from lramlab.data.store.check import (DatasetReport, TaskReport, check_dataset, check_main, check_task,
+                                      data_target_return, find_task_dirs, pack_main, task_stats, write_stats)
+from lramlab.data.store.episodes import (ALL_KEYS, EPISODE_GLOB, LRAMLAB_ATTRS, MAX_ACT_DIM, OPTIONAL_KEYS,
+                                         PACKED_NAME, REQUIRED_KEYS, UNSYNCED_NAME, TrajectoryFileError,
+                                         episode_filename, episode_length, find_tasks, is_complete,
+                                         list_episode_files, read_episode, returns_to_go, task_id_of,
+                                         write_episode)
+from lramlab.data.store.handles import max_open_files, set_max_open_files
 from lramlab.data.store.packed import pack_task, use_packed
 from lramlab.data.store.taskdata import TaskData
+from lramlab.data.store.validate import CACHE_NAME, TaskExpect, inspect_file, task_expect
 from lramlab.data.store.writer import StoreWriter, recover_unsynced
 
-__all__ = ["ALL_KEYS", "EPISODE_GLOB", "MAX_ACT_DIM", "OPTIONAL_KEYS", "PACKED_NAME", "REQUIRED_KEYS",
-           "UNSYNCED_NAME", "DatasetReport", "StoreWriter", "TaskData", "TaskReport", "TrajectoryFileError",
-           "atomic_write_text", "check_dataset", "check_main", "data_target_return", "episode_filename",
-           "episode_length", "find_task_dirs", "find_tasks", "is_complete", "list_episode_files", "pack_main",
-           "pack_task", "read_episode", "recover_unsynced", "returns_to_go", "task_stats", "use_packed",
-           "write_episode", "write_stats"]
+__all__ = ["ALL_KEYS", "CACHE_NAME", "EPISODE_GLOB", "LRAMLAB_ATTRS", "MAX_ACT_DIM", "OPTIONAL_KEYS", "PACKED_NAME",
+           "REQUIRED_KEYS", "UNSYNCED_NAME", "DatasetReport", "StoreWriter", "TaskData", "TaskExpect", "TaskReport",
+           "TrajectoryFileError", "atomic_write_text", "check_dataset", "check_main", "check_task",
+           "data_target_return", "episode_filename", "episode_length", "find_task_dirs", "find_tasks",
+           "inspect_file", "is_complete", "list_episode_files", "max_open_files", "pack_main", "pack_task",
+           "read_episode", "recover_unsynced", "returns_to_go", "set_max_open_files", "task_expect", "task_id_of",
+           "task_stats", "use_packed", "write_episode", "write_stats"]

@@ -60,16 +60,18 @@ def _h5py():
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_shapes(path, shapes: Mapping[str, tuple], dtypes: Mapping[str, np.dtype]) -> int:
-    """Validate shapes/dtypes from metadata only (no data read). Returns T."""
+def _check_shapes(path, shapes: Mapping[str, tuple], dtypes: Mapping[str, np.dtype], rtg_optional: bool = False) -> int:
+    """Validate shapes/dtypes from metadata only (no data read). Returns T.
+
+    `rtg_optional`: a foreign file (LRAM's released data) may lack `returns_to_go`; readers compute it."""
     for key in REQUIRED_KEYS:
-        if key not in shapes:
+        if key not in shapes and not (key == "returns_to_go" and rtg_optional):
             raise TrajectoryFileError(path, key, f"missing (an episode needs {', '.join(REQUIRED_KEYS)})")
     for key in ("rewards", "returns_to_go", "dones", "success"):
         if key in shapes and len(shapes[key]) != 1:
             raise TrajectoryFileError(path, key, f"expected shape (T,), got {shapes[key]}")
     # T is the length most datasets agree on, so the odd one out is the one named
-    lens = [shapes[k][0] if len(shapes[k]) else -1 for k in REQUIRED_KEYS]
+    lens = [shapes[k][0] if len(shapes[k]) else -1 for k in REQUIRED_KEYS if k in shapes]
     T = max(lens, key=lambda n: (lens.count(n), n == lens[0]))
     for key, shp in shapes.items():
         if len(shp) == 0 or shp[0] != T:
@@ -100,7 +102,7 @@ def _check_shapes(path, shapes: Mapping[str, tuple], dtypes: Mapping[str, np.dty
     else:
         raise TrajectoryFileError(path, "actions", f"expected shape (T,) or (T, A), got {a_shape}")
     for key in ("rewards", "returns_to_go"):
-        if not np.issubdtype(dtypes[key], np.floating):
+        if key in dtypes and not np.issubdtype(dtypes[key], np.floating):
             raise TrajectoryFileError(path, key, f"expected a float dtype, got {dtypes[key]}")
     for key in ("dones", "success"):
         if key in dtypes and dtypes[key] != np.bool_:
@@ -267,49 +269,118 @@ def _summary(name: str, ep: Mapping[str, np.ndarray], rule: str = "raw") -> dict
     return out
 
 # ----------------------------------------------------------------------------- read
-def _open(path, require_complete: bool = True):
-    h5py = _h5py()
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError) as err:  # truncated, not HDF5, unreadable
-        raise TrajectoryFileError(path, None, f"cannot be opened as HDF5 (truncated or corrupt?): {err}") from err
-    try:
-        complete = int(f.attrs.get("complete", 0)) if require_complete else 1
-    except (KeyError, OSError, RuntimeError, TypeError, ValueError) as err:  # damaged attribute storage
-        f.close()
-        raise TrajectoryFileError(path, None, f"attr 'complete' cannot be read (corrupt file?): {err}") from err
-    if complete != 1:
-        f.close()
-        raise TrajectoryFileError(path, None, "attr 'complete' is missing: the write never finished")
-    return f
-
-
+# Attributes only lramlab writes: a file with none of them is foreign (LRAM's released data).
+LRAMLAB_ATTRS = ("task", "index", "complete", "format")
 # Damaged HDF5 metadata (e.g. a zeroed block) surfaces from h5py as any of these; readers turn them
 # into a TrajectoryFileError naming the file and dataset.
 _H5_ERRORS = (KeyError, OSError, RuntimeError, ValueError)
 
 
-def _file_meta(path, f) -> tuple[int, dict, dict]:
-    shapes, dtypes = {}, {}
-    for key in ALL_KEYS:
-        try:
-            if key in f:
-                ds = f[key]
-                shapes[key], dtypes[key] = tuple(ds.shape), ds.dtype
-        except _H5_ERRORS as err:
-            raise TrajectoryFileError(path, key, f"cannot be opened (corrupt file?): {err}") from err
-    return _check_shapes(path, shapes, dtypes), shapes, dtypes
+def os_error_of(err: BaseException, path) -> OSError | None:
+    """The operating-system error inside an h5py error (h5py sets `errno` when the OS refused:
+    EMFILE, EACCES, ENOENT, EIO, ENOSPC...), as a plain OSError naming `path`; None when the
+    failure is the file's content (truncated, not HDF5, damaged metadata: no errno)."""
+    code = getattr(err, "errno", None)
+    if isinstance(err, OSError) and isinstance(code, int) and code > 0:
+        out = OSError(code, os.strerror(code), str(path))
+        out.__cause__ = err
+        return out
+    return None
+
+
+def _open(path, require_complete: bool = True):
+    """Open an episode (or packed) file for reading.
+
+    Accepted: lramlab files with `complete=1`, and foreign files with none of lramlab's attributes
+    (`LRAMLAB_ATTRS`: LRAM's released layout never had them). A file with lramlab's first
+    attributes but no `complete` is an unfinished lramlab write and is rejected (unless
+    `require_complete=False`). An OS error (too many open files, permission, I/O) is raised as the
+    OSError it is, never as a damaged file."""
+    h5py = _h5py()
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as err:  # truncated, not HDF5, unreadable
+        os_err = os_error_of(err, path)
+        if os_err is not None:
+            raise os_err from err
+        raise TrajectoryFileError(path, None, f"cannot be opened as HDF5 (truncated or corrupt?): {err}") from err
+    try:
+        complete = f.attrs.get("complete")
+        ok = (complete is not None and int(complete) == 1) or not require_complete
+        if complete is None and not ok:
+            ok = not any(k in f.attrs for k in LRAMLAB_ATTRS)  # foreign: released data
+    except (KeyError, OSError, RuntimeError, TypeError, ValueError) as err:  # damaged attribute storage
+        f.close()
+        raise TrajectoryFileError(path, None, f"attr 'complete' cannot be read (corrupt file?): {err}") from err
+    if not ok:
+        f.close()
+        what = "is missing" if complete is None else f"is {complete!r}, not 1"
+        raise TrajectoryFileError(path, None, f"attr 'complete' {what}: the write never finished "
+                                              f"(the file has lramlab's other attributes)")
+    return f
+
+
+def is_foreign(f) -> bool:
+    """An open file without any of lramlab's attributes (LRAM's released per-episode files)."""
+    return not any(k in f.attrs for k in LRAMLAB_ATTRS)
+
+
+class _Column:
+    """One dataset of an open file, read by h5py's low-level API: `[a:b]` opens the dataset, reads
+    that hyperslab and closes it again. Keeping h5py Dataset objects open makes every later
+    `File.close` enumerate them (~2 ms a close with 128 files held, the cost of a whole read), and
+    the high-level `ds[a:b]` spends more on building the selection than on a 50-step read."""
+
+    __slots__ = ("f", "name", "shape", "dtype")
+
+    def __init__(self, f, name: str):
+        h5py = _h5py()
+        d = h5py.h5d.open(f.id, name.encode())
+        self.f, self.name, self.shape, self.dtype = f, name.encode(), tuple(d.shape), d.dtype
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        h5py = _h5py()
+        a = 0 if sl.start is None else int(sl.start)
+        b = self.shape[0] if sl.stop is None else min(int(sl.stop), self.shape[0])
+        out = np.empty((max(0, b - a),) + self.shape[1:], dtype=self.dtype)
+        if out.size:
+            d = h5py.h5d.open(self.f.id, self.name)
+            space = d.get_space()
+            space.select_hyperslab((a,) + (0,) * (len(self.shape) - 1), out.shape)
+            d.read(h5py.h5s.create_simple(out.shape), space, out)
+        return out
 
 
 def _datasets(f, path=None) -> dict:
+    """{key: _Column} of the store's datasets present in an open file."""
     out = {}
+    gid = f.id
     for k in ALL_KEYS:
         try:
-            if k in f:
-                out[k] = f[k]
+            if k.encode() in gid:
+                out[k] = _Column(f, k)
         except _H5_ERRORS as err:
             raise TrajectoryFileError(path or f.filename, k, f"cannot be opened (corrupt file?): {err}") from err
     return out
+
+
+def _file_meta(path, f, dsets: Mapping | None = None) -> tuple[int, dict, dict]:
+    """(T, shapes, dtypes) of an open file, validated (metadata only)."""
+    dsets = _datasets(f, path) if dsets is None else dsets
+    shapes = {k: d.shape for k, d in dsets.items()}
+    dtypes = {k: d.dtype for k, d in dsets.items()}
+    rtg_optional = "returns_to_go" not in shapes and is_foreign(f)
+    return _check_shapes(path, shapes, dtypes, rtg_optional), shapes, dtypes
+
+
+def _slice(path, dsets: Mapping, key: str, a: int, b: int) -> np.ndarray:
+    try:
+        return dsets[key][a:b]
+    except _H5_ERRORS as err:  # a damaged chunk surfaces only when read
+        os_err = os_error_of(err, path)
+        if os_err is not None:
+            raise os_err from err
+        raise TrajectoryFileError(path, key, f"read failed (corrupt data?): {err}") from err
 
 
 def _read_open(path, dsets: Mapping, start, stop, keys, T: int, base: int = 0,
@@ -322,16 +393,17 @@ def _read_open(path, dsets: Mapping, start, stop, keys, T: int, base: int = 0,
     e = T if stop is None else int(stop)
     if not (0 <= s < e <= T):
         raise TrajectoryFileError(path, None, f"expected a window 0 <= start < stop <= {T}, got [{s}, {e})")
-    keys = tuple(dsets) if keys is None else tuple(keys)
+    keys = tuple(dsets) + (("returns_to_go",) if "returns_to_go" not in dsets else ()) if keys is None else tuple(keys)
     out = {}
     for key in keys:
+        if key == "returns_to_go" and key not in dsets and "rewards" in dsets:
+            # a released file without returns-to-go: sum(rewards[t:]) needs the rest of the episode
+            out[key] = returns_to_go(_slice(path, dsets, "rewards", base + s, base + T))[: e - s]
+            continue
         if key not in dsets:
             raise TrajectoryFileError(path, key, "missing")
-        try:
-            x = dsets[key][base + s:base + e]  # hyperslab read: only this slice leaves the disk
-        except _H5_ERRORS as err:  # a damaged chunk surfaces only when read
-            raise TrajectoryFileError(path, key, f"read failed (corrupt data?): {err}") from err
-        out[key] = x.copy() if copy and isinstance(x, np.ndarray) else x  # own the memory, not a view of the map
+        x = _slice(path, dsets, key, base + s, base + e)  # hyperslab read: only this slice leaves the disk
+        out[key] = x.copy() if copy and isinstance(x, np.ndarray) and not x.flags.owndata else x
     _check_values(path, out, s, T)
     if "states" in out and out["states"].dtype != np.uint8:
         out["states"] = out["states"].astype(np.float32, copy=False)
@@ -352,15 +424,17 @@ def read_episode(path, start: int | None = None, stop: int | None = None, keys: 
     """
     f = _open(path, require_complete)
     with f:
-        T = _file_meta(path, f)[0]
-        return _read_open(path, _datasets(f, path), start, stop, keys, T)
+        dsets = _datasets(f, path)
+        T = _file_meta(path, f, dsets)[0]
+        return _read_open(path, dsets, start, stop, keys, T)
 
 
 def is_complete(path) -> bool:
-    """The file opens as HDF5 and carries `complete=1` (what resume logic keeps; data not read)."""
+    """The file exists, opens as HDF5 and is whole: `complete=1`, or a foreign file (released data)
+    -- what resume logic keeps; data not read. Other OS errors (EMFILE, EACCES) are raised."""
     try:
         _open(path).close()
-    except TrajectoryFileError:
+    except (TrajectoryFileError, FileNotFoundError):
         return False
     return True
 
@@ -407,6 +481,11 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def task_id_of(task_dir) -> str:
+    """The task id of a task directory (meta.json, stats.json, else '<parent>/<dir>')."""
+    return _task_id_of(Path(task_dir))
 
 
 def _task_id_of(task_dir: Path) -> str:

@@ -11,7 +11,8 @@ import numpy as np
 
 from lramlab._io import fsync_dir as _fsync_dir, fsync_file as _fsync_file, tmp_path_for
 from lramlab.data.store.episodes import (_H5_ERRORS, PACKED_NAME, TrajectoryFileError, _file_meta, _h5py, _open,
-                                         _task_id_of, list_episode_files, read_episode)
+                                         _task_id_of, list_episode_files, os_error_of, read_episode)
+from lramlab.data.store.handles import POOL, new_owner
 
 _PACKED_FORMAT = "lramlab-packed-v1"
 _USE_PACKED = [True]
@@ -39,19 +40,35 @@ def _source_stat(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class _PackedIndex:
-    """What a reader needs from a packed.hdf5: offsets, shapes, and how to map each dataset."""
+    """What a reader needs from a packed.hdf5: names, offsets, shapes, and where raw datasets lie."""
 
     path: Path
+    names: list  # episode file names, in pack order
     offsets: np.ndarray  # (E+1,) row of each episode's first step; offsets[-1] = N
     shapes: dict  # key -> full (N, ...) shape
-    mmap: dict  # key -> (byte offset, dtype) for contiguous uncompressed datasets, else absent
+    raw: dict  # key -> (byte offset, dtype) for contiguous uncompressed datasets, else absent
+    owner: int = 0  # pool key token of this index (handles.new_owner)
 
     @classmethod
-    def load(cls, task_dir: Path, episode_paths: list[Path], warn: bool = False) -> "_PackedIndex | None":
-        """The index if task_dir/packed.hdf5 exists and is current for `episode_paths`, else None."""
+    def load(cls, task_dir: Path, episode_paths, warn: bool = False) -> "_PackedIndex | None":
+        """The index if task_dir/packed.hdf5 exists and is current for `episode_paths`, else None
+        (with a warning naming why when `warn`)."""
+        index, status, reason = cls.status(task_dir, episode_paths)
+        if index is None and status != "absent" and warn:
+            if status == "stale":
+                warnings.warn(f"{Path(task_dir) / PACKED_NAME} is stale ({reason}); reading the episode files "
+                              f"instead. Run `lramlab data pack {task_dir}` again.", stacklevel=3)
+            else:
+                warnings.warn(f"{Path(task_dir) / PACKED_NAME}: unreadable, reading the episode files instead "
+                              f"({reason})", stacklevel=3)
+        return index
+
+    @classmethod
+    def status(cls, task_dir: Path, episode_paths) -> tuple["_PackedIndex | None", str, str]:
+        """(index or None, "absent" | "current" | "stale" | "unreadable", reason)."""
         path = Path(task_dir) / PACKED_NAME
         if not path.exists():
-            return None
+            return None, "absent", ""
         try:
             with _open(path) as f:
                 if f.attrs.get("format") != _PACKED_FORMAT:
@@ -60,49 +77,87 @@ class _PackedIndex:
                 names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["files"][()]]
                 size, mtime = f["source_size"][()], f["source_mtime_ns"][()]
                 offsets = np.asarray(f["offsets"][()], dtype=np.int64)
-                N, shapes, dtypes = _file_meta(path, f)
-                mmap = {}
+                N, shapes, _ = _file_meta(path, f)
+                raw = {}
                 for key in shapes:
                     ds = f[key]
                     off = ds.id.get_offset()
                     if ds.chunks is None and off is not None and ds.dtype.isnative:
-                        mmap[key] = (int(off), ds.dtype)
+                        raw[key] = (int(off), ds.dtype)
+            # a truncated pack can still open (HDF5 checks its superblock's end of file only when the
+            # metadata lies at the end); raw data past the end of the file would read short
+            file_size = path.stat().st_size
+            for key, (off, dt) in raw.items():
+                end = off + int(np.prod(shapes[key], dtype=np.int64)) * dt.itemsize
+                if end > file_size:
+                    raise TrajectoryFileError(path, key, f"truncated: the data ends at byte {end}, "
+                                                         f"the file has {file_size} bytes")
         except (TrajectoryFileError, *_H5_ERRORS) as err:
-            if warn:
-                warnings.warn(f"{path}: unreadable, reading the episode files instead ({err})", stacklevel=3)
-            return None
-        cur = [p.name for p in episode_paths]
+            os_err = os_error_of(err, path)
+            if os_err is not None:
+                raise os_err from err
+            return None, "unreadable", str(err)
+        cur = [Path(p).name for p in episode_paths]
         stale = None
         if names != cur:
             stale = f"it packs {len(names)} episode files, the directory has {len(cur)} (or other names)"
         else:
-            cs, cm = _source_stat(episode_paths)
+            cs, cm = _source_stat([Path(p) for p in episode_paths])
             if not (np.array_equal(cs, size) and np.array_equal(cm, mtime)):
                 bad = int(np.flatnonzero((cs != size) | (cm != mtime))[0])
                 stale = f"{cur[bad]} changed since it was packed"
         if stale is None and not (len(offsets) == len(cur) + 1 and offsets[0] == 0 and offsets[-1] == N
                                   and (np.diff(offsets) > 0).all()):
-            stale = "its offsets do not match its datasets"
+            return None, "unreadable", "its offsets do not match its datasets"
         if stale:
-            if warn:
-                warnings.warn(f"{path} is stale ({stale}); reading the episode files instead. "
-                              f"Run `lramlab data pack {task_dir}` again.", stacklevel=3)
-            return None
-        return cls(path=path, offsets=offsets, shapes=shapes, mmap=mmap)
+            return None, "stale", stale
+        return cls(path=path, names=names, offsets=offsets, shapes=shapes, raw=raw, owner=new_owner()), "current", ""
 
-    def open(self) -> tuple[object, dict]:
-        """(open h5py file, {key: array-like}): np.memmap where the dataset is contiguous raw bytes,
-        else the h5py dataset (chunked / compressed: hyperslab reads)."""
-        f = _open(self.path)
-        out = {}
-        for key, shp in self.shapes.items():
-            if key in self.mmap:
-                off, dt = self.mmap[key]
-                # a plain ndarray view (it keeps the map alive): slicing it skips np.memmap's overhead
-                out[key] = np.memmap(self.path, dtype=dt, mode="r", offset=off, shape=shp).view(np.ndarray)
-            else:
-                out[key] = f[key]
-        return f, out
+    def columns(self) -> dict:
+        """{key: column} whose `[a:b]` reads rows a..b-1: raw datasets by `os.preadv` on a descriptor,
+        chunked / compressed ones through h5py (hyperslab reads); both opened through `POOL`."""
+        return {key: _RawColumn(self.path, self.owner, key, *self.raw[key], self.shapes[key][1:]) if key in self.raw
+                else _H5Column(self.path, self.owner, key) for key in self.shapes}
+
+    def drop_handles(self) -> None:
+        POOL.drop(("raw", self.owner, str(self.path)))
+        POOL.drop(("pk", self.owner, str(self.path)))
+
+
+def _close_fd(fd: int) -> None:
+    os.close(fd)
+
+
+class _RawColumn:
+    """Rows of one contiguous raw dataset of a packed file, read with pread: no memory map, so no
+    descriptor or mapping per dataset (an np.memmap keeps a descriptor open for its lifetime)."""
+
+    def __init__(self, path: Path, owner: int, key: str, offset: int, dtype: np.dtype, row: tuple):
+        self.path, self.owner, self.key, self.offset, self.dtype, self.row = str(path), owner, key, offset, dtype, tuple(row)
+        self.row_bytes = int(np.prod(row, dtype=np.int64)) * dtype.itemsize
+
+    def _fd(self) -> int:
+        return POOL.get(("raw", self.owner, self.path), lambda: os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)),
+                        _close_fd)
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        a, b = sl.start, sl.stop
+        out = np.empty((b - a,) + self.row, dtype=self.dtype)
+        n = out.nbytes
+        if n:
+            got = os.preadv(self._fd(), [memoryview(out).cast("B")], self.offset + a * self.row_bytes)
+            if got != n:
+                raise TrajectoryFileError(self.path, self.key, f"short read ({got} of {n} bytes): truncated file?")
+        return out
+
+
+class _H5Column:
+    def __init__(self, path: Path, owner: int, key: str):
+        self.path, self.owner, self.key = str(path), owner, key
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        f = POOL.get(("pk", self.owner, self.path), lambda: _open(self.path), lambda f: f.close())
+        return f[self.key][sl]
 
 
 def pack_task(task_dir, compress: bool = False, force: bool = False,
@@ -128,7 +183,10 @@ def pack_task(task_dir, compress: bool = False, force: bool = False,
     metas = []
     for p in paths:
         with _open(p, require_complete) as f:
-            metas.append(_file_meta(p, f))
+            T, shapes, dtypes = _file_meta(p, f)
+        if "returns_to_go" not in shapes:  # a released file without them: the pack stores them computed
+            shapes["returns_to_go"], dtypes["returns_to_go"] = (T,), np.dtype(np.float32)
+        metas.append((T, shapes, dtypes))
     _, shapes0, dtypes0 = metas[0]
     for p, (_, shapes, dtypes) in zip(paths, metas):
         if set(shapes) != set(shapes0):
@@ -170,8 +228,11 @@ def pack_task(task_dir, compress: bool = False, force: bool = False,
             raise RuntimeError(f"{task_dir}: episode files changed while packing; run the pack again")
         _fsync_file(tmp)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        os_err = os_error_of(err, final)  # e.g. ENOSPC inside h5py (no file name on it): name the pack
+        if os_err is not None and getattr(err, "filename", None) is None:
+            raise os_err from err
         raise
     _fsync_dir(task_dir)
     return final, True

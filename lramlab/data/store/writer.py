@@ -10,7 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
-from lramlab._io import atomic_write_text, fsync_dir as _fsync_dir, fsync_file as _fsync_file
+from lramlab._io import atomic_write_text, fsync_dir as _fsync_dir, fsync_file as _fsync_file, remove_stale_tmp
 from lramlab.manifests import reward_rule
 from lramlab.data.store.episodes import (UNSYNCED_NAME, _episode_index, _prepare, _read_json, _summary, _task_id_of,
                                          _write_file, list_episode_files)
@@ -31,7 +31,8 @@ def recover_unsynced(task_dir) -> list[Path]:
     the files are whole and still in the page cache: they are fsync'd and kept. Otherwise (power
     loss, crash, another machine, no boot id) every episode file with index >= `from_index` is
     deleted, so a possibly damaged tail is regenerated rather than trusted. Also removes tmp files
-    of killed writes. Safe to call when nothing is pending; only while no writer works in `task_dir`.
+    of killed writes (`remove_stale_tmp`). Safe to call when nothing is pending; only while no writer
+    works in `task_dir`.
     """
     task_dir = Path(task_dir)
     removed: list[Path] = []
@@ -51,8 +52,7 @@ def recover_unsynced(task_dir) -> list[Path]:
                     removed.append(p)
         _fsync_dir(task_dir)  # the fsyncs / deletions are durable before the marker goes
         marker.unlink(missing_ok=True)
-    for tmp in task_dir.glob(".*.tmp"):  # writes (episodes, json) that were killed midway
-        tmp.unlink(missing_ok=True)
+    remove_stale_tmp(task_dir)  # writes (episodes, json) that were killed midway
     _fsync_dir(task_dir)
     return removed
 
