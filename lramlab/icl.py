@@ -51,6 +51,11 @@ class HistoryDataset(TrajectoryDataset):
     `TrajectoryDataset`); a window ending at step `end` of episode i holds the previous C steps of
     the split's episodes i, i-1, ..., left-padded where the split starts. R̂ and rewards are the
     episodes' own (R̂ restarts at each episode's return), as in AD with RTG conditioning.
+
+    A task directory may hold several histories one after the other: its meta.json's
+    ``history_episodes`` = n (`lramlab.collect.histories`) says that file episodes
+    [h * n, (h + 1) * n) are one learner's, and no window reaches back across such a boundary
+    (it is left-padded there, like the start of a history).
     """
 
     def __init__(self, roots, split: str = "train", context_len: int = 200,
@@ -75,6 +80,7 @@ class HistoryDataset(TrajectoryDataset):
                 sel = np.arange(n)
             eps.append(sel.astype(np.int64))
         self.episodes = eps
+        self.history_episodes = [_history_episodes(d.task_dir) for d in self.data]
         self.lengths = [d.lengths[e] for d, e in zip(self.data, self.episodes)]
         self.starts = [np.concatenate([[0], np.cumsum(ln)]).astype(np.int64) for ln in self.lengths]
         self.n_steps = np.array([int(s[-1]) for s in self.starts], dtype=np.int64)
@@ -96,7 +102,8 @@ class HistoryDataset(TrajectoryDataset):
                 raise ValueError(f"window start {start} outside [{max(0, int(end) - C + 1)}, {end}]")
             pos_stop = pos  # do not cross into the previous episode
         else:
-            pos_stop = 0
+            h = self.history_episodes[ti]  # do not cross into the previous learner's history
+            pos_stop = int(np.searchsorted(eps, (int(episode) // h) * h)) if h else 0
         pieces = []
         need, cur_end = C, int(end)
         while need > 0 and pos >= pos_stop:
@@ -146,6 +153,21 @@ class HistoryDataset(TrajectoryDataset):
             eps, steps = self.locate(ti, ends)
             items.extend((ti, int(e), int(s)) for e, s in zip(eps, steps))
         return items[rank::world_size]
+
+
+def _history_episodes(task_dir) -> int:
+    """meta.json's ``history_episodes`` (episodes per learner; 0: one history per directory)."""
+    path = Path(task_dir) / "meta.json"
+    if not path.is_file():
+        return 0
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable meta.json ({err})") from err
+    n = meta.get("history_episodes", 0) if isinstance(meta, dict) else 0
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{path}: 'history_episodes' must be a non-negative integer, got {n!r}")
+    return n
 
 
 # ----------------------------------------------------------------------------------------
@@ -234,6 +256,7 @@ class ICLConfig:
     backbone: str = "xlstm"               # xlstm | mamba | dt
     size: str = "16M"                     # paper: 16M agents
     slstm_at: str | None = None           # xLSTM ratio/positions (None: [7:1])
+    tokens: str = "srr"                   # "srr" (s, R̂, r): the paper; "sr" (s, r): Algorithm Distillation, no R̂
     train_goals: str = "train"            # "train" (the 80 goals found in data) or a comma list of tasks
     eval_goals: str = "holdout"           # "holdout" (20 goals), "train", or a comma list
     context_episodes: int = 2             # context = 2 episodes = 200 timesteps
@@ -263,6 +286,10 @@ class ICLConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 1")
         if not self.target_return > 0:
             raise ValueError(f"target_return={self.target_return!r}: expected > 0")
+        from lramlab.models.config import TOKEN_MODES
+
+        if self.tokens not in TOKEN_MODES:
+            raise ValueError(f"tokens={self.tokens!r}: expected one of {', '.join(TOKEN_MODES)}")
         if self.dt_window_mode not in ("exact", "hop"):
             raise ValueError(f"dt_window_mode={self.dt_window_mode!r}: expected 'exact' or 'hop'")
 
@@ -305,6 +332,7 @@ def train_config_for(cfg: ICLConfig):
         tasks = tuple(dr.task_name(g) for g in goals_of(cfg.train_goals))
     return TrainConfig(data=(cfg.data,), tasks=tasks, window="history", history_start=cfg.history_start,
                        val_fraction=cfg.val_fraction, backbone=cfg.backbone, size=cfg.size, slstm_at=cfg.slstm_at,
+                       tokens=cfg.tokens,
                        steps=cfg.steps, batch_size=cfg.batch_size, context=cfg.context, lr=cfg.lr,
                        warmup=min(cfg.warmup, cfg.steps), amp=cfg.amp, seed=cfg.seed, device=cfg.device,
                        out=cfg.out, val_every=0, ckpt_every=max(1, cfg.steps // 4), log_every=10,

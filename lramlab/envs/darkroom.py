@@ -105,7 +105,8 @@ def parse_goal(task: Any) -> tuple[int, int]:
 
 def max_return(goal: Sequence[int], episode_length: int = EPISODE_LENGTH) -> int:
     """Best achievable return: walk the Manhattan distance, then stay on the goal."""
-    return max(0, episode_length - (int(goal[0]) + int(goal[1])) + 1)
+    d = int(goal[0]) + int(goal[1])  # a goal on the start cell is rewarded on all steps, not one more
+    return min(episode_length, max(0, episode_length - d + 1))
 
 
 def render_grid(pos: Sequence[int], goal: Sequence[int] | None, cell: int = 16) -> np.ndarray:
