@@ -12,7 +12,8 @@ granularity; a killed training run restarts). Printed per experiment: wall times
 return over trials 1-5 and 31-40 on hold-out and train goals (the targets of issue #12: hold-out
 31-40 >= 40 and >= 3x its 1-5; train >= 60).
 
-Data specs: "mbq:<episodes>:<seed>:<key=value,...>" (lramlab.collect.histories.ModelBasedConfig)
+Data specs: "mbq:<episodes>:<seed>:<key=value,...>" (lramlab.collect.histories.ModelBasedConfig
+fields, plus histories=H learners per goal)
 or "q:<episodes>:<seed>:<key=value,...>" (tabular Q-learning, lramlab.data.policies.QLearningConfig,
 written by `lramlab data generate --policy history:...`).
 """
@@ -41,6 +42,9 @@ EXPERIMENTS: dict[str, dict] = {
     # exploit as soon as the goal is known (epsilon 0.1 from the start, decaying per success)
     "mbq60e1-ad": dict(data="mbq:60:0:eps_start=0.1,eps_decay=0.9", tokens="ad"),
     "mbq60e1-sr": dict(data="mbq:60:0:eps_start=0.1,eps_decay=0.9", tokens="sr"),
+    # 4 learners per goal x 20 episodes (more searches and first finds, same amount of data)
+    "h4x20e1-ad": dict(data="mbq:20:0:eps_start=0.1,eps_decay=0.9,histories=4", tokens="ad"),
+    "h4x20e1-sr": dict(data="mbq:20:0:eps_start=0.1,eps_decay=0.9,histories=4", tokens="sr"),
 }
 
 
@@ -73,10 +77,11 @@ def ensure_data(spec: str, data_root: Path) -> tuple[Path, float]:
 
         from lramlab.collect.histories import ModelBasedConfig, write_model_based_histories
 
+        histories = int(kw.pop("histories", 1))
         types = {f.name: f.type for f in fields(ModelBasedConfig)}
         cfg = ModelBasedConfig(**{k: (v if types[k] in ("str", str) else
                                       int(v) if types[k] in ("int", int) else float(v)) for k, v in kw.items()})
-        write_model_based_histories(out, goals, episodes, seed, cfg, pack=True, progress=True)
+        write_model_based_histories(out, goals, episodes, seed, cfg, pack=True, progress=True, histories=histories)
     else:
         done = out / "darkroom" / "goal-2-0" / "packed.hdf5"
         if not done.exists():

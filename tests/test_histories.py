@@ -96,3 +96,24 @@ def test_written_histories_windows_never_span_two_learners(tmp_path):
     # inside history 0 windows still span episodes
     b = ds.make_batch("darkroom", [(0, 4, 49)], as_torch=False)
     assert b["mask"][0].all()
+
+
+def test_lramlab_data_generate_mbq_policy(tmp_path):
+    from lramlab.data.generate import generate
+    from lramlab.data.store import read_episode
+    from lramlab.icl import HistoryDataset
+
+    d = generate("darkroom/goal-5-7", 6, policy="mbq:eps_start=0.2,histories=2", out=tmp_path, progress=False)
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["history_episodes"] == 3 and meta["policy_config"]["eps_start"] == 0.2
+    cfg = ModelBasedConfig(eps_start=0.2)
+    want = [e for h in range(2) for e in iter_model_based_histories([(5, 7)], 3, seed=0, config=cfg, history=h)]
+    for i, e in enumerate(want):
+        assert np.array_equal(read_episode(d / f"episode_{i:06d}.hdf5")["actions"], e["actions"][0])
+    generate("darkroom/goal-5-7", 6, policy="mbq:eps_start=0.2,histories=2", out=tmp_path, progress=False)  # resume
+    ds = HistoryDataset(tmp_path, split="train", context_len=200, val_fraction=0.0)
+    assert ds.history_episodes == [3]
+    with pytest.raises(ValueError, match="histories=4"):
+        generate("darkroom/goal-5-7", 6, policy="mbq:histories=4", out=tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match="'temperature=2'"):
+        generate("darkroom/goal-5-7", 6, policy="mbq:temperature=2", out=tmp_path / "y", progress=False)

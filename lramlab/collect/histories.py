@@ -34,13 +34,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from lramlab.envs import darkroom as dr
 
 EXPLORE_MODES = ("random", "novelty")
+ALGORITHM = ("model-based Q-learning (known moves, learned reward map, value iteration), "
+             "epsilon-greedy decayed per successful episode")
 
 
 @dataclass
@@ -160,6 +162,50 @@ def model_based_histories(goals: Sequence[Sequence[int]], n_episodes: int, seed:
     return out
 
 
+def history_source(spec: str, episodes: int) -> tuple[dict, dict, Callable]:
+    """For `lramlab data generate --policy mbq[:key=value,...]` (ModelBasedConfig fields, plus
+    ``histories=H``: the `episodes` files of a task are H learners of episodes / H episodes each).
+
+    Returns (policy_config for meta.json, extra meta.json keys, iter_history(goal, seed) -> the
+    store-ready episodes of the task in file order).
+    """
+    from dataclasses import asdict, fields
+
+    kind, _, rest = spec.partition(":")
+    if kind != "mbq":
+        raise ValueError(f"{spec!r} is not an mbq spec")
+    types = {f.name: f.type for f in fields(ModelBasedConfig)}
+    kw: dict = {}
+    H = 1
+    for item in filter(None, (x.strip() for x in rest.split(","))):
+        key, eq, val = (x.strip() for x in item.partition("="))
+        if not eq or (key not in types and key != "histories"):
+            raise ValueError(f"policy {spec!r}: bad option {item!r}; expected key=value with key in "
+                             f"{', '.join(list(types) + ['histories'])}")
+        try:
+            if key == "histories":
+                H = int(val)
+            else:
+                kw[key] = val if types[key] in ("str", str) else int(val) if types[key] in ("int", int) else float(val)
+        except ValueError:
+            raise ValueError(f"policy {spec!r}: {key}={val!r} is not a number") from None
+    cfg = ModelBasedConfig(**kw)
+    if H < 1 or int(episodes) % H:
+        raise ValueError(f"policy {spec!r}: histories={H} must be >= 1 and divide --episodes {episodes}")
+    n = int(episodes) // H
+
+    def iter_history(goal, seed: int) -> Iterator[dict[str, np.ndarray]]:
+        for h in range(H):
+            for ep in iter_model_based_histories([goal], n, seed, cfg, history=h):
+                yield {"states": ep["states"][0], "actions": ep["actions"][0], "rewards": ep["rewards"][0],
+                       "dones": np.zeros(ep["rewards"].shape[1], dtype=bool), "success": ep["success"][0]}
+
+    policy_config = {"algorithm": ALGORITHM, **asdict(cfg)}
+    extra = {"history_episodes": n, "histories": H,
+             "episode_seeds": "learner h of a goal: numpy default_rng([seed, goal_x, goal_y, 7, h])"}
+    return policy_config, extra, iter_history
+
+
 def write_model_based_histories(out, goals: Sequence[Sequence[int]], n_episodes: int, seed: int = 0,
                                 config: ModelBasedConfig | None = None, pack: bool = True,
                                 progress: bool = True, histories: int = 1) -> list:
@@ -189,10 +235,8 @@ def write_model_based_histories(out, goals: Sequence[Sequence[int]], n_episodes:
     metas = [{"task": dr.task_name(g), "policy": "mbq", "seed": int(seed), "episodes": int(n_episodes) * H,
               "history_episodes": int(n_episodes), "histories": H,
               "generator": "lramlab.collect.histories",
-              "policy_config": {"algorithm": "model-based Q-learning (known moves, learned reward map, "
-                                             "value iteration), epsilon-greedy decayed per successful episode",
-                                **asdict(cfg)},
-              "episode_seeds": "one learner per history: numpy default_rng([seed, goal_x, goal_y, 7])"}
+              "policy_config": {"algorithm": ALGORITHM, **asdict(cfg)},
+              "episode_seeds": "learner h of a goal: numpy default_rng([seed, goal_x, goal_y, 7, h])"}
              for g in goals]
     done = []
     for d, m in zip(dirs, metas):
@@ -238,4 +282,4 @@ def write_model_based_histories(out, goals: Sequence[Sequence[int]], n_episodes:
 
 
 __all__ = ["EXPLORE_MODES", "ModelBasedConfig", "iter_model_based_histories", "model_based_histories",
-           "transition_table", "write_model_based_histories"]
+           "history_source", "transition_table", "write_model_based_histories"]

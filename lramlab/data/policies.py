@@ -81,7 +81,7 @@ def _parse_kv(text: str, cls, spec: str) -> dict:
     return out
 
 
-POLICY_KINDS = ("random", "noisy", "expert", "checkpoint", "ppo", "history")
+POLICY_KINDS = ("random", "noisy", "expert", "checkpoint", "ppo", "history", "mbq")  # mbq: lramlab.collect.histories
 
 
 def default_policy(domain: str) -> str:
