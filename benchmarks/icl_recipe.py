@@ -45,6 +45,8 @@ EXPERIMENTS: dict[str, dict] = {
     # 4 learners per goal x 20 episodes (more searches and first finds, same amount of data)
     "h4x20e1-ad": dict(data="mbq:20:0:eps_start=0.1,eps_decay=0.9,histories=4", tokens="ad"),
     "h4x20e1-sr": dict(data="mbq:20:0:eps_start=0.1,eps_decay=0.9,histories=4", tokens="sr"),
+    "h4x20e1-srr": dict(data="mbq:20:0:eps_start=0.1,eps_decay=0.9,histories=4", tokens="srr"),
+    "q300-ad": dict(data="q:300:0:", tokens="ad"),
 }
 
 

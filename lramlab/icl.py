@@ -33,6 +33,14 @@ from lramlab.data.sampling import VAL_FRACTION, TrajectoryDataset
 
 EPISODE_LENGTH = 100
 
+#: A recipe that learns in context on a laptop CPU (notes/icl-research.md, issue #12): histories of the
+#: model-based Q-learner (4 learners x 20 episodes per goal, exploiting from the first reward on),
+#:     lramlab data generate --task 'darkroom/*' --episodes 80 \
+#:         --policy mbq:eps_start=0.1,eps_decay=0.9,histories=4 --out DIR && lramlab data pack DIR
+#: and these ICLConfig fields (AD's one-token-per-step conditioning, no R̂; tiny models):
+#: DT tiny: hold-out trials 1-5 -> 31-40: 24.5 -> 84.2, train goals 31-40: 87.0 (one seed).
+CPU_RECIPE = dict(size="tiny", tokens="ad", steps=1500, batch_size=16, lr=1e-3, warmup=100, amp=False)
+
 
 # ----------------------------------------------------------------------------------------
 # windows that span consecutive episodes of a learning history
@@ -385,4 +393,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["HistoryDataset", "ICLConfig", "ICLResult", "icl_rollouts", "run_icl", "train_config_for", "main"]
+__all__ = ["CPU_RECIPE", "HistoryDataset", "ICLConfig", "ICLResult", "icl_rollouts", "run_icl", "train_config_for", "main"]
