@@ -20,7 +20,7 @@ from lramlab._dataclass_cli import check_fields
 BACKBONES = ("xlstm", "mamba", "dt")
 BASE_SIZES = ("tiny", "16M", "48M", "110M", "206M")
 SIZES = BASE_SIZES + tuple(f"{s}-half" for s in BASE_SIZES[1:])
-TOKEN_MODES = ("srr", "s", "srra")
+TOKEN_MODES = ("srr", "s", "srra", "sr", "ad")
 IMAGE_ENCODERS = ("impala",)
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -106,7 +106,10 @@ class LRAMConfig:
         a ratio string "7:1" / "1:0" / "a:b" is resolved to positions.
       context_steps: C timesteps of context in training (50); tokens = tokens_per_step * C.
       tokens: "srr" = (s, R̂, r) per step (paper); "s" = behaviour cloning without RTG/reward
-        tokens (App. E.2); "srra" = (s, R̂, r, a), the action-token ablation (App. E.1).
+        tokens (App. E.2); "srra" = (s, R̂, r, a), the action-token ablation (App. E.1); "sr" = (s, r),
+        Algorithm Distillation's conditioning without a return-to-go (ICL, App. E.2), action read at s;
+        "ad" = ONE token per step, the sum of the embeddings of (s_t, a_{t-1}, r_{t-1}) as in Algorithm
+        Distillation (Laskin et al., 2022): half of "sr"'s sequence, and the actions are seen.
       image_encoder: "impala" (IMPALA-CNN, 3 stacks of 16/32/32 channels).
       mlstm_proj_factor, slstm_ff_proj_factor, conv1d_kernel_size, qkv_proj_blocksize: xLSTM
         block settings (xlstm library / LRAM xlstm_*.yaml values).
@@ -141,7 +144,7 @@ class LRAMConfig:
     n_heads: Optional[int] = None
     slstm_at: Union[tuple[int, ...], str, None] = None
     context_steps: int = 50
-    tokens: Literal["srr", "s", "srra"] = "srr"
+    tokens: Literal["srr", "s", "srra", "sr", "ad"] = "srr"
     image_encoder: Literal["impala"] = "impala"
     # xLSTM
     mlstm_proj_factor: float = 2.0
@@ -239,7 +242,7 @@ class LRAMConfig:
     # ----- derived values -----
     @property
     def tokens_per_step(self) -> int:
-        return len(self.tokens)
+        return 1 if self.tokens == "ad" else len(self.tokens)
 
     @property
     def context_tokens(self) -> int:

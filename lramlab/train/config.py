@@ -57,7 +57,7 @@ def default_warmup(steps: int) -> int:
 
 WindowKind = Literal["episode", "history"]
 Split = Literal["any", "train", "holdout"]
-TokenMode = Literal["srr", "s", "srra"]
+TokenMode = Literal["srr", "s", "srra", "sr", "ad"]
 
 
 @dataclass
@@ -81,7 +81,7 @@ class TrainConfig:
     size: str = "16M"                     # preset: 16M | 48M | 110M | 206M | tiny (tests)
     slstm_at: str | None = None           # xLSTM: ratio "7:1" / "1:0" or positions "1,3" (None: preset's [7:1])
     n_heads: int | None = None            # heads (None: preset's; xLSTM 4, DT width/64)
-    tokens: TokenMode = "srr"             # (s, R, r) per step; "s": behaviour cloning; "srra": + action tokens
+    tokens: TokenMode = "srr"             # (s, R, r) per step; "s": behaviour cloning; "srra": + action tokens; "sr"/"ad": AD (ICL)
     # --- optimisation (App. C.1) -------------------------------------------------------
     steps: int = 200_000                  # optimizer updates
     batch_size: int = 128                 # windows per domain micro-batch (global, over all ranks)
