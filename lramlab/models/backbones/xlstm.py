@@ -315,6 +315,11 @@ class XLSTMBackbone(nn.Module):
         if self.step_weights == "float16" and not _fp16_packed_linear_available():
             raise ValueError("LRAMConfig.xlstm_step_weights='float16' needs torch's fbgemm fp16 linear ops, "
                              "which this torch build lacks; use 'float32'")
+        # parallel (training) forward: "fast" | "reference" chosen per call by `forward_path`;
+        # `forward_kernel` says which ran last (None before the first forward)
+        self.forward_kernel: Optional[str] = None
+        self._fast_unsupported: Optional[str] = None  # "" once the fused kernels are known to fit
+        self._fast_warned: set = set()
         self._fast_cache: dict = {}  # step_impl -> (parameter versions, weights)
         self._params: Optional[list] = None
         self.register_state_dict_post_hook(_slstm_to_external)
@@ -330,11 +335,51 @@ class XLSTMBackbone(nn.Module):
                 if cell.causal_mask.shape[-1] < L:
                     cell.causal_mask = torch.ones(L, L, dtype=torch.bool, device=device).tril_()
 
+    def forward_path(self, x: torch.Tensor) -> str:
+        """Which parallel forward runs for input `x`: "fast" (lramlab's fused CPU kernels,
+        `_xlstm_train`) or "reference" (the package's blocks). `LRAMConfig.xlstm_kernel` "auto"
+        takes "fast" on a CPU in fp32/fp64 without autocast when the kernels build, else
+        "reference" (logged once); "fast" raises where it cannot run."""
+        want = self.cfg.xlstm_kernel
+        if want == "reference":
+            return "reference"
+        why = None
+        if x.device.type != "cpu":
+            why = f"input on {x.device.type} (the fused kernels are CPU kernels; a GPU uses the package's)"
+        elif x.dtype not in (torch.float32, torch.float64):
+            why = f"dtype {x.dtype} (the fused kernels take float32/float64)"
+        elif torch.is_autocast_enabled("cpu"):
+            why = "CPU autocast is on"
+        else:
+            if self._fast_unsupported is None:
+                from . import _xlstm_train
+
+                ok, err = _xlstm_train.kernels_available()
+                self._fast_unsupported = (_xlstm_train.check_supported(self.stack) or "") if ok else err
+            why = self._fast_unsupported or None
+        if why is None:
+            return "fast"
+        if want == "fast":
+            raise RuntimeError(f"LRAMConfig.xlstm_kernel='fast' cannot run here: {why}; use 'auto' or 'reference'")
+        if why not in self._fast_warned:
+            self._fast_warned.add(why)
+            log.warning("xLSTM: using the reference training path: %s", why)
+        return "reference"
+
     def forward(self, x: torch.Tensor, output_hidden_states: bool = False):  # x (B, L, D)
-        self._ensure_causal_mask(x.shape[1], x.device)
+        path = self.forward_path(x)
+        self.forward_kernel = path
+        if path == "fast":
+            from ._xlstm_train import mlstm_block, slstm_block
+
+            blocks = [(mlstm_block if kind == "m" else slstm_block, block)
+                      for kind, block in zip(self.kinds, self.stack.blocks)]
+        else:
+            self._ensure_causal_mask(x.shape[1], x.device)
+            blocks = [(lambda blk, y: blk(y), block) for block in self.stack.blocks]
         hidden = []
-        for block in self.stack.blocks:
-            x = block(x)
+        for fn, block in blocks:
+            x = fn(block, x)
             if output_hidden_states:
                 hidden.append(x)
         y = self.stack.post_blocks_norm(x)

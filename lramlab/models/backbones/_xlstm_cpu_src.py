@@ -1,0 +1,837 @@
+"""C++ source of the xLSTM CPU training kernels (built by `_xlstm_train.load_kernels`).
+
+Kept as a Python string so the package needs no data files. Every kernel is a forward/backward
+pair over contiguous tensors, templated on float/double (the double build lets the tests prove
+the hand-written backward equal to autograd's to ~1e-12). Big matrix products go to ATen (MKL);
+the loops here fuse everything in between, vectorised with ATen's `Vectorized` (the same Sleef
+exp/log1p/tanh torch's own CPU ops use) and GCC vector shuffles for the 4x4 head-wise blocks.
+Gradient rules follow the reference's autograd exactly where it matters: torch.maximum/minimum
+send half the gradient to each side on a tie (this happens at every sLSTM step, where exp(0) == 1
+meets its clamp at 1), max(dim) sends it to one index, abs' gradient at 0 is 0.
+
+Shape letters: B batch, L tokens, I mLSTM inner width, NH heads, DH head dim, P qkv block size,
+K conv kernel, G = 2*NH gate pre-activations (i then f), BH = B*NH, D sLSTM width.
+"""
+
+SOURCE = r"""
+// ATen's Vectorized<T> picks its instruction set from these macros: match the compiler's target
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#elif defined(__AVX2__) && defined(__FMA__)
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#else
+#define CPU_CAPABILITY DEFAULT
+#endif
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+using at::Tensor;
+
+namespace {
+
+template <typename T> using V = at::vec::Vectorized<T>;
+
+// f(i, n): the lanes [i, i + n) of a vector step over [0, len)
+template <typename T, typename F> inline void vfor(int64_t len, F&& f) {
+  constexpr int64_t W = V<T>::size();
+  int64_t i = 0;
+  for (; i + W <= len; i += W) f(i, W);
+  if (i < len) f(i, len - i);
+}
+template <typename T> inline T hsum(const V<T>& v) {
+  T buf[V<T>::size()];
+  v.store(buf);
+  T s = 0;
+  for (int64_t i = 0; i < V<T>::size(); ++i) s += buf[i];
+  return s;
+}
+template <typename T> inline T hmax(const V<T>& v) {
+  T buf[V<T>::size()];
+  v.store(buf);
+  T s = buf[0];
+  for (int64_t i = 1; i < V<T>::size(); ++i) s = std::max(s, buf[i]);
+  return s;
+}
+template <typename T> inline V<T> one() { return V<T>(T(1)); }
+// torch's forms: sigmoid = 1 / (1 + exp(-x)), silu = x / (1 + exp(-x)),
+// log_sigmoid = min(x, 0) - log1p(exp(-|x|)) with derivative sigmoid(-x)
+template <typename T> inline V<T> vsig(const V<T>& x) { return one<T>() / (one<T>() + x.neg().exp()); }
+template <typename T> inline V<T> vsilu(const V<T>& x) { return x / (one<T>() + x.neg().exp()); }
+template <typename T> inline V<T> vdsilu(const V<T>& x) {
+  V<T> s = vsig(x);
+  return s * (one<T>() + x * (one<T>() - s));
+}
+template <typename T> inline V<T> vlogsig(const V<T>& x) {
+  return at::vec::minimum(x, V<T>(T(0))) - x.abs().neg().exp().log1p();
+}
+template <typename T> inline V<T> vdlogsig(const V<T>& x) {
+  V<T> z = x.abs().neg().exp();
+  V<T> q = z / (one<T>() + z);
+  return V<T>::blendv(q, one<T>() - q, x < V<T>(T(0)));
+}
+// share of the gradient torch.maximum(a, b) sends to a (torch.minimum(a, b) sends win(b, a) to a)
+template <typename T> inline V<T> vwin(const V<T>& a, const V<T>& b) {
+  return V<T>::blendv(V<T>::blendv(V<T>(T(0)), V<T>(T(0.5)), a == b), one<T>(), a > b);
+}
+template <typename T> inline T win(T a, T b) { return a > b ? T(1) : (a == b ? T(0.5) : T(0)); }
+template <typename T> inline T sgn(T x) { return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0)); }
+template <typename T> inline T logsigm(T x) { return std::min(x, T(0)) - std::log1p(std::exp(-std::abs(x))); }
+
+// ---------------------------------------------------------------------------------------------
+// head-wise blocks (the package's LinearHeadwiseExpand with P x P blocks), on one token row:
+//   hw_apply: out[c] (+)= sum_d W4[d][c] * x[(c / P) * P + d]     W4 (P, I)
+//   hw_grad:  dW4[d][c] += g[c] * x[(c / P) * P + d]
+// Forward weights W[h, o, d] enter as W4[d][h*P + o]; the input gradient uses W4[o][h*P + d].
+typedef float f16v __attribute__((vector_size(64)));
+typedef int32_t i16v __attribute__((vector_size(64)));
+static const i16v kBcast4[4] = {{0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12},
+                                {1, 1, 1, 1, 5, 5, 5, 5, 9, 9, 9, 9, 13, 13, 13, 13},
+                                {2, 2, 2, 2, 6, 6, 6, 6, 10, 10, 10, 10, 14, 14, 14, 14},
+                                {3, 3, 3, 3, 7, 7, 7, 7, 11, 11, 11, 11, 15, 15, 15, 15}};
+inline f16v ld16(const float* p) { f16v v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline void st16(float* p, const f16v& v) { std::memcpy(p, &v, sizeof(v)); }
+
+template <typename T>
+inline void hw_apply(const T* W4, const T* x, T* out, int64_t I, int64_t P, bool acc) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (P == 4 && I % 16 == 0) {
+      for (int64_t c = 0; c < I; c += 16) {
+        const f16v a = ld16(x + c);
+        f16v s = ld16(W4 + c) * __builtin_shuffle(a, kBcast4[0]) + ld16(W4 + I + c) * __builtin_shuffle(a, kBcast4[1]) +
+                 ld16(W4 + 2 * I + c) * __builtin_shuffle(a, kBcast4[2]) +
+                 ld16(W4 + 3 * I + c) * __builtin_shuffle(a, kBcast4[3]);
+        if (acc) s += ld16(out + c);
+        st16(out + c, s);
+      }
+      return;
+    }
+  }
+  for (int64_t c = 0; c < I; ++c) {
+    const T* xb = x + (c / P) * P;
+    T s = acc ? out[c] : T(0);
+    for (int64_t d = 0; d < P; ++d) s += W4[d * I + c] * xb[d];
+    out[c] = s;
+  }
+}
+
+template <typename T>
+inline void hw_grad(T* dW4, const T* g, const T* x, int64_t I, int64_t P) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (P == 4 && I % 16 == 0) {
+      for (int64_t c = 0; c < I; c += 16) {
+        const f16v a = ld16(x + c), gv = ld16(g + c);
+        for (int d = 0; d < 4; ++d) st16(dW4 + d * I + c, ld16(dW4 + d * I + c) + gv * __builtin_shuffle(a, kBcast4[d]));
+      }
+      return;
+    }
+  }
+  for (int64_t c = 0; c < I; ++c) {
+    const T* xb = x + (c / P) * P;
+    for (int64_t d = 0; d < P; ++d) dW4[d * I + c] += g[c] * xb[d];
+  }
+}
+
+// =============================================================================================
+// mLSTM layer between up- and down-projection, outside the cell. Row layout: token n = b*L + t
+// is a row; up (N, 2I) = [x_mlstm | z], qkv (N, 3I) = [q | k | v], h (N, I) the cell output,
+// g (N, G) the gate pre-activations [i_0..i_NH-1 | f_0..f_NH-1].
+// =============================================================================================
+// pre: up -> xc (N, I) conv output before SiLU, qkv, g
+template <typename T>
+void pre_fwd(const T* up, int64_t B, int64_t L, int64_t I, const T* cwT, int64_t K, const T* cb, const T* wq4,
+             const T* wk4, const T* wv4, int64_t P, const T* wg, const T* bg, int64_t G, T* xc, T* qkv, T* g) {
+  at::parallel_for(0, B * L, 8, [&](int64_t r0, int64_t r1) {
+    std::vector<T> xa(I);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / L, t = r % L;
+      T* x = xc + r * I;
+      std::memcpy(x, cb, I * sizeof(T));
+      for (int64_t kk = 0; kk < K; ++kk) {
+        const int64_t tt = t - (K - 1) + kk;
+        if (tt < 0) continue;
+        const T* xs = up + (b * L + tt) * 2 * I;
+        const T* w = cwT + kk * I;
+        vfor<T>(I, [&](int64_t i, int64_t n) {
+          (V<T>::loadu(x + i, n) + V<T>::loadu(w + i, n) * V<T>::loadu(xs + i, n)).store(x + i, n);
+        });
+      }
+      vfor<T>(I, [&](int64_t i, int64_t n) { vsilu(V<T>::loadu(x + i, n)).store(xa.data() + i, n); });
+      T* row = qkv + r * 3 * I;
+      hw_apply(wq4, xa.data(), row, I, P, false);
+      hw_apply(wk4, xa.data(), row + I, I, P, false);
+      hw_apply(wv4, up + r * 2 * I, row + 2 * I, I, P, false);
+      for (int64_t j = 0; j < G; ++j) {
+        const T* w = wg + j * 3 * I;
+        V<T> s(T(0));
+        vfor<T>(3 * I, [&](int64_t i, int64_t n) { s = s + V<T>::loadu(w + i, n) * V<T>::loadu(row + i, n); });
+        g[r * G + j] = hsum(s) + bg[j];
+      }
+    }
+  });
+}
+
+// post: h (N, I) -> hs (N, I) = (GroupNorm_head(h) * (1 + onw) + skip * silu(xc)) * silu(z)
+template <typename T>
+void post_fwd(const T* hc, const T* up, const T* xc, const T* onw, const T* skip, T eps, int64_t N, int64_t I,
+              int64_t NH, T* hs, T* mean, T* rstd) {
+  const int64_t DH = I / NH;
+  at::parallel_for(0, N, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t h = 0; h < NH; ++h) {
+        const int64_t c0 = h * DH;
+        const T* y = hc + r * I + c0;
+        V<T> s(T(0));
+        vfor<T>(DH, [&](int64_t i, int64_t n) { s = s + V<T>::loadu(y + i, n); });
+        const T mu = hsum(s) / T(DH);
+        V<T> sv(T(0));
+        vfor<T>(DH, [&](int64_t i, int64_t n) {
+          V<T> d = V<T>::set(V<T>(T(0)), V<T>::loadu(y + i, n) - V<T>(mu), n);
+          sv = sv + d * d;
+        });
+        const T rs = T(1) / std::sqrt(hsum(sv) / T(DH) + eps);
+        mean[r * NH + h] = mu;
+        rstd[r * NH + h] = rs;
+        const T *z = up + r * 2 * I + I + c0, *x = xc + r * I + c0, *w = onw + c0, *sk = skip + c0;
+        T* out = hs + r * I + c0;
+        vfor<T>(DH, [&](int64_t i, int64_t n) {
+          V<T> hn = (V<T>::loadu(y + i, n) - V<T>(mu)) * V<T>(rs) * (one<T>() + V<T>::loadu(w + i, n));
+          ((hn + V<T>::loadu(sk + i, n) * vsilu(V<T>::loadu(x + i, n))) * vsilu(V<T>::loadu(z + i, n))).store(out + i, n);
+        });
+      }
+    }
+  });
+}
+
+// post backward: dhs (N, I) -> dh (N, I), dup[..., I:] (dz); per-stream partial sums of donw,
+// dskip in pw (B, 2, I)
+template <typename T>
+void post_bwd(const T* dhs, const T* hc, const T* up, const T* xc, const T* onw, const T* skip, const T* mean,
+              const T* rstd, int64_t B, int64_t L, int64_t I, int64_t NH, T* dhc, T* dup, T* pw) {
+  const int64_t DH = I / NH;
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> gbuf(DH);
+    for (int64_t b = b0; b < b1; ++b) {
+      T* donw = pw + b * 2 * I;
+      T* dskip = donw + I;
+      std::fill(donw, donw + 2 * I, T(0));
+      for (int64_t r = b * L; r < (b + 1) * L; ++r) {
+        for (int64_t h = 0; h < NH; ++h) {
+          const int64_t c0 = h * DH;
+          const T* y = hc + r * I + c0;
+          T* dy = dhc + r * I + c0;
+          const T mu = mean[r * NH + h], rs = rstd[r * NH + h];
+          const T *z = up + r * 2 * I + I + c0, *x = xc + r * I + c0, *d = dhs + r * I + c0;
+          const T *w = onw + c0, *sk = skip + c0;
+          T *dz = dup + r * 2 * I + I + c0, *dw = donw + c0, *dsk = dskip + c0;
+          V<T> s1(T(0)), s2(T(0));
+          vfor<T>(DH, [&](int64_t i, int64_t n) {
+            const V<T> zv = V<T>::loadu(z + i, n), dv = V<T>::loadu(d + i, n);
+            const V<T> wv = one<T>() + V<T>::loadu(w + i, n), skv = V<T>::loadu(sk + i, n);
+            const V<T> xh = (V<T>::loadu(y + i, n) - V<T>(mu)) * V<T>(rs);
+            const V<T> sg = vsig(zv), sz = zv * sg, xa = vsilu(V<T>::loadu(x + i, n));
+            const V<T> dpre = dv * sz;
+            (dv * (xh * wv + skv * xa) * (sg * (one<T>() + zv * (one<T>() - sg)))).store(dz + i, n);
+            (V<T>::loadu(dsk + i, n) + dpre * xa).store(dsk + i, n);
+            (V<T>::loadu(dw + i, n) + dpre * xh).store(dw + i, n);
+            const V<T> gg = V<T>::set(V<T>(T(0)), dpre * wv, n);
+            gg.store(gbuf.data() + i, n);
+            s1 = s1 + gg;
+            s2 = s2 + gg * xh;
+          });
+          const T m1 = hsum(s1) / T(DH), m2 = hsum(s2) / T(DH);
+          vfor<T>(DH, [&](int64_t i, int64_t n) {
+            const V<T> xh = (V<T>::loadu(y + i, n) - V<T>(mu)) * V<T>(rs);
+            (V<T>(rs) * (V<T>::loadu(gbuf.data() + i, n) - V<T>(m1) - xh * V<T>(m2))).store(dy + i, n);
+          });
+        }
+      }
+    }
+  });
+}
+
+// pre backward, one stream b per task, tokens in reverse (the conv's input gradient gathers the
+// next K-1 tokens' gradients). dqkv (N, 3I) from the cell plus the gates' part (added per row);
+// writes dup[..., :I]; per-stream partial parameter gradients in pcw (B, K, I), pcb (B, I),
+// pwq/pwk/pwv (B, P, I) (W4 layout).
+template <typename T>
+void pre_bwd(const T* dqkv, const T* dg, const T* dhs, const T* up, const T* xc, const T* skip, const T* cwT, int64_t K,
+             const T* wq4t, const T* wk4t, const T* wv4t, int64_t P, const T* wg, int64_t G, int64_t B, int64_t L,
+             int64_t I, T* dup, T* pcw, T* pcb, T* pwq, T* pwk, T* pwv) {
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> xa(I), dsx(I), dxa(I), dxm(I), dd(3 * I), ring(K * I);
+    for (int64_t b = b0; b < b1; ++b) {
+      T *dcw = pcw + b * K * I, *dcb = pcb + b * I;
+      T *dwq = pwq + b * P * I, *dwk = pwk + b * P * I, *dwv = pwv + b * P * I;
+      std::fill(dcw, dcw + K * I, T(0));
+      std::fill(dcb, dcb + I, T(0));
+      std::fill(dwq, dwq + P * I, T(0));
+      std::fill(dwk, dwk + P * I, T(0));
+      std::fill(dwv, dwv + P * I, T(0));
+      std::fill(ring.begin(), ring.end(), T(0));
+      for (int64_t t = L - 1; t >= 0; --t) {
+        const int64_t r = b * L + t;
+        const T* dr = dqkv + r * 3 * I;
+        const T* gr = dg + r * G;
+        if (t > 0) {  // rows go backwards in memory: fetch the next token's rows early
+          const int64_t line = 64 / sizeof(T);
+          for (int64_t i = 0; i < 3 * I; i += line) __builtin_prefetch(dr - 3 * I + i);
+          for (int64_t i = 0; i < 2 * I; i += line) __builtin_prefetch(up + (r - 1) * 2 * I + i);
+          for (int64_t i = 0; i < I; i += line) {
+            __builtin_prefetch(xc + (r - 1) * I + i);
+            __builtin_prefetch(dhs + (r - 1) * I + i);
+          }
+        }
+        // the gates read cat(q, k, v): d cat += dg @ wg
+        vfor<T>(3 * I, [&](int64_t i, int64_t n) {
+          V<T> acc = V<T>::loadu(dr + i, n);
+          for (int64_t j = 0; j < G; ++j) acc = acc + V<T>(gr[j]) * V<T>::loadu(wg + j * 3 * I + i, n);
+          acc.store(dd.data() + i, n);
+        });
+        const T* xcr = xc + r * I;
+        const T* xm = up + r * 2 * I;
+        const T *z = xm + I, *d = dhs + r * I;
+        vfor<T>(I, [&](int64_t i, int64_t n) {
+          const V<T> x = V<T>::loadu(xcr + i, n), sg = vsig(x);
+          (x * sg).store(xa.data() + i, n);
+          (sg * (one<T>() + x * (one<T>() - sg))).store(dsx.data() + i, n);
+          // the skip branch: hs = (... + skip * silu(xc)) * silu(z)
+          (V<T>::loadu(d + i, n) * vsilu(V<T>::loadu(z + i, n)) * V<T>::loadu(skip + i, n)).store(dxa.data() + i, n);
+        });
+        hw_apply(wq4t, dd.data(), dxa.data(), I, P, true);
+        hw_apply(wk4t, dd.data() + I, dxa.data(), I, P, true);
+        hw_apply(wv4t, dd.data() + 2 * I, dxm.data(), I, P, false);
+        hw_grad(dwq, dd.data(), xa.data(), I, P);
+        hw_grad(dwk, dd.data() + I, xa.data(), I, P);
+        hw_grad(dwv, dd.data() + 2 * I, xm, I, P);
+        // dxc of token t goes to ring slot t % K; input token t feeds output tokens t .. t+K-1
+        T* dxc = ring.data() + (t % K) * I;
+        vfor<T>(I, [&](int64_t i, int64_t n) {
+          const V<T> gv = V<T>::loadu(dxa.data() + i, n) * V<T>::loadu(dsx.data() + i, n);
+          gv.store(dxc + i, n);
+          (V<T>::loadu(dcb + i, n) + gv).store(dcb + i, n);
+        });
+        for (int64_t kk = 0; kk < K; ++kk) {
+          const int64_t to = t + (K - 1) - kk;  // output token that read input t with tap kk
+          if (to >= L) continue;
+          const T* grr = ring.data() + (to % K) * I;
+          const T* w = cwT + kk * I;
+          T* dw = dcw + kk * I;
+          vfor<T>(I, [&](int64_t i, int64_t n) {
+            const V<T> gv = V<T>::loadu(grr + i, n);
+            (V<T>::loadu(dxm.data() + i, n) + V<T>::loadu(w + i, n) * gv).store(dxm.data() + i, n);
+            (V<T>::loadu(dw + i, n) + gv * V<T>::loadu(xm + i, n)).store(dw + i, n);
+          });
+        }
+        std::memcpy(dup + r * 2 * I, dxm.data(), I * sizeof(T));
+      }
+    }
+  });
+}
+
+// =============================================================================================
+// mLSTM cell, parallel form (the package's parallel_stabilized_simple), one head at a time.
+// Block-causal: rows go in chunks of c tokens and a chunk's rows only meet the columns up to its
+// last token, so the products skip the blocks above the diagonal (the reference computes them
+// and masks them to 0). Within the computed blocks the arithmetic is the reference's. The
+// products call the BLAS torch links (MKL's sgemm_/dgemm_) with leading dimensions, so blocks
+// are read and written where they lie; a head's L x L matrix stays in cache between the product
+// that makes it and the row pass that uses it.
+// =============================================================================================
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*, const int*,
+            const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+}
+
+// row-major C (m x n, ldc) = alpha * op(A) @ op(B) + beta * C, op(A) (m x k), op(B) (k x n)
+template <typename T>
+void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, const T* B,
+             int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  // column-major view: C^T = op(B)^T @ op(A)^T
+  const char tA = ta ? 'T' : 'N', tB = tb ? 'T' : 'N';
+  const int im = int(m), in = int(n), ik = int(k), ilda = int(lda), ildb = int(ldb), ildc = int(ldc);
+  if constexpr (std::is_same<T, float>::value) {
+    if (sgemm_) { sgemm_(&tB, &tA, &in, &im, &ik, &alpha, B, &ildb, A, &ilda, &beta, C, &ildc); return; }
+  } else {
+    if (dgemm_) { dgemm_(&tB, &tA, &in, &im, &ik, &alpha, B, &ildb, A, &ilda, &beta, C, &ildc); return; }
+  }
+  // no BLAS symbol in this torch build: ATen on views of the same memory
+  auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  Tensor a = ta ? at::from_blob(const_cast<T*>(A), {k, m}, {lda, 1}, opt).t() : at::from_blob(const_cast<T*>(A), {m, k}, {lda, 1}, opt);
+  Tensor bb = tb ? at::from_blob(const_cast<T*>(B), {n, k}, {ldb, 1}, opt).t() : at::from_blob(const_cast<T*>(B), {k, n}, {ldb, 1}, opt);
+  Tensor c = at::from_blob(C, {m, n}, {ldc, 1}, opt);
+  if (beta == T(0)) c.copy_(at::mm(a, bb).mul_(alpha));
+  else c.mul_(beta).add_(at::mm(a, bb), alpha);
+}
+
+struct Chunk { int64_t r0, ri, e; };  // rows [r0, r0 + ri), columns [0, e = r0 + ri)
+static std::vector<Chunk> chunks(int64_t L, int64_t c) {
+  std::vector<Chunk> out;
+  for (int64_t r0 = 0; r0 < L; r0 += c) out.push_back({r0, std::min(c, L - r0), std::min(L, r0 + c)});
+  return out;
+}
+
+// b = cumsum(log sigmoid(fpre)) of one head, in double like torch.cumsum on a CPU
+template <typename T>
+void cell_cumsum(const T* fpre, int64_t L, T* b, T* tmp) {
+  vfor<T>(L, [&](int64_t i, int64_t n) { vlogsig(V<T>::loadu(fpre + i, n)).store(tmp + i, n); });
+  double acc = 0;
+  for (int64_t t = 0; t < L; ++t) { acc += double(tmp[t]); b[t] = T(acc); }
+}
+
+// row t of one head: S[0..t] -> Cn[0..t] (normalised combination weights), zeros to column e
+template <typename T>
+inline void cell_row_fwd(T* row, int64_t t, int64_t e, const T* b, const T* ip, T eps, T* ld, T& m_out, T& r_out,
+                         int64_t& am_out) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const V<T> bt(b[t]);
+  V<T> mv(ninf);
+  vfor<T>(t + 1, [&](int64_t i, int64_t n) {
+    const V<T> x = (bt - V<T>::loadu(b + i, n)) + V<T>::loadu(ip + i, n);  // log D = (b_t - b_s) + i_s
+    x.store(ld + i, n);
+    mv = at::vec::maximum(mv, V<T>::set(V<T>(ninf), x, n));
+  });
+  const T mx = hmax(mv);
+  int64_t ai = 0;
+  while (ai < t && !(ld[ai] == mx)) ++ai;
+  V<T> sv(T(0));
+  vfor<T>(t + 1, [&](int64_t i, int64_t n) {
+    const V<T> c = V<T>::loadu(row + i, n) * (V<T>::loadu(ld + i, n) - V<T>(mx)).exp();
+    c.store(row + i, n);
+    sv = sv + V<T>::set(V<T>(T(0)), c, n);
+  });
+  const T sum = hsum(sv);
+  const T nrm = std::max(std::abs(sum), std::exp(-mx)) + eps;
+  vfor<T>(t + 1, [&](int64_t i, int64_t n) { (V<T>::loadu(row + i, n) / V<T>(nrm)).store(row + i, n); });
+  std::fill(row + t + 1, row + e, T(0));
+  m_out = mx; r_out = sum; am_out = ai;
+}
+
+// row t: G = dh @ v^T -> dS (gradient of q @ ks^T); accumulates d ipre into di and d b into db
+template <typename T>
+inline void cell_row_bwd(T* g, const T* cn, int64_t t, int64_t e, const T* b, const T* ip, T mt, T rt, int64_t ai,
+                         T eps, T* di, T* db) {
+  const T ex = std::exp(-mt), a = std::abs(rt);
+  const T nrm = std::max(a, ex) + eps;
+  V<T> gs(T(0));
+  vfor<T>(t + 1, [&](int64_t i, int64_t n) { gs = gs + V<T>::loadu(g + i, n) * V<T>::loadu(cn + i, n); });
+  const T gn = -hsum(gs) / nrm;  // d loss / d normaliser (C / nrm^2 = Cn / nrm)
+  const T dr = gn * win(a, ex) * sgn(rt);
+  const T dmn = gn * win(ex, a) * (-ex);
+  const V<T> bt(b[t]), mtv(mt), nv(nrm), drv(dr);
+  V<T> rows(T(0));
+  vfor<T>(t + 1, [&](int64_t i, int64_t n) {
+    const V<T> D = (((bt - V<T>::loadu(b + i, n)) + V<T>::loadu(ip + i, n)) - mtv).exp();
+    const V<T> dC = V<T>::loadu(g + i, n) / nv + drv;
+    const V<T> dlv = dC * (V<T>::loadu(cn + i, n) * nv);  // d / d log D = dC * C
+    (dC * D).store(g + i, n);
+    (V<T>::loadu(di + i, n) + dlv).store(di + i, n);
+    (V<T>::loadu(db + i, n) - dlv).store(db + i, n);
+    rows = rows + V<T>::set(V<T>(T(0)), dlv, n);
+  });
+  std::fill(g + t + 1, g + e, T(0));
+  const T rs = hsum(rows);
+  const T dm = dmn - rs;  // d loss / d m_t (the row max), routed to its argmax
+  di[ai] += dm;
+  db[ai] -= dm;
+  db[t] += rs + dm;
+}
+
+// One head (b, hh) of the row-layout tensors: q, k, v rows at qkv + (b*L + t)*3I + {0, I, 2I} + hh*DH
+// (leading dimension 3I), h rows at h + (b*L + t)*I + hh*DH (leading dimension I), gates at
+// g + (b*L + t)*G + {hh, NH + hh}. S = q @ k^T / sqrt(DH) is the reference's q @ (k / sqrt(DH))^T.
+template <typename T>
+void cell_fwd(const T* qkv, const T* g, int64_t B, int64_t L, int64_t I, int64_t NH, int64_t c, T eps, T* h, T* Cn,
+              T* m, T* r, int64_t* am, T* bcs) {
+  const int64_t DH = I / NH, G = 2 * NH, BH = B * NH;
+  const T alpha = T(1) / T(std::sqrt(double(DH)));
+  const auto ch = chunks(L, c);
+  at::parallel_for(0, BH, 1, [&](int64_t h0, int64_t h1) {
+    std::vector<T> ld(L), ip(L), fp(L);
+    for (int64_t bh = h0; bh < h1; ++bh) {
+      const int64_t b = bh / NH, hh = bh % NH;
+      const T* qh = qkv + b * L * 3 * I + hh * DH;
+      T *C = Cn + bh * L * L, *bb = bcs + bh * L, *hout = h + b * L * I + hh * DH;
+      for (int64_t t = 0; t < L; ++t) { ip[t] = g[(b * L + t) * G + hh]; fp[t] = g[(b * L + t) * G + NH + hh]; }
+      cell_cumsum(fp.data(), L, bb, ld.data());
+      for (const auto& k : ch) {
+        gemm_rm<T>(false, true, k.ri, k.e, DH, alpha, qh + k.r0 * 3 * I, 3 * I, qh + I, 3 * I, T(0), C + k.r0 * L, L);
+        for (int64_t t = k.r0; t < k.r0 + k.ri; ++t)
+          cell_row_fwd(C + t * L, t, k.e, bb, ip.data(), eps, ld.data(), m[bh * L + t], r[bh * L + t], am[bh * L + t]);
+        gemm_rm<T>(false, false, k.ri, DH, k.e, T(1), C + k.r0 * L, L, qh + 2 * I, 3 * I, T(0), hout + k.r0 * I, I);
+      }
+    }
+  });
+}
+
+// dh (N, I) -> dqkv (N, 3I), dg (N, G)
+template <typename T>
+void cell_bwd(const T* dh, const T* qkv, const T* g, const T* Cn, const T* m, const T* r, const int64_t* am,
+              const T* bcs, int64_t B, int64_t L, int64_t I, int64_t NH, int64_t c, T eps, T* dqkv, T* dg) {
+  const int64_t DH = I / NH, G = 2 * NH, BH = B * NH;
+  const T alpha = T(1) / T(std::sqrt(double(DH)));
+  const auto ch = chunks(L, c);
+  at::parallel_for(0, BH, 1, [&](int64_t h0, int64_t h1) {
+    std::vector<T> Gm(L * L), db(L), dl(L), ip(L), di(L);
+    for (int64_t bh = h0; bh < h1; ++bh) {
+      const int64_t b = bh / NH, hh = bh % NH;
+      const T* qh = qkv + b * L * 3 * I + hh * DH;
+      const T* dhh = dh + b * L * I + hh * DH;
+      T* dqh = dqkv + b * L * 3 * I + hh * DH;
+      const T *C = Cn + bh * L * L, *bb = bcs + bh * L;
+      for (int64_t t = 0; t < L; ++t) ip[t] = g[(b * L + t) * G + hh];
+      std::fill(di.begin(), di.end(), T(0));
+      std::fill(db.begin(), db.end(), T(0));
+      for (const auto& k : ch) {
+        T* Gk = Gm.data() + k.r0 * L;
+        gemm_rm<T>(false, true, k.ri, k.e, DH, T(1), dhh + k.r0 * I, I, qh + 2 * I, 3 * I, T(0), Gk, L);
+        for (int64_t t = k.r0; t < k.r0 + k.ri; ++t)
+          cell_row_bwd(Gm.data() + t * L, C + t * L, t, k.e, bb, ip.data(), m[bh * L + t], r[bh * L + t],
+                       am[bh * L + t], eps, di.data(), db.data());
+        gemm_rm<T>(false, false, k.ri, DH, k.e, alpha, Gk, L, qh + I, 3 * I, T(0), dqh + k.r0 * 3 * I, 3 * I);
+      }
+      // dv = Cn^T @ dh, dk = dS^T @ q / sqrt(DH) over the computed blocks; the last chunk spans all columns
+      for (int64_t i = int64_t(ch.size()) - 1; i >= 0; --i) {
+        const auto& k = ch[i];
+        const T beta = i == int64_t(ch.size()) - 1 ? T(0) : T(1);
+        gemm_rm<T>(true, false, k.e, DH, k.ri, T(1), C + k.r0 * L, L, dhh + k.r0 * I, I, beta, dqh + 2 * I, 3 * I);
+        gemm_rm<T>(true, false, k.e, DH, k.ri, alpha, Gm.data() + k.r0 * L, L, qh + k.r0 * 3 * I, 3 * I, beta, dqh + I,
+                   3 * I);
+      }
+      T acc = 0;  // b = cumsum(log f): d log f_r = sum_{t >= r} db_t
+      for (int64_t t = L - 1; t >= 0; --t) {
+        acc += db[t];
+        dl[t] = acc;
+        ip[t] = g[(b * L + t) * G + NH + hh];  // reuse: fpre
+      }
+      vfor<T>(L, [&](int64_t i, int64_t n) {
+        (V<T>::loadu(dl.data() + i, n) * vdlogsig(V<T>::loadu(ip.data() + i, n))).store(db.data() + i, n);
+      });
+      for (int64_t t = 0; t < L; ++t) { dg[(b * L + t) * G + hh] = di[t]; dg[(b * L + t) * G + NH + hh] = db[t]; }
+    }
+  });
+}
+
+// =============================================================================================
+// sLSTM cell (the package's vanilla backend) + its head-wise GroupNorm
+// =============================================================================================
+// wif, wzo (NH, B*L, 2*DH): input pre-activations of gates (i, f) and (z, o) for token n = b*L+t;
+// RT (NH, DH, 4*DH) recurrent kernel transposed (internal layout: gate-major rows), bias (4, NH, DH).
+// Saves states (L+1, 4, NH, B, DH) [y, c, n, m], raw (L, NH, B, 4*DH), allz (L), and writes
+// out (B, L, NH*DH) = GroupNorm(y) * (1 + gnw), gmean/grstd (B, L, NH).
+template <typename T>
+void slstm_fwd(const T* wif, const T* wzo, const Tensor& RT, const T* bias, const T* gnw, T eps, int64_t NH, int64_t B,
+               int64_t L, int64_t DH, T* st, T* raw, uint8_t* allz, T* out, T* gmean, T* grstd, Tensor& ry) {
+  const int64_t S1 = NH * B * DH, D4 = 4 * DH;
+  std::fill(st, st + 4 * S1, T(0));
+  const T* ryp = ry.data_ptr<T>();
+  for (int64_t t = 0; t < L; ++t) {
+    const T* y0 = st + t * 4 * S1;
+    const T *c0 = y0 + S1, *n0 = y0 + 2 * S1, *m0 = y0 + 3 * S1;
+    T* y1 = st + (t + 1) * 4 * S1;
+    T *c1 = y1 + S1, *n1 = y1 + 2 * S1, *m1 = y1 + 3 * S1;
+    at::bmm_out(ry, at::from_blob(const_cast<T*>(y0), {NH, B, DH}, RT.options()), RT);  // y @ R^T per head
+    bool az = true;  // the package switches m = i for all cells when every n is 0 (a fresh state)
+    for (int64_t i = 0; i < S1; ++i) az = az && (n0[i] == T(0));
+    allz[t] = az;
+    T* rw = raw + t * NH * B * D4;
+    at::parallel_for(0, NH * B, 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t hb = i0; hb < i1; ++hb) {
+        const int64_t h = hb / B, b = hb % B, n = b * L + t;
+        const T* xif = wif + (h * B * L + n) * 2 * DH;
+        const T* xzo = wzo + (h * B * L + n) * 2 * DH;
+        const T* ryr = ryp + hb * D4;
+        T* rr = rw + hb * D4;
+        const int64_t s0 = hb * DH;
+        vfor<T>(DH, [&](int64_t j, int64_t k) {
+          auto ld = [&](const T* p) { return V<T>::loadu(p + j, k); };
+          const V<T> ir = (ld(xif) + ld(ryr)) + ld(bias + (0 * NH + h) * DH);
+          const V<T> fr = (ld(xif + DH) + ld(ryr + DH)) + ld(bias + (1 * NH + h) * DH);
+          const V<T> zr = (ld(xzo) + ld(ryr + 2 * DH)) + ld(bias + (2 * NH + h) * DH);
+          const V<T> orr = (ld(xzo + DH) + ld(ryr + 3 * DH)) + ld(bias + (3 * NH + h) * DH);
+          ir.store(rr + j, k); fr.store(rr + DH + j, k); zr.store(rr + 2 * DH + j, k); orr.store(rr + 3 * DH + j, k);
+          const V<T> lfm = ld(m0 + s0) + vlogsig(fr);
+          const V<T> mn = az ? ir : at::vec::maximum(ir, lfm);
+          const V<T> ig = at::vec::minimum((ir - mn).exp(), one<T>());
+          const V<T> fg = at::vec::minimum((lfm - mn).exp(), one<T>());
+          const V<T> cn = fg * ld(c0 + s0) + ig * zr.tanh();
+          const V<T> nn = fg * ld(n0 + s0) + ig;
+          ((vsig(orr) * cn) / nn).store(y1 + s0 + j, k);
+          cn.store(c1 + s0 + j, k); nn.store(n1 + s0 + j, k); mn.store(m1 + s0 + j, k);
+        });
+      }
+    });
+  }
+  at::parallel_for(0, B * L, 8, [&](int64_t r0, int64_t r1) {  // head-wise GroupNorm of y
+    for (int64_t rr = r0; rr < r1; ++rr) {
+      const int64_t b = rr / L, t = rr % L;
+      for (int64_t h = 0; h < NH; ++h) {
+        const T* y = st + (t + 1) * 4 * S1 + (h * B + b) * DH;
+        V<T> s(T(0)), sv(T(0));
+        vfor<T>(DH, [&](int64_t i, int64_t n) { s = s + V<T>::loadu(y + i, n); });
+        const T mu = hsum(s) / T(DH);
+        vfor<T>(DH, [&](int64_t i, int64_t n) {
+          V<T> d = V<T>::set(V<T>(T(0)), V<T>::loadu(y + i, n) - V<T>(mu), n);
+          sv = sv + d * d;
+        });
+        const T rs = T(1) / std::sqrt(hsum(sv) / T(DH) + eps);
+        gmean[rr * NH + h] = mu;
+        grstd[rr * NH + h] = rs;
+        T* o = out + rr * NH * DH + h * DH;
+        vfor<T>(DH, [&](int64_t i, int64_t n) {
+          ((V<T>::loadu(y + i, n) - V<T>(mu)) * V<T>(rs) * (one<T>() + V<T>::loadu(gnw + h * DH + i, n))).store(o + i, n);
+        });
+      }
+    }
+  });
+}
+
+// dout (B, L, D) -> dwif, dwzo (NH, B*L, 2DH), draw (L, NH, B, 4DH) (for dR, dbias), dgnw partials (B, D)
+template <typename T>
+void slstm_bwd(const T* dout, const T* st, const T* raw, const uint8_t* allz, const T* gnw, const T* gmean,
+               const T* grstd, const Tensor& R, int64_t NH, int64_t B, int64_t L, int64_t DH, T* dwif, T* dwzo,
+               T* draw, T* pgn, Tensor& dyrec) {
+  const int64_t S1 = NH * B * DH, D4 = 4 * DH, D = NH * DH;
+  std::vector<T> dyo(L * S1);  // GroupNorm backward: d y for every t, layout (L, NH, B, DH)
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> g(DH);
+    for (int64_t b = b0; b < b1; ++b) {
+      T* dw = pgn + b * D;
+      std::fill(dw, dw + D, T(0));
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t rr = b * L + t;
+        for (int64_t h = 0; h < NH; ++h) {
+          const T* y = st + (t + 1) * 4 * S1 + (h * B + b) * DH;
+          const T* d = dout + rr * D + h * DH;
+          const T mu = gmean[rr * NH + h], rs = grstd[rr * NH + h];
+          V<T> s1(T(0)), s2(T(0));
+          vfor<T>(DH, [&](int64_t i, int64_t n) {
+            const V<T> xh = (V<T>::loadu(y + i, n) - V<T>(mu)) * V<T>(rs), dv = V<T>::loadu(d + i, n);
+            (V<T>::loadu(dw + h * DH + i, n) + dv * xh).store(dw + h * DH + i, n);
+            const V<T> gg = V<T>::set(V<T>(T(0)), dv * (one<T>() + V<T>::loadu(gnw + h * DH + i, n)), n);
+            gg.store(g.data() + i, n);
+            s1 = s1 + gg;
+            s2 = s2 + gg * xh;
+          });
+          const T m1 = hsum(s1) / T(DH), m2 = hsum(s2) / T(DH);
+          T* dy = dyo.data() + t * S1 + (h * B + b) * DH;
+          vfor<T>(DH, [&](int64_t i, int64_t n) {
+            const V<T> xh = (V<T>::loadu(y + i, n) - V<T>(mu)) * V<T>(rs);
+            (V<T>(rs) * (V<T>::loadu(g.data() + i, n) - V<T>(m1) - xh * V<T>(m2))).store(dy + i, n);
+          });
+        }
+      }
+    }
+  });
+  std::vector<T> dc(S1, T(0)), dn(S1, T(0)), dm(S1, T(0));
+  T* dyr = dyrec.data_ptr<T>();
+  std::fill(dyr, dyr + S1, T(0));
+  for (int64_t t = L - 1; t >= 0; --t) {
+    const T* y0 = st + t * 4 * S1;
+    const T *c0 = y0 + S1, *n0 = y0 + 2 * S1, *m0 = y0 + 3 * S1;
+    const T* y1 = st + (t + 1) * 4 * S1;
+    const T *c1 = y1 + S1, *n1 = y1 + 2 * S1;
+    const T* rw = raw + t * NH * B * D4;
+    T* dr = draw + t * NH * B * D4;
+    const bool az = allz[t];
+    at::parallel_for(0, NH * B, 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t hb = i0; hb < i1; ++hb) {
+        const int64_t h = hb / B, b = hb % B, nt = b * L + t;
+        const T* rr = rw + hb * D4;
+        T* drr = dr + hb * D4;
+        T* gif = dwif + (h * B * L + nt) * 2 * DH;
+        T* gzo = dwzo + (h * B * L + nt) * 2 * DH;
+        const int64_t s0 = hb * DH;
+        vfor<T>(DH, [&](int64_t j, int64_t k) {
+          auto ld = [&](const T* p) { return V<T>::loadu(p + j, k); };
+          const V<T> ir = ld(rr), fr = ld(rr + DH), zr = ld(rr + 2 * DH), orr = ld(rr + 3 * DH);
+          const V<T> lfm = ld(m0 + s0) + vlogsig(fr);
+          const V<T> mn = az ? ir : at::vec::maximum(ir, lfm);
+          const V<T> ei = (ir - mn).exp(), ef = (lfm - mn).exp();
+          const V<T> ig = at::vec::minimum(ei, one<T>()), fg = at::vec::minimum(ef, one<T>());
+          const V<T> og = vsig(orr), tz = zr.tanh();
+          const V<T> cn = ld(c1 + s0), nn = ld(n1 + s0);
+          const V<T> dy = ld(dyo.data() + t * S1 + s0) + ld(dyr + s0);  // y = (og * c) / n
+          const V<T> doc = dy / nn;
+          const V<T> dnn = ld(dn.data() + s0) - dy * (og * cn) / (nn * nn);
+          const V<T> dcn = ld(dc.data() + s0) + doc * og;
+          const V<T> dog = doc * cn;
+          const V<T> dfg = dcn * ld(c0 + s0) + dnn * ld(n0 + s0);
+          const V<T> dig = dcn * tz + dnn;
+          (dcn * fg).store(dc.data() + s0 + j, k);
+          (dnn * fg).store(dn.data() + s0 + j, k);
+          const V<T> dzr = dcn * ig * (one<T>() - tz * tz);
+          const V<T> dor = dog * og * (one<T>() - og);
+          const V<T> dxi = dig * vwin(one<T>(), ei) * ei;  // d/d(ir - mn); minimum(e, 1) splits ties
+          const V<T> dxf = dfg * vwin(one<T>(), ef) * ef;  // d/d(lfm - mn)
+          const V<T> dmn = ld(dm.data() + s0) - dxi - dxf;
+          V<T> dir = dxi, dlfm = dxf;
+          if (az) {
+            dir = dir + dmn;
+          } else {
+            dir = dir + dmn * vwin(ir, lfm);
+            dlfm = dlfm + dmn * vwin(lfm, ir);
+          }
+          dlfm.store(dm.data() + s0 + j, k);
+          const V<T> dfr = dlfm * vdlogsig(fr);
+          dir.store(drr + j, k); dfr.store(drr + DH + j, k); dzr.store(drr + 2 * DH + j, k); dor.store(drr + 3 * DH + j, k);
+          dir.store(gif + j, k); dfr.store(gif + DH + j, k); dzr.store(gzo + j, k); dor.store(gzo + DH + j, k);
+        });
+      }
+    });
+    at::bmm_out(dyrec, at::from_blob(dr, {NH, B, D4}, R.options()), R);  // d y_{t-1} = draw_t @ R per head
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------- bindings
+#define DISPATCH(t, name, ...) AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), name, __VA_ARGS__)
+#define PTR(x) x.data_ptr<scalar_t>()
+
+// head-wise weights W (NPH, P, P) [h, o, d] -> W4 (P, I): [d][h*P + o] (forward), [o][h*P + d] (transposed)
+static Tensor hw4(const Tensor& W) { return W.permute({2, 0, 1}).reshape({W.size(2), -1}).contiguous(); }
+static Tensor hw4t(const Tensor& W) { return W.permute({1, 0, 2}).reshape({W.size(1), -1}).contiguous(); }
+
+// up (B, L, 2I) -> xc (B, L, I), qkv (B, L, 3I), g (B, L, G)
+std::vector<Tensor> mlstm_pre_fwd(Tensor up, Tensor cw, Tensor cb, Tensor wq, Tensor wk, Tensor wv, Tensor wg,
+                                  Tensor bg) {
+  const int64_t B = up.size(0), L = up.size(1), I = up.size(2) / 2, K = cw.size(1), P = wq.size(2), G = wg.size(0);
+  Tensor cwT = cw.t().contiguous(), wq4 = hw4(wq), wk4 = hw4(wk), wv4 = hw4(wv);
+  Tensor xc = at::empty({B, L, I}, up.options()), qkv = at::empty({B, L, 3 * I}, up.options());
+  Tensor g = at::empty({B, L, G}, up.options());
+  DISPATCH(up, "mlstm_pre_fwd", [&] {
+    pre_fwd<scalar_t>(PTR(up), B, L, I, PTR(cwT), K, PTR(cb), PTR(wq4), PTR(wk4), PTR(wv4), P, PTR(wg), PTR(bg), G,
+                      PTR(xc), PTR(qkv), PTR(g));
+  });
+  return {xc, qkv, g};
+}
+
+// h (B, L, I) -> hs, mean, rstd
+std::vector<Tensor> mlstm_post_fwd(Tensor hc, Tensor up, Tensor xc, Tensor onw, Tensor skip, double eps, int64_t NH) {
+  const int64_t B = up.size(0), L = up.size(1), I = up.size(2) / 2;
+  Tensor hs = at::empty({B, L, I}, up.options());
+  Tensor mean = at::empty({B, L, NH}, up.options()), rstd = at::empty_like(mean);
+  DISPATCH(up, "mlstm_post_fwd", [&] {
+    post_fwd<scalar_t>(PTR(hc), PTR(up), PTR(xc), PTR(onw), PTR(skip), scalar_t(eps), B * L, I, NH, PTR(hs),
+                       PTR(mean), PTR(rstd));
+  });
+  return {hs, mean, rstd};
+}
+
+// -> dup (B, L, 2I) with its z half filled, dh, donw, dskip
+std::vector<Tensor> mlstm_post_bwd(Tensor dhs, Tensor hc, Tensor up, Tensor xc, Tensor onw, Tensor skip, Tensor mean,
+                                   Tensor rstd, int64_t NH) {
+  const int64_t B = up.size(0), L = up.size(1), I = up.size(2) / 2;
+  Tensor dup = at::empty_like(up), dhc = at::empty_like(hc), pw = at::empty({B, 2, I}, up.options());
+  DISPATCH(up, "mlstm_post_bwd", [&] {
+    post_bwd<scalar_t>(PTR(dhs), PTR(hc), PTR(up), PTR(xc), PTR(onw), PTR(skip), PTR(mean), PTR(rstd), B, L, I, NH,
+                       PTR(dhc), PTR(dup), PTR(pw));
+  });
+  Tensor s = pw.sum(0);
+  return {dup, dhc, s[0], s[1]};
+}
+
+// dqkv, dg from the cell; fills dup[..., :I]
+// -> dcw (I, K), dcb, dwq, dwk, dwv, dwg, dbg
+std::vector<Tensor> mlstm_pre_bwd(Tensor dup, Tensor dqkv, Tensor dg, Tensor dhs, Tensor up, Tensor xc, Tensor qkv,
+                                  Tensor skip, Tensor cw, Tensor wq, Tensor wk, Tensor wv, Tensor wg) {
+  const int64_t B = up.size(0), L = up.size(1), I = up.size(2) / 2, K = cw.size(1), P = wq.size(2), G = wg.size(0);
+  const int64_t NPH = I / P;
+  Tensor cwT = cw.t().contiguous(), wq4t = hw4t(wq), wk4t = hw4t(wk), wv4t = hw4t(wv);
+  auto o = up.options();
+  Tensor pcw = at::empty({B, K, I}, o), pcb = at::empty({B, I}, o);
+  Tensor pwq = at::empty({B, P, I}, o), pwk = at::empty_like(pwq), pwv = at::empty_like(pwq);
+  // the gates' weight gradient is one product over all tokens (MKL), before dqkv gets their part
+  Tensor dg2 = dg.view({B * L, G}), dwg = at::mm(dg2.t(), qkv.view({B * L, 3 * I})), dbg = dg2.sum(0);
+  DISPATCH(up, "mlstm_pre_bwd", [&] {
+    pre_bwd<scalar_t>(PTR(dqkv), PTR(dg), PTR(dhs), PTR(up), PTR(xc), PTR(skip), PTR(cwT), K, PTR(wq4t), PTR(wk4t),
+                      PTR(wv4t), P, PTR(wg), G, B, L, I, PTR(dup), PTR(pcw), PTR(pcb), PTR(pwq), PTR(pwk), PTR(pwv));
+  });
+  auto unhw = [&](const Tensor& p) { return p.sum(0).view({P, NPH, P}).permute({1, 2, 0}).contiguous(); };
+  return {pcw.sum(0).t().contiguous(), pcb.sum(0), unhw(pwq), unhw(pwk), unhw(pwv), dwg, dbg};
+}
+
+// qkv (B, L, 3I), g (B, L, G) -> h (B, L, I), Cn (BH, L, L), m, r, am, b (BH, L)
+std::vector<Tensor> mlstm_cell_fwd(Tensor qkv, Tensor g, int64_t NH, double eps, int64_t c) {
+  const int64_t B = qkv.size(0), L = qkv.size(1), I = qkv.size(2) / 3, BH = B * NH;
+  Tensor h = at::empty({B, L, I}, qkv.options()), Cn = at::empty({BH, L, L}, qkv.options());
+  Tensor m = at::empty({BH, L}, qkv.options()), r = at::empty_like(m), b = at::empty_like(m);
+  Tensor am = at::empty({BH, L}, qkv.options().dtype(at::kLong));
+  DISPATCH(qkv, "mlstm_cell_fwd", [&] {
+    cell_fwd<scalar_t>(PTR(qkv), PTR(g), B, L, I, NH, c, scalar_t(eps), PTR(h), PTR(Cn), PTR(m), PTR(r),
+                       am.data_ptr<int64_t>(), PTR(b));
+  });
+  return {h, Cn, m, r, am, b};
+}
+
+// dh (B, L, I) -> dqkv (B, L, 3I), dg (B, L, G)
+std::vector<Tensor> mlstm_cell_bwd(Tensor dh, Tensor qkv, Tensor g, Tensor Cn, Tensor m, Tensor r, Tensor am, Tensor b,
+                                   int64_t NH, double eps, int64_t c) {
+  const int64_t B = qkv.size(0), L = qkv.size(1), I = qkv.size(2) / 3;
+  Tensor dqkv = at::empty_like(qkv), dg = at::empty_like(g);
+  DISPATCH(qkv, "mlstm_cell_bwd", [&] {
+    cell_bwd<scalar_t>(PTR(dh), PTR(qkv), PTR(g), PTR(Cn), PTR(m), PTR(r), am.data_ptr<int64_t>(), PTR(b), B, L, I, NH,
+                       c, scalar_t(eps), PTR(dqkv), PTR(dg));
+  });
+  return {dqkv, dg};
+}
+
+// wif, wzo (NH, B*L, 2DH); R (NH, 4DH, DH) internal layout; bias (4*NH*DH) -> out (B, L, D), saved
+std::vector<Tensor> slstm_cell_fwd(Tensor wif, Tensor wzo, Tensor R, Tensor bias, Tensor gnw, double eps, int64_t B,
+                                   int64_t L) {
+  const int64_t NH = R.size(0), DH = R.size(2);
+  auto o = wif.options();
+  Tensor RT = R.transpose(1, 2).contiguous();
+  Tensor st = at::empty({L + 1, 4, NH, B, DH}, o), raw = at::empty({L, NH, B, 4 * DH}, o);
+  Tensor allz = at::empty({L}, o.dtype(at::kByte));
+  Tensor out = at::empty({B, L, NH * DH}, o), gm = at::empty({B, L, NH}, o), gr = at::empty_like(gm);
+  Tensor ry = at::empty({NH, B, 4 * DH}, o);
+  DISPATCH(wif, "slstm_cell_fwd", [&] {
+    slstm_fwd<scalar_t>(PTR(wif), PTR(wzo), RT, PTR(bias), PTR(gnw), scalar_t(eps), NH, B, L, DH, PTR(st), PTR(raw),
+                        allz.data_ptr<uint8_t>(), PTR(out), PTR(gm), PTR(gr), ry);
+  });
+  return {out, st, raw, allz, gm, gr};
+}
+
+// -> dwif, dwzo, dR, dbias, dgnw
+std::vector<Tensor> slstm_cell_bwd(Tensor dout, Tensor st, Tensor raw, Tensor allz, Tensor R, Tensor gnw, Tensor gm,
+                                   Tensor gr, int64_t B, int64_t L) {
+  const int64_t NH = R.size(0), DH = R.size(2);
+  auto o = dout.options();
+  Tensor dwif = at::empty({NH, B * L, 2 * DH}, o), dwzo = at::empty_like(dwif);
+  Tensor draw = at::empty({L, NH, B, 4 * DH}, o), pgn = at::empty({B, NH * DH}, o);
+  Tensor dyrec = at::empty({NH, B, DH}, o);
+  DISPATCH(dout, "slstm_cell_bwd", [&] {
+    slstm_bwd<scalar_t>(PTR(dout), PTR(st), PTR(raw), allz.data_ptr<uint8_t>(), PTR(gnw), PTR(gm), PTR(gr), R, NH, B,
+                        L, DH, PTR(dwif), PTR(dwzo), PTR(draw), PTR(pgn), dyrec);
+  });
+  // dR[h] = sum_t draw_t[h]^T @ y_{t-1}[h]; y_{t-1} for t = 0..L-1 are states 0..L-1
+  Tensor yprev = st.narrow(0, 0, L).select(1, 0).permute({1, 0, 2, 3}).reshape({NH, L * B, DH});
+  Tensor dR = at::bmm(draw.permute({1, 3, 0, 2}).reshape({NH, 4 * DH, L * B}), yprev);
+  Tensor dbias = draw.sum({0, 2}).view({NH, 4, DH}).permute({1, 0, 2}).reshape({-1});
+  return {dwif, dwzo, dR, dbias, pgn.sum(0)};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
+  mod.def("mlstm_pre_fwd", &mlstm_pre_fwd);
+  mod.def("mlstm_post_fwd", &mlstm_post_fwd);
+  mod.def("mlstm_post_bwd", &mlstm_post_bwd);
+  mod.def("mlstm_pre_bwd", &mlstm_pre_bwd);
+  mod.def("mlstm_cell_fwd", &mlstm_cell_fwd);
+  mod.def("mlstm_cell_bwd", &mlstm_cell_bwd);
+  mod.def("slstm_cell_fwd", &slstm_cell_fwd);
+  mod.def("slstm_cell_bwd", &slstm_cell_bwd);
+}
+"""

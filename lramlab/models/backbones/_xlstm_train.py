@@ -1,0 +1,227 @@
+"""CPU training path of the xLSTM backbone: fused C++ kernels with hand-written backward passes.
+
+The package's CPU training path is slow for reasons unrelated to the maths: the sLSTM "vanilla"
+backend is a Python loop over time with autograd (copies of the recurrent kernel per step), the
+mLSTM's 4x4 head-wise q/k/v projections run as bmm over 256 tiny matrices, and the gate
+projections' backward is a K=4 matmul. This module computes the same functions over the SAME
+parameters (no layout of its own) with a few fused kernels (source in `_xlstm_cpu_src`):
+
+  mLSTM block:  LayerNorm -> proj_up (torch) -> [conv + SiLU + q/k/v + gates] -> cell (parallel
+                form: ATen bmm + fused stabiliser rows) -> [GroupNorm + skip + SiLU(z) gate]
+                -> proj_down (torch) + residual. One autograd.Function from `up` to the gated output.
+  sLSTM block:  LayerNorm, conv + SiLU, head-wise gate projections (torch bmm) -> [recurrence +
+                GroupNorm] (one autograd.Function; forward and BPTT in C++, recurrent products in
+                ATen bmm) -> residual -> gated FFN (torch).
+
+Each backward mirrors the reference's autograd rules (tie splitting of maximum/minimum, argmax
+routing of max(dim)), so gradients equal the reference to fp32 rounding; tests prove it in fp64.
+The kernels are compiled once per machine on first use (torch.utils.cpp_extension, gcc; ~1 min)
+into ~/.cache/lramlab/kernels (or $LRAMLAB_KERNEL_CACHE) and loaded from there afterwards.
+
+Shape letters: B batch, L tokens, D width, I mLSTM inner width, NH heads, DH head dim,
+BH = B * NH, N = B * L.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+_EXT = None
+_ERR: Optional[str] = None
+_CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]
+
+
+def _cpu_id() -> str:
+    """CPU model and flags: -march=native code must not be reused on another CPU type."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LRAMLAB_KERNEL_CACHE", Path.home() / ".cache" / "lramlab" / "kernels"))
+
+
+def load_kernels():
+    """The compiled extension module; builds it on first use. Raises RuntimeError if it cannot."""
+    global _EXT, _ERR
+    if _EXT is not None:
+        return _EXT
+    if _ERR is not None:
+        raise RuntimeError(_ERR)
+    from ._xlstm_cpu_src import SOURCE
+
+    key = hashlib.sha256("\0".join([SOURCE, torch.__version__, " ".join(_CFLAGS), _cpu_id()]).encode()).hexdigest()
+    name = f"lramlab_xlstm_cpu_{key[:16]}"
+    build = cache_dir() / name
+    try:
+        from torch.utils.cpp_extension import load
+
+        build.mkdir(parents=True, exist_ok=True)
+        if not (build / f"{name}.so").exists():
+            log.warning("xLSTM: compiling the CPU training kernels into %s (first use on this machine, "
+                        "about a minute)", build)
+        src = build / "xlstm_cpu.cpp"
+        if not src.exists() or src.read_text() != SOURCE:
+            tmp = build / f"xlstm_cpu.cpp.{os.getpid()}.tmp"
+            tmp.write_text(SOURCE)
+            os.replace(tmp, src)
+        _EXT = load(name, sources=[str(src)], extra_cflags=_CFLAGS, build_directory=str(build), verbose=False)
+    except Exception as err:  # noqa: BLE001 - no compiler, no headers, a failed build: all mean "unavailable"
+        _ERR = (f"the xLSTM CPU training kernels could not be built in {build} ({type(err).__name__}: "
+                f"{str(err).strip()[-500:]})")
+        raise RuntimeError(_ERR) from err
+    return _EXT
+
+
+def kernels_available() -> tuple[bool, str]:
+    """(True, "") when the kernels load (building them if needed), else (False, why)."""
+    try:
+        load_kernels()
+        return True, ""
+    except RuntimeError as err:
+        return False, str(err)
+
+
+# --------------------------------------------------------------------------------------------
+# autograd Functions
+# --------------------------------------------------------------------------------------------
+class MLSTMCore(torch.autograd.Function):
+    """mLSTM layer from its up-projection to the input of its down-projection.
+
+    up (B, L, 2I) = [x_mlstm | z]; conv_w (I, K), conv_b (I); wq, wk, wv (I/P, P, P) head-wise
+    blocks; wi, wf (NH, 3I), bi, bf (NH) gate projections over cat(q, k, v); onw (I) the
+    MultiHeadLayerNorm weight (scale 1 + onw); skip (I). Returns (B, L, I)."""
+
+    @staticmethod
+    def forward(ctx, up, conv_w, conv_b, wq, wk, wv, wi, bi, wf, bf, onw, skip, nh: int, on_eps: float,
+                cell_eps: float):
+        ext = load_kernels()
+        chunk = cell_chunk(up.shape[1])
+        up, conv_w, conv_b = up.contiguous(), conv_w.contiguous(), conv_b.contiguous()
+        wq, wk, wv, onw, skip = (t.contiguous() for t in (wq, wk, wv, onw, skip))
+        wg, bg = torch.cat([wi, wf]).contiguous(), torch.cat([bi, bf]).contiguous()
+        xc, qkv, g = ext.mlstm_pre_fwd(up, conv_w, conv_b, wq, wk, wv, wg, bg)
+        h, Cn, m, r, am, b = ext.mlstm_cell_fwd(qkv, g, nh, cell_eps, chunk)
+        hs, mean, rstd = ext.mlstm_post_fwd(h, up, xc, onw, skip, on_eps, nh)
+        ctx.save_for_backward(up, conv_w, wq, wk, wv, wg, onw, skip, xc, qkv, g, h, Cn, m, r, am, b, mean, rstd)
+        ctx.nh, ctx.cell_eps, ctx.chunk = nh, cell_eps, chunk
+        return hs
+
+    @staticmethod
+    def backward(ctx, dhs):
+        ext = load_kernels()
+        up, conv_w, wq, wk, wv, wg, onw, skip, xc, qkv, g, h, Cn, m, r, am, b, mean, rstd = ctx.saved_tensors
+        nh = ctx.nh
+        dhs = dhs.contiguous()
+        dup, dh, donw, dskip = ext.mlstm_post_bwd(dhs, h, up, xc, onw, skip, mean, rstd, nh)
+        dqkv, dg = ext.mlstm_cell_bwd(dh, qkv, g, Cn, m, r, am, b, nh, ctx.cell_eps, ctx.chunk)
+        dcw, dcb, dwq, dwk, dwv, dwg, dbg = ext.mlstm_pre_bwd(dup, dqkv, dg, dhs, up, xc, qkv, skip, conv_w, wq, wk,
+                                                              wv, wg)
+        return (dup, dcw, dcb, dwq, dwk, dwv, dwg[:nh], dbg[:nh], dwg[nh:], dbg[nh:], donw, dskip, None, None,
+                None)
+
+
+CELL_CHUNK = 48  # rows per block of the block-causal mLSTM cell (tests shrink it to cross boundaries)
+
+
+def cell_chunk(L: int) -> int:
+    return CELL_CHUNK
+
+
+class SLSTMCore(torch.autograd.Function):
+    """sLSTM recurrence (vanilla backend semantics) followed by its head-wise GroupNorm.
+
+    wif, wzo (NH, N, 2DH): input pre-activations of gates (i, f) and (z, o), token n = b * L + t;
+    R (NH, 4DH, DH) and bias (4 NH DH) in the vanilla backend's internal layout; gnw (D) the
+    GroupNorm weight (scale 1 + gnw). Returns (B, L, D)."""
+
+    @staticmethod
+    def forward(ctx, wif, wzo, R, bias, gnw, B: int, L: int, eps: float):
+        ext = load_kernels()
+        R, bias, gnw = R.contiguous(), bias.contiguous(), gnw.contiguous()
+        out, st, raw, allz, gm, gr = ext.slstm_cell_fwd(wif.contiguous(), wzo.contiguous(), R, bias, gnw, eps, B, L)
+        ctx.save_for_backward(st, raw, allz, R, gnw, gm, gr)
+        ctx.B, ctx.L = B, L
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        ext = load_kernels()
+        st, raw, allz, R, gnw, gm, gr = ctx.saved_tensors
+        dwif, dwzo, dR, dbias, dgnw = ext.slstm_cell_bwd(dout.contiguous(), st, raw, allz, R, gnw, gm, gr, ctx.B,
+                                                          ctx.L)
+        return dwif, dwzo, dR, dbias, dgnw, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# blocks over the package's modules (xLSTMBlock with an mLSTMLayer or an sLSTMLayer)
+# --------------------------------------------------------------------------------------------
+def _norm(x: torch.Tensor, ln) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), ln.weight_proxy, ln.bias, ln.eps)
+
+
+def _ffn(block, x: torch.Tensor) -> torch.Tensor:
+    return x if block.ffn is None else x + block.ffn(_norm(x, block.ffn_norm))
+
+
+def mlstm_block(block, x: torch.Tensor) -> torch.Tensor:  # x (B, L, D) -> (B, L, D)
+    layer = block.xlstm
+    cell = layer.mlstm_cell
+    up = layer.proj_up(_norm(x, block.xlstm_norm))
+    hs = MLSTMCore.apply(up, layer.conv1d.conv.weight[:, 0, :], layer.conv1d.conv.bias, layer.q_proj.weight,
+                         layer.k_proj.weight, layer.v_proj.weight, cell.igate.weight, cell.igate.bias,
+                         cell.fgate.weight, cell.fgate.bias, cell.outnorm.weight, layer.learnable_skip,
+                         cell.config.num_heads, cell.outnorm.eps, 1e-6)
+    return _ffn(block, x + layer.proj_down(hs))
+
+
+def slstm_block(block, x: torch.Tensor) -> torch.Tensor:  # x (B, L, D) -> (B, L, D)
+    layer = block.xlstm
+    cell = layer.slstm_cell
+    B, L, D = x.shape
+    NH = cell.config.num_heads
+    DH = D // NH
+    xn = _norm(x, block.xlstm_norm)
+    xc = F.silu(layer.conv1d(xn))
+    # package quirk kept: gate i is computed by `fgate`, gate f by `igate`
+    w_if = torch.cat([layer.fgate.weight, layer.igate.weight], dim=1).transpose(1, 2)  # (NH, DH, 2DH)
+    w_zo = torch.cat([layer.zgate.weight, layer.ogate.weight], dim=1).transpose(1, 2)
+    wif = torch.bmm(xc.reshape(B * L, NH, DH).transpose(0, 1), w_if)  # (NH, N, 2DH)
+    wzo = torch.bmm(xn.reshape(B * L, NH, DH).transpose(0, 1), w_zo)
+    out = SLSTMCore.apply(wif, wzo, cell._recurrent_kernel_, cell._bias_, layer.group_norm.weight, B, L,
+                          layer.group_norm.eps)
+    return _ffn(block, x + out)
+
+
+def check_supported(stack) -> Optional[str]:
+    """None if every block of `stack` fits the fused kernels, else why not (they assume the
+    configuration lramlab builds: no head-wise/gate biases beyond the package defaults, no dropout)."""
+    for i, block in enumerate(stack.blocks):
+        layer = block.xlstm
+        if hasattr(layer, "mlstm_cell"):
+            if any(p.bias is not None for p in (layer.q_proj, layer.k_proj, layer.v_proj)):
+                return f"block {i}: q/k/v projections with bias"
+            if layer.conv1d.conv is None or layer.conv1d.conv.bias is None:
+                return f"block {i}: mLSTM without a biased causal conv"
+            if layer.config.dropout:
+                return f"block {i}: dropout"
+        else:
+            cfg = layer.config
+            if cfg.conv1d_kernel_size == 0 or cfg.dropout or cfg.function != "slstm":
+                return f"block {i}: sLSTM with kernel_size={cfg.conv1d_kernel_size}, dropout={cfg.dropout}"
+            if cfg.backend != "vanilla":
+                return f"block {i}: sLSTM backend {cfg.backend!r} (the fused kernel uses the vanilla layout)"
+    return None
