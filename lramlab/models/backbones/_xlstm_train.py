@@ -109,36 +109,47 @@ class MLSTMCore(torch.autograd.Function):
     def forward(ctx, up, conv_w, conv_b, wq, wk, wv, wi, bi, wf, bf, onw, skip, nh: int, on_eps: float,
                 cell_eps: float):
         ext = load_kernels()
-        chunk = cell_chunk(up.shape[1])
+        chunk, chunkwise = cell_plan(up.shape[1], up.shape[2] // 2 // nh)
         up, conv_w, conv_b = up.contiguous(), conv_w.contiguous(), conv_b.contiguous()
         wq, wk, wv, onw, skip = (t.contiguous() for t in (wq, wk, wv, onw, skip))
         wg, bg = torch.cat([wi, wf]).contiguous(), torch.cat([bi, bf]).contiguous()
         xc, qkv, g = ext.mlstm_pre_fwd(up, conv_w, conv_b, wq, wk, wv, wg, bg)
-        h, Cn, m, r, am, b = ext.mlstm_cell_fwd(qkv, g, nh, cell_eps, chunk)
+        h, *cell = ext.mlstm_cell_fwd(qkv, g, nh, cell_eps, chunk, chunkwise)
         hs, mean, rstd = ext.mlstm_post_fwd(h, up, xc, onw, skip, on_eps, nh)
-        ctx.save_for_backward(up, conv_w, wq, wk, wv, wg, onw, skip, xc, qkv, g, h, Cn, m, r, am, b, mean, rstd)
-        ctx.nh, ctx.cell_eps, ctx.chunk = nh, cell_eps, chunk
+        ctx.save_for_backward(up, conv_w, wq, wk, wv, wg, onw, skip, xc, qkv, g, h, mean, rstd, *cell)
+        ctx.nh, ctx.cell_eps, ctx.chunk, ctx.chunkwise = nh, cell_eps, chunk, chunkwise
         return hs
 
     @staticmethod
     def backward(ctx, dhs):
         ext = load_kernels()
-        up, conv_w, wq, wk, wv, wg, onw, skip, xc, qkv, g, h, Cn, m, r, am, b, mean, rstd = ctx.saved_tensors
+        up, conv_w, wq, wk, wv, wg, onw, skip, xc, qkv, g, h, mean, rstd, *cell = ctx.saved_tensors
         nh = ctx.nh
         dhs = dhs.contiguous()
         dup, dh, donw, dskip = ext.mlstm_post_bwd(dhs, h, up, xc, onw, skip, mean, rstd, nh)
-        dqkv, dg = ext.mlstm_cell_bwd(dh, qkv, g, Cn, m, r, am, b, nh, ctx.cell_eps, ctx.chunk)
+        dqkv, dg = ext.mlstm_cell_bwd(dh, h, qkv, g, *cell, nh, ctx.cell_eps, ctx.chunk, ctx.chunkwise)
         dcw, dcb, dwq, dwk, dwv, dwg, dbg = ext.mlstm_pre_bwd(dup, dqkv, dg, dhs, up, xc, qkv, skip, conv_w, wq, wk,
                                                               wv, wg)
         return (dup, dcw, dcb, dwq, dwk, dwv, dwg[:nh], dbg[:nh], dwg[nh:], dbg[nh:], donw, dskip, None, None,
                 None)
 
 
-CELL_CHUNK = 48  # rows per block of the block-causal mLSTM cell (tests shrink it to cross boundaries)
+# mLSTM cell plan: the parallel form (block-causal, CELL_CHUNK rows per block) while the sequence is
+# short against the head dim, the chunkwise form (CHUNKWISE_CHUNK tokens per chunk) beyond; tests
+# shrink the chunks to cross their boundaries. None in CELL_FORM = choose by shape.
+CELL_CHUNK = 48
+CHUNKWISE_CHUNK: Optional[int] = None  # None: the head dim, within [32, 64]
+CELL_FORM: Optional[str] = None  # "parallel" | "chunkwise" | None
 
 
-def cell_chunk(L: int) -> int:
-    return CELL_CHUNK
+def cell_plan(L: int, DH: int) -> tuple[int, bool]:
+    """(chunk size, chunkwise?) for a sequence of L tokens and head dim DH. The parallel form costs
+    ~L^2/2 * DH per head, the chunkwise one ~L * (c/2 + 2 DH) * DH: chunkwise pays off once L
+    exceeds a few head dims."""
+    chunkwise = (L > 4 * DH) if CELL_FORM is None else CELL_FORM == "chunkwise"
+    if not chunkwise:
+        return CELL_CHUNK, False
+    return (CHUNKWISE_CHUNK or min(64, max(32, DH))), True
 
 
 class SLSTMCore(torch.autograd.Function):
