@@ -86,6 +86,39 @@ def load_kernels():
     return _EXT
 
 
+_MALLOC_TUNED: Optional[bool] = None
+
+
+def tune_malloc() -> bool:
+    """Make glibc keep freed memory for reuse (process-wide; True if it took effect).
+
+    A training step allocates and frees the same large buffers every update. By default glibc
+    serves blocks above its mmap threshold with fresh mmaps and trims freed heap tops, so each step
+    page-faults its memory back in (measured on the 2-core dev VM: ~2 us per 4 KiB page, ~10 % of a
+    16M xLSTM update, ~1 % of DT's). Setting M_MMAP_THRESHOLD to its 32 MiB maximum and
+    M_TRIM_THRESHOLD to 1 GiB keeps that memory in the heap; the process's resident size stays at
+    its peak. Called once by the first fused-kernel training forward and by `lramlab bench train`;
+    LRAMLAB_NO_MALLOC_TUNING=1 turns it off. No-op off glibc."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED is not None:
+        return _MALLOC_TUNED
+    _MALLOC_TUNED = False
+    if os.environ.get("LRAMLAB_NO_MALLOC_TUNING") or not platform.libc_ver()[0] == "glibc":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    except (OSError, AttributeError):
+        ok = False
+    _MALLOC_TUNED = bool(ok)
+    if ok:
+        log.info("xLSTM: glibc malloc keeps freed memory for reuse (M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB)")
+    return _MALLOC_TUNED
+
+
 def kernels_available() -> tuple[bool, str]:
     """(True, "") when the kernels load (building them if needed), else (False, why)."""
     try:
@@ -153,28 +186,29 @@ def cell_plan(L: int, DH: int) -> tuple[int, bool]:
 
 
 class SLSTMCore(torch.autograd.Function):
-    """sLSTM recurrence (vanilla backend semantics) followed by its head-wise GroupNorm.
+    """sLSTM layer (vanilla backend semantics, no dropout) from its normed input to the output of its
+    head-wise GroupNorm: causal conv + SiLU, head-wise gate projections, recurrence, GroupNorm.
 
-    wif, wzo (NH, N, 2DH): input pre-activations of gates (i, f) and (z, o), token n = b * L + t;
-    R (NH, 4DH, DH) and bias (4 NH DH) in the vanilla backend's internal layout; gnw (D) the
-    GroupNorm weight (scale 1 + gnw). Returns (B, L, D)."""
+    x (B, L, D); conv_w (D, K), conv_b (D); wi, wf, wz, wo (NH, DH, DH) the gates' head-wise weights
+    (the package's `fgate` computes gate i, `igate` gate f); R (NH, 4DH, DH) and bias (4 NH DH) in the
+    vanilla backend's internal layout; gnw (D) the GroupNorm weight (scale 1 + gnw). Returns (B, L, D)."""
 
     @staticmethod
-    def forward(ctx, wif, wzo, R, bias, gnw, B: int, L: int, eps: float):
+    def forward(ctx, x, conv_w, conv_b, wi, wf, wz, wo, R, bias, gnw, eps: float):
         ext = load_kernels()
-        R, bias, gnw = R.contiguous(), bias.contiguous(), gnw.contiguous()
-        out, st, raw, allz, gm, gr = ext.slstm_cell_fwd(wif.contiguous(), wzo.contiguous(), R, bias, gnw, eps, B, L)
-        ctx.save_for_backward(st, raw, allz, R, gnw, gm, gr)
-        ctx.B, ctx.L = B, L
+        x, conv_w, conv_b, R, bias, gnw = (t.contiguous() for t in (x, conv_w, conv_b, R, bias, gnw))
+        W4 = torch.stack([wi, wf, wz, wo]).contiguous()
+        out, xc, wx, st, allz, gm, gr = ext.slstm_fwd(x, conv_w, conv_b, W4, R, bias, gnw, eps)
+        ctx.save_for_backward(x, xc, conv_w, W4, R, gnw, wx, st, allz, gm, gr)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         ext = load_kernels()
-        st, raw, allz, R, gnw, gm, gr = ctx.saved_tensors
-        dwif, dwzo, dR, dbias, dgnw = ext.slstm_cell_bwd(dout.contiguous(), st, raw, allz, R, gnw, gm, gr, ctx.B,
-                                                          ctx.L)
-        return dwif, dwzo, dR, dbias, dgnw, None, None, None
+        x, xc, conv_w, W4, R, gnw, wx, st, allz, gm, gr = ctx.saved_tensors
+        dx, dcw, dcb, dW4, dR, dbias, dgnw = ext.slstm_bwd(dout.contiguous(), x, xc, conv_w, W4, R, gnw, wx, st, allz,
+                                                          gm, gr)
+        return dx, dcw, dcb, dW4[0], dW4[1], dW4[2], dW4[3], dR, dbias, dgnw, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +219,12 @@ def _norm(x: torch.Tensor, ln) -> torch.Tensor:
 
 
 def _ffn(block, x: torch.Tensor) -> torch.Tensor:
-    return x if block.ffn is None else x + block.ffn(_norm(x, block.ffn_norm))
+    """The block's gated feed-forward (the package's GatedFeedForward without its p=0 dropout)."""
+    if block.ffn is None:
+        return x
+    ffn = block.ffn
+    gate, up = F.linear(_norm(x, block.ffn_norm), ffn.proj_up.weight, ffn.proj_up.bias).chunk(2, dim=-1)
+    return x + F.linear(ffn.act_fn(gate) * up, ffn.proj_down.weight, ffn.proj_down.bias)
 
 
 def mlstm_block(block, x: torch.Tensor) -> torch.Tensor:  # x (B, L, D) -> (B, L, D)
@@ -202,18 +241,10 @@ def mlstm_block(block, x: torch.Tensor) -> torch.Tensor:  # x (B, L, D) -> (B, L
 def slstm_block(block, x: torch.Tensor) -> torch.Tensor:  # x (B, L, D) -> (B, L, D)
     layer = block.xlstm
     cell = layer.slstm_cell
-    B, L, D = x.shape
-    NH = cell.config.num_heads
-    DH = D // NH
-    xn = _norm(x, block.xlstm_norm)
-    xc = F.silu(layer.conv1d(xn))
     # package quirk kept: gate i is computed by `fgate`, gate f by `igate`
-    w_if = torch.cat([layer.fgate.weight, layer.igate.weight], dim=1).transpose(1, 2)  # (NH, DH, 2DH)
-    w_zo = torch.cat([layer.zgate.weight, layer.ogate.weight], dim=1).transpose(1, 2)
-    wif = torch.bmm(xc.reshape(B * L, NH, DH).transpose(0, 1), w_if)  # (NH, N, 2DH)
-    wzo = torch.bmm(xn.reshape(B * L, NH, DH).transpose(0, 1), w_zo)
-    out = SLSTMCore.apply(wif, wzo, cell._recurrent_kernel_, cell._bias_, layer.group_norm.weight, B, L,
-                          layer.group_norm.eps)
+    out = SLSTMCore.apply(_norm(x, block.xlstm_norm), layer.conv1d.conv.weight[:, 0, :], layer.conv1d.conv.bias,
+                          layer.fgate.weight, layer.igate.weight, layer.zgate.weight, layer.ogate.weight,
+                          cell._recurrent_kernel_, cell._bias_, layer.group_norm.weight, layer.group_norm.eps)
     return _ffn(block, x + out)
 
 
@@ -231,8 +262,10 @@ def check_supported(stack) -> Optional[str]:
                 return f"block {i}: dropout"
         else:
             cfg = layer.config
-            if cfg.conv1d_kernel_size == 0 or cfg.dropout or cfg.function != "slstm":
+            if cfg.conv1d_kernel_size == 0 or cfg.dropout or cfg.function != "slstm" or layer.conv1d.conv.bias is None:
                 return f"block {i}: sLSTM with kernel_size={cfg.conv1d_kernel_size}, dropout={cfg.dropout}"
+        if block.ffn is not None and (block.ffn.config.dropout or block.ffn.config.ff_type != "ffn_gated"):
+            return f"block {i}: feed-forward with dropout or of type {block.ffn.config.ff_type!r}"
             if cfg.backend != "vanilla":
                 return f"block {i}: sLSTM backend {cfg.backend!r} (the fused kernel uses the vanilla layout)"
     return None

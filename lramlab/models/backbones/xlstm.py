@@ -370,8 +370,10 @@ class XLSTMBackbone(nn.Module):
         path = self.forward_path(x)
         self.forward_kernel = path
         if path == "fast":
-            from ._xlstm_train import mlstm_block, slstm_block
+            from ._xlstm_train import mlstm_block, slstm_block, tune_malloc
 
+            if torch.is_grad_enabled():
+                tune_malloc()  # training: reuse freed memory instead of page-faulting it back each step
             blocks = [(mlstm_block if kind == "m" else slstm_block, block)
                       for kind, block in zip(self.kinds, self.stack.blocks)]
         else:

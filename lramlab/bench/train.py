@@ -1,0 +1,264 @@
+"""Training throughput per backbone, side by side: `lramlab bench train`.
+
+One update = `build_model(cfg)` forward, `action_loss`, backward and an AdamW step on B windows of
+C timesteps (3C tokens each), the SAME batch for every row of a (size, context) group. The batch is
+real Dark-Room data: Q-learning histories (`lramlab.data.policies.darkroom_histories`, the
+in-context-learning data of paper §4.3), one goal per window, windows ending anywhere in a history,
+so they cross episode boundaries and the ones that start before the history are left-padded with
+`mask` False, as the sampler makes them.
+
+Rows per group: DT, Mamba, xLSTM [7:1] and [1:0] on their default training path (on a CPU the xLSTM
+runs lramlab's fused kernels, `LRAMConfig.xlstm_kernel="auto"`), plus the xLSTM reference path
+(`xlstm_kernel="reference"`: the package's blocks, sLSTM "vanilla" backend) as rows of their own.
+Rows are timed round-robin (rep 1 of every row, then rep 2, ...) so load drifting on a shared
+machine hits them alike; each row reports median wall-clock and process-CPU time per update,
+tokens/s and updates/s from both, and its ratio to DT's tokens/s in the same group. With one
+torch thread on a busy machine the CPU-time figures are the ones to compare (wall time includes
+waiting for a core). glibc's malloc is set to keep freed memory for reuse before anything is
+timed (`_xlstm_train.tune_malloc`, process-wide, so every row runs under the same allocator).
+
+Shape letters: B windows, C timesteps per window, L = 3C tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from lramlab.bench.latency import _ints, _strs
+
+ROW_KINDS = ("dt", "mamba", "xlstm[7:1]", "xlstm[1:0]")
+
+
+# ------------------------------------------------------------------------------------ data
+def darkroom_batch(batch_size: int, context_steps: int, seed: int = 0) -> dict:
+    """B windows of C timesteps from real Dark-Room Q-learning histories (one goal per window).
+
+    Each window ends at a uniformly drawn step of its history (never before step C/4), so most
+    windows span several 100-step episodes and early ones are left-padded, like the sampler's.
+    Returns the batch dict of docs/CONTRACTS.md (states (B, C, 2): the model pads to 204)."""
+    from lramlab.data.policies import darkroom_histories
+    from lramlab.envs.darkroom import EPISODE_LENGTH, all_tasks, parse_goal
+    from lramlab.manifests import REWARD_SCALE, get_task
+
+    B, C = int(batch_size), int(context_steps)
+    if B < 1 or C < 1:
+        raise ValueError(f"darkroom_batch: batch_size={B} and context_steps={C} must be >= 1")
+    rng = np.random.default_rng(seed)
+    tasks = all_tasks("train")
+    picked = [tasks[i] for i in rng.choice(len(tasks), size=B, replace=len(tasks) < B)]
+    n_eps = C // EPISODE_LENGTH + 2
+    hist = darkroom_histories([parse_goal(t) for t in picked], n_eps, seed=seed)
+    G, N, T = hist["rewards"].shape
+    rew = hist["rewards"]
+    rtg = np.flip(np.cumsum(np.flip(rew, axis=2), axis=2), axis=2)  # returns-to-go within each episode
+    flat = lambda a: a.reshape(G, N * T, *a.shape[3:])  # noqa: E731 - (G, N, T, ...) -> (G, N*T, ...)
+    states, actions, rewards, rtgs = flat(hist["states"]), flat(hist["actions"]), flat(rew), flat(rtg)
+    scale = REWARD_SCALE["darkroom"]
+    out = {"states": np.zeros((B, C, states.shape[-1]), np.float32), "rtg": np.zeros((B, C), np.float32),
+           "rewards": np.zeros((B, C), np.float32), "actions": np.zeros((B, C), np.int64),
+           "mask": np.zeros((B, C), bool)}
+    for b in range(B):
+        end = int(rng.integers(max(1, C // 4), N * T))  # window [end - C + 1, end], left-padded below 0
+        lo = max(0, end - C + 1)
+        n = end + 1 - lo
+        out["states"][b, C - n:] = states[b, lo:end + 1]
+        out["actions"][b, C - n:] = actions[b, lo:end + 1]
+        out["rewards"][b, C - n:] = rewards[b, lo:end + 1] / scale
+        out["rtg"][b, C - n:] = rtgs[b, lo:end + 1] / scale
+        out["mask"][b, C - n:] = True
+    batch = {k: torch.from_numpy(v) for k, v in out.items()}
+    spec = get_task(picked[0])
+    batch["n_actions"] = torch.full((B,), int(spec.action_dim), dtype=torch.long)
+    batch["act_dim"] = torch.zeros(B, dtype=torch.long)
+    batch["task_index"] = torch.zeros(B, dtype=torch.long)
+    batch["domain"] = "darkroom"
+    return batch
+
+
+# ------------------------------------------------------------------------------------ rows
+def row_config(kind: str, size: str, context_steps: int, xlstm_kernel: str = "auto"):
+    """The LRAMConfig of a row kind ("dt", "mamba", "xlstm[7:1]", "xlstm[1:0]")."""
+    from lramlab.models import LRAMConfig
+
+    if kind not in ROW_KINDS:
+        raise ValueError(f"row kind {kind!r}; valid: {', '.join(ROW_KINDS)}")
+    if kind.startswith("xlstm"):
+        return LRAMConfig(backbone="xlstm", size=size, context_steps=context_steps, slstm_at=kind[6:-1],
+                          xlstm_kernel=xlstm_kernel)
+    return LRAMConfig(backbone=kind, size=size, context_steps=context_steps)
+
+
+def _path(model) -> Optional[str]:
+    """Which training path the backbone ran, where it says (xLSTM: `forward_kernel`)."""
+    return getattr(model.backbone, "forward_kernel", None)
+
+
+def bench_group(size: str, context_steps: int, batch_size: int, rows: list[tuple[str, str]], *, reps: int = 3,
+                warmup: int = 1, reference_reps: int = 1, seed: int = 0, lr: float = 1e-4,
+                progress=None) -> list[dict]:
+    """Time one update per row on one shared batch; rows = [(kind, xlstm_kernel), ...]. Rows whose
+    kernel is "reference" run `reference_reps` timed updates (they are slow), the others `reps`."""
+    from lramlab.models import action_loss, build_model
+
+    if reps < 1 or warmup < 0 or reference_reps < 1:
+        raise ValueError(f"reps={reps} and reference_reps={reference_reps} must be >= 1, warmup={warmup} >= 0")
+    batch = darkroom_batch(batch_size, context_steps, seed=seed)
+    tokens = batch_size * 3 * context_steps
+    built = []
+    for kind, kernel in rows:
+        torch.manual_seed(seed)  # same initial weights for a kind on either path
+        model = build_model(row_config(kind, size, context_steps, kernel)).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        built.append((kind, kernel, model, opt))
+
+    def update(model, opt):
+        opt.zero_grad(set_to_none=True)
+        loss, _ = action_loss(model(batch), batch)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _, _, model, opt in built:
+        for _ in range(warmup):
+            update(model, opt)
+    wall: dict[int, list[float]] = {i: [] for i in range(len(built))}
+    cpu: dict[int, list[float]] = {i: [] for i in range(len(built))}
+    for rep in range(max(reps, reference_reps)):
+        for i, (kind, kernel, model, opt) in enumerate(built):
+            if rep >= (reference_reps if kernel == "reference" else reps):
+                continue
+            c0, t0 = time.process_time(), time.perf_counter()
+            update(model, opt)
+            wall[i].append(time.perf_counter() - t0)
+            cpu[i].append(time.process_time() - c0)
+            if progress is not None:
+                progress.update(1)
+    out = []
+    for i, (kind, kernel, model, _) in enumerate(built):
+        w, c = statistics.median(wall[i]), statistics.median(cpu[i])
+        name = kind + ("-reference" if kernel == "reference" else "")
+        out.append({"backbone": name, "size": size, "context_steps": context_steps, "batch_size": batch_size,
+                    "tokens_per_update": tokens, "params": model.num_parameters(), "path": _path(model),
+                    "reps": len(wall[i]), "wall_ms": round(w * 1e3, 2), "cpu_ms": round(c * 1e3, 2),
+                    "tokens_per_s": round(tokens / w, 1), "tokens_per_s_cpu": round(tokens / c, 1),
+                    "updates_per_s": round(1.0 / w, 4), "updates_per_s_cpu": round(1.0 / c, 4),
+                    "threads": torch.get_num_threads()})
+    dt = next((r for r in out if r["backbone"] == "dt"), None)
+    for r in out:
+        r["vs_dt"] = None if dt is None else round(r["tokens_per_s"] / dt["tokens_per_s"], 3)
+        r["vs_dt_cpu"] = None if dt is None else round(r["tokens_per_s_cpu"] / dt["tokens_per_s_cpu"], 3)
+    return out
+
+
+# ------------------------------------------------------------------------------------ CLI
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lramlab bench train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=_strs, default=["tiny", "16M"], help="comma list of presets")
+    p.add_argument("--contexts", type=_ints, default=[50, 200], help="context lengths C in timesteps")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per update (B)")
+    p.add_argument("--rows", type=_strs, default=list(ROW_KINDS),
+                   help=f"comma list of row kinds: {', '.join(ROW_KINDS)}")
+    p.add_argument("--xlstm-kernels", type=_strs, default=["auto", "reference"],
+                   help="xLSTM training paths timed as rows: auto (the default path), fast, reference")
+    p.add_argument("--reps", type=int, default=3, help="timed updates per row (median reported)")
+    p.add_argument("--reference-reps", type=int, default=1, help="timed updates per xLSTM reference row")
+    p.add_argument("--warmup", type=int, default=1, help="untimed updates per row first")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="leave glibc's malloc as is (default: keep freed memory for reuse, see module doc)")
+    p.add_argument("--json", default=None, help="write the rows as JSON to this path ('-' = stdout, JSON only)")
+    a = p.parse_args(argv)
+    from lramlab.models.config import SIZES
+
+    for s in a.sizes:
+        if s not in SIZES:
+            p.error(f"--sizes: unknown size {s!r}; valid: {', '.join(SIZES)}")
+    for r in a.rows:
+        if r not in ROW_KINDS:
+            p.error(f"--rows: unknown row kind {r!r}; valid: {', '.join(ROW_KINDS)}")
+    for k in a.xlstm_kernels:
+        if k not in ("auto", "fast", "reference"):
+            p.error(f"--xlstm-kernels: unknown path {k!r}; valid: auto, fast, reference")
+    for name in ("batch_size", "reps", "reference_reps", "threads"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')}={getattr(a, name)} must be >= 1")
+    if a.warmup < 0:
+        p.error(f"--warmup={a.warmup} must be >= 0")
+    return a
+
+
+def plan_rows(kinds: list[str], xlstm_kernels: list[str]) -> list[tuple[str, str]]:
+    rows = []
+    for kind in kinds:
+        if kind.startswith("xlstm"):
+            rows += [(kind, k) for k in xlstm_kernels]
+        else:
+            rows.append((kind, "auto"))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'size':<6} {'C':>4} {'backbone':<22} {'path':<10} {'params':>7} {'cpu ms/upd':>11} "
+            f"{'wall ms/upd':>12} {'tok/s(cpu)':>11} {'upd/s(cpu)':>11} {'vs DT(cpu)':>11} {'vs DT(wall)':>12}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ratio = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
+        lines.append(f"{r['size']:<6} {r['context_steps']:>4} {r['backbone']:<22} {str(r['path'] or '-'):<10} "
+                     f"{r['params'] / 1e6:>6.1f}M {r['cpu_ms']:>11.1f} {r['wall_ms']:>12.1f} "
+                     f"{r['tokens_per_s_cpu']:>11.0f} {r['updates_per_s_cpu']:>11.3f} {ratio(r['vs_dt_cpu']):>11} "
+                     f"{ratio(r['vs_dt']):>12}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from tqdm import tqdm
+
+    from lramlab.models.backbones import _xlstm_train
+
+    torch.set_num_threads(args.threads)
+    tuned = False if args.no_malloc_tuning else _xlstm_train.tune_malloc()
+    rows_plan = plan_rows(args.rows, args.xlstm_kernels)
+    groups = [(s, c) for s in args.sizes for c in args.contexts]
+    n_ref = sum(1 for _, k in rows_plan if k == "reference")
+    total = len(groups) * ((len(rows_plan) - n_ref) * args.reps + n_ref * args.reference_reps)
+    rows: list[dict] = []
+    with tqdm(total=total, desc="bench train", unit="update", file=sys.stderr) as bar:
+        for size, C in groups:
+            bar.set_postfix_str(f"{size} C={C}")
+            rows += bench_group(size, C, args.batch_size, rows_plan, reps=args.reps, warmup=args.warmup,
+                                reference_reps=args.reference_reps, seed=args.seed, progress=bar)
+    return {"rows": rows, "malloc_tuned": tuned, "threads": args.threads, "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "batch": "Dark-Room Q-learning histories (darkroom_batch)"}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    result = run(args)
+    result["argv"] = argv
+    table = format_table(result["rows"])
+    # `--json -` keeps stdout pure JSON: the table goes to stderr then
+    print(table, file=sys.stderr if args.json == "-" else sys.stdout, flush=True)
+    if args.json:
+        text = json.dumps(result, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            tmp = args.json + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
