@@ -1,0 +1,90 @@
+"""`lramlab bench train`: its Dark-Room batches, the side-by-side rows, and the CLI's JSON output.
+
+Timings are not asserted (noisy on a shared machine); what is checked is what the rows claim:
+which training path ran, the token count, the ratio to DT, and that `--json -` leaves stdout pure
+JSON. The batches come from real Dark-Room Q-learning histories.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("xlstm")
+
+from lramlab.bench import train as BT  # noqa: E402
+from lramlab.models import action_loss, build_model  # noqa: E402
+
+
+def test_darkroom_batch_has_contract_shapes_padding_and_episode_boundaries():
+    B, C = 6, 150
+    batch = BT.darkroom_batch(B, C, seed=3)
+    assert batch["states"].shape == (B, C, 2) and batch["actions"].dtype == torch.int64
+    assert batch["domain"] == "darkroom" and batch["n_actions"].tolist() == [5] * B
+    mask = batch["mask"]
+    for b in range(B):  # left-padded: False then True, zeros under the padding
+        n = int(mask[b].sum())
+        assert mask[b, C - n:].all() and not mask[b, : C - n].any()
+        assert batch["states"][b, : C - n].abs().sum() == 0 and batch["rtg"][b, : C - n].abs().sum() == 0
+    assert (~mask).any() and mask.all(dim=1).any()  # some windows padded, some full
+    assert ((batch["actions"] >= 0) & (batch["actions"] < 5)).all()
+    # a full window of 150 steps spans two 100-step episodes; the return-to-go restarts at the
+    # boundary, so somewhere rtg_t != r_t + rtg_{t+1} while it holds inside episodes
+    rtg, rew = batch["rtg"], batch["rewards"]
+    real = mask[:, :-1] & mask[:, 1:]
+    gap = ((rtg[:, :-1] - rew[:, :-1] - rtg[:, 1:]).abs() > 1e-5) & real
+    assert 0 < int(gap.sum()) <= 2 * B  # one restart per boundary inside a window, no more
+    again = BT.darkroom_batch(B, C, seed=3)
+    assert all(torch.equal(batch[k], again[k]) for k in ("states", "rtg", "rewards", "actions", "mask"))
+    assert not torch.equal(BT.darkroom_batch(B, C, seed=4)["states"], batch["states"])
+    with pytest.raises(ValueError, match="context_steps=0"):
+        BT.darkroom_batch(2, 0)
+
+
+def test_group_rows_record_paths_tokens_and_ratios():
+    rows = BT.bench_group("tiny", 8, 2, [("dt", "auto"), ("xlstm[7:1]", "auto"), ("xlstm[7:1]", "reference")],
+                          reps=1, warmup=0, reference_reps=1)
+    names = [r["backbone"] for r in rows]
+    assert names == ["dt", "xlstm[7:1]", "xlstm[7:1]-reference"]
+    by = {r["backbone"]: r for r in rows}
+    assert by["xlstm[7:1]"]["path"] == "fast" and by["xlstm[7:1]-reference"]["path"] == "reference"
+    assert by["dt"]["vs_dt"] == 1.0 and by["dt"]["vs_dt_cpu"] == 1.0
+    for r in rows:
+        assert r["tokens_per_update"] == 2 * 3 * 8 and r["wall_ms"] > 0 and r["cpu_ms"] > 0
+        assert r["tokens_per_s"] == pytest.approx(48 / (r["wall_ms"] / 1e3), rel=1e-2)
+        assert r["vs_dt"] == pytest.approx(r["tokens_per_s"] / by["dt"]["tokens_per_s"], abs=2e-3)
+    with pytest.raises(ValueError, match="row kind 'lstm'"):
+        BT.row_config("lstm", "tiny", 8)
+
+
+def test_rows_are_trainable_models_on_the_shared_batch():
+    batch = BT.darkroom_batch(2, 8, seed=0)
+    for kind in BT.ROW_KINDS:
+        model = build_model(BT.row_config(kind, "tiny", 8))
+        loss, metrics = action_loss(model(batch), batch)
+        assert torch.isfinite(loss) and metrics["n_targets"] == int(batch["mask"].sum())
+
+
+def test_cli_json_dash_prints_only_json_on_stdout(capsys):
+    rc = BT.main(["--sizes", "tiny", "--contexts", "6", "--batch-size", "2", "--rows", "dt,xlstm[1:0]",
+                  "--reps", "1", "--warmup", "0", "--json", "-"])
+    assert rc == 0
+    out, err = capsys.readouterr()
+    data = json.loads(out)  # nothing but JSON on stdout
+    assert [r["backbone"] for r in data["rows"]] == ["dt", "xlstm[1:0]", "xlstm[1:0]-reference"]
+    assert data["threads"] == 1 and "xlstm[1:0]-reference" in err  # the table went to stderr
+    assert data["argv"][-1] == "-"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--sizes", "17M"], "'17M'"),
+    (["--rows", "lstm"], "'lstm'"),
+    (["--xlstm-kernels", "cuda"], "'cuda'"),
+    (["--reps", "0"], "--reps=0"),
+    (["--contexts", "0"], "positive"),
+])
+def test_cli_rejects_bad_arguments_naming_them(argv, needle, capsys):
+    with pytest.raises(SystemExit):
+        BT.parse_args(argv)
+    assert needle in capsys.readouterr().err
