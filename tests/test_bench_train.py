@@ -86,3 +86,21 @@ def test_cli_rejects_bad_arguments_naming_them(argv, needle, capsys):
     with pytest.raises(SystemExit):
         BT.parse_args(argv)
     assert needle in capsys.readouterr().err
+
+
+def test_latency_rows_report_the_weight_streaming_floor():
+    """`lramlab bench latency` times one fp32 mat-vec over the weights a step reads, round-robin
+    with the steps, and reports each row as a multiple of it."""
+    from lramlab.bench.latency import agent_latency_over_contexts, build_model_for_context, weights_read_per_step
+
+    model = build_model_for_context("xlstm", "tiny", 4, "cpu")
+    n = weights_read_per_step(model, "state")
+    used = (model.backbone, model.head, model.state_encoder, model.rtg_encoder, model.reward_encoder)
+    assert n == sum(p.numel() for m in used for p in m.parameters())
+    assert n < model.num_parameters()  # the image encoder is not read for state observations
+    rows = agent_latency_over_contexts("xlstm", "tiny", [2, 4], 1, warmup=1, reps=3, model=model, floor=True)
+    for r in rows:
+        assert r["floor_weights"] == n and r["floor_ms"] > 0
+        assert r["x_floor"] == pytest.approx(r["median_ms"] / r["floor_ms"], rel=0.02)
+        assert r["x_floor_cpu"] == pytest.approx(r["cpu_median_ms"] / r["floor_cpu_ms"], rel=0.02)
+    assert "x_floor" not in agent_latency_over_contexts("xlstm", "tiny", [2], 1, warmup=0, reps=1, model=model)[0]

@@ -248,6 +248,37 @@ def slstm_block(block, x: torch.Tensor) -> torch.Tensor:  # x (B, L, D) -> (B, L
     return _ffn(block, x + out)
 
 
+def choose_path(backbone, x: torch.Tensor) -> str:
+    """The training path of an `XLSTMBackbone` for input `x`: "fast" (these kernels) or "reference".
+
+    `LRAMConfig.xlstm_kernel` "auto" takes "fast" on a CPU in fp32/fp64 without autocast when the
+    kernels build and fit the blocks, else "reference" (logged once per reason); "fast" raises
+    where it cannot run; "reference" is always the package's path."""
+    want = backbone.cfg.xlstm_kernel
+    if want == "reference":
+        return "reference"
+    why = None
+    if x.device.type != "cpu":
+        why = f"input on {x.device.type} (the fused kernels are CPU kernels; a GPU uses the package's)"
+    elif x.dtype not in (torch.float32, torch.float64):
+        why = f"dtype {x.dtype} (the fused kernels take float32/float64)"
+    elif torch.is_autocast_enabled("cpu"):
+        why = "CPU autocast is on"
+    else:
+        if backbone._fast_unsupported is None:  # "" once the kernels are known to build and fit
+            ok, err = kernels_available()
+            backbone._fast_unsupported = (check_supported(backbone.stack) or "") if ok else err
+        why = backbone._fast_unsupported or None
+    if why is None:
+        return "fast"
+    if want == "fast":
+        raise RuntimeError(f"LRAMConfig.xlstm_kernel='fast' cannot run here: {why}; use 'auto' or 'reference'")
+    if why not in backbone._fast_warned:
+        backbone._fast_warned.add(why)
+        log.warning("xLSTM: using the reference training path: %s", why)
+    return "reference"
+
+
 def check_supported(stack) -> Optional[str]:
     """None if every block of `stack` fits the fused kernels, else why not (they assume the
     configuration lramlab builds: no head-wise/gate biases beyond the package defaults, no dropout)."""

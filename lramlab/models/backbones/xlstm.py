@@ -1,7 +1,12 @@
-"""xLSTM backbone: the `xlstm` package's `xLSTMBlockStack` plus a lean recurrent/chunkwise step.
+"""xLSTM backbone: the `xlstm` package's `xLSTMBlockStack` plus lean CPU paths for training and stepping.
 
-Training uses the package's parallel forward (mLSTM blocks in its torch code, sLSTM blocks on the
-"vanilla" backend on a CPU or its CUDA kernel on a GPU). Inference has two paths over the SAME
+Training (the parallel `forward`) has two paths over the same parameters (`LRAMConfig.xlstm_kernel`
+chooses per call, `self.forward_kernel` says which ran): "fast", lramlab's fused CPU kernels with
+hand-written backward passes (`_xlstm_train`, C++ in `_xlstm_cpu_src`, built on first use), the
+default ("auto") on a CPU in fp32/fp64; and "reference", the package's blocks (mLSTM parallel form
+in torch, sLSTM on the "vanilla" backend on a CPU or its CUDA kernel on a GPU), the default on a GPU,
+under autocast, or where the kernels cannot be built. Both are tested equal, gradients included.
+Inference has two paths over the SAME
 parameters (STYLE.md §6; `LRAMConfig.xlstm_step_kernel` chooses, `self.step_kernel` says which ran):
   - "fast": lramlab's own step (`_mlstm_chunk_` / `_mlstm_chunk`, `_slstm_steps`). It takes l >= 1
     tokens per call: the mLSTM cell runs in its chunkwise form (carried state + intra-chunk
@@ -336,35 +341,10 @@ class XLSTMBackbone(nn.Module):
                     cell.causal_mask = torch.ones(L, L, dtype=torch.bool, device=device).tril_()
 
     def forward_path(self, x: torch.Tensor) -> str:
-        """Which parallel forward runs for input `x`: "fast" (lramlab's fused CPU kernels,
-        `_xlstm_train`) or "reference" (the package's blocks). `LRAMConfig.xlstm_kernel` "auto"
-        takes "fast" on a CPU in fp32/fp64 without autocast when the kernels build, else
-        "reference" (logged once); "fast" raises where it cannot run."""
-        want = self.cfg.xlstm_kernel
-        if want == "reference":
-            return "reference"
-        why = None
-        if x.device.type != "cpu":
-            why = f"input on {x.device.type} (the fused kernels are CPU kernels; a GPU uses the package's)"
-        elif x.dtype not in (torch.float32, torch.float64):
-            why = f"dtype {x.dtype} (the fused kernels take float32/float64)"
-        elif torch.is_autocast_enabled("cpu"):
-            why = "CPU autocast is on"
-        else:
-            if self._fast_unsupported is None:
-                from . import _xlstm_train
+        """Which parallel forward runs for input `x`: "fast" or "reference" (see `_xlstm_train.choose_path`)."""
+        from ._xlstm_train import choose_path
 
-                ok, err = _xlstm_train.kernels_available()
-                self._fast_unsupported = (_xlstm_train.check_supported(self.stack) or "") if ok else err
-            why = self._fast_unsupported or None
-        if why is None:
-            return "fast"
-        if want == "fast":
-            raise RuntimeError(f"LRAMConfig.xlstm_kernel='fast' cannot run here: {why}; use 'auto' or 'reference'")
-        if why not in self._fast_warned:
-            self._fast_warned.add(why)
-            log.warning("xLSTM: using the reference training path: %s", why)
-        return "reference"
+        return choose_path(self, x)
 
     def forward(self, x: torch.Tensor, output_hidden_states: bool = False):  # x (B, L, D)
         path = self.forward_path(x)
