@@ -101,6 +101,32 @@ def test_latency_rows_report_the_weight_streaming_floor():
     rows = agent_latency_over_contexts("xlstm", "tiny", [2, 4], 1, warmup=1, reps=3, model=model, floor=True)
     for r in rows:
         assert r["floor_weights"] == n and r["floor_ms"] > 0
-        assert r["x_floor"] == pytest.approx(r["median_ms"] / r["floor_ms"], rel=0.02)
-        assert r["x_floor_cpu"] == pytest.approx(r["cpu_median_ms"] / r["floor_cpu_ms"], rel=0.02)
+        assert r["x_floor"] == pytest.approx(r["median_ms"] / r["floor_ms"], rel=0.05)
+        assert r["x_floor_cpu"] == pytest.approx(r["cpu_median_ms"] / r["floor_cpu_ms"], rel=0.05)
     assert "x_floor" not in agent_latency_over_contexts("xlstm", "tiny", [2], 1, warmup=0, reps=1, model=model)[0]
+
+
+def test_a_row_that_kills_its_worker_is_skipped_and_the_group_rerun(monkeypatch):
+    """Each group runs in a worker; a row during which it dies (as an out-of-memory kill would) is
+    reported as skipped, the others are timed in a rerun without it."""
+    monkeypatch.setenv("LRAMLAB_BENCH_TRAIN_KILL_ROW", "xlstm[1:0]")
+    rows = BT.bench_group_isolated("tiny", 6, 2, [("dt", "auto"), ("xlstm[1:0]", "auto"), ("xlstm[7:1]", "auto")],
+                                   reps=1, warmup=1)
+    by = {r["backbone"]: r for r in rows}
+    assert set(by) == {"dt", "xlstm[1:0]", "xlstm[7:1]"}
+    assert "killed" in by["xlstm[1:0]"]["skipped"] and "cpu_ms" not in by["xlstm[1:0]"]
+    assert by["xlstm[7:1]"]["path"] == "fast" and by["dt"]["vs_dt"] == 1.0 and by["xlstm[7:1]"]["reps"] == 1
+    assert "skipped: killed" in BT.format_table(rows)
+
+
+def test_a_row_past_the_memory_cap_is_skipped_not_fatal():
+    """The worker's data segment is capped: a group whose model cannot fit reports its rows as
+    skipped for memory instead of running into the kernel's out-of-memory killer."""
+    rows = BT.bench_group_isolated("16M", 200, 16, [("dt", "auto")], reps=1, warmup=1, max_memory_bytes=500 * 2**20)
+    assert len(rows) == 1 and "out of memory (cap 0.5 GB)" in rows[0]["skipped"]
+
+
+def test_a_group_whose_models_do_not_fit_skips_every_row():
+    rows = BT.bench_group_isolated("16M", 4, 1, [("dt", "auto"), ("xlstm[7:1]", "auto")], reps=1, warmup=0,
+                                   max_memory_bytes=150 * 2**20)
+    assert [r["backbone"] for r in rows] == ["dt", "xlstm[7:1]"] and all("skipped" in r for r in rows)

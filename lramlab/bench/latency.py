@@ -385,7 +385,7 @@ def agent_latency_over_contexts(backbone: str, size: str, contexts: list[int], b
             row.update({k: round(x, 3) if isinstance(x, float) else x for k, x in res[v, C].to_dict().items()})
             if floor:
                 fl = res["floor", 0]
-                row.update(floor_weights=n_floor, floor_ms=round(fl.median_ms, 3), floor_cpu_ms=round(fl.cpu_median_ms, 3),
+                row.update(floor_weights=n_floor, floor_ms=round(fl.median_ms, 4), floor_cpu_ms=round(fl.cpu_median_ms, 4),
                            x_floor=round(res[v, C].median_ms / fl.median_ms, 2),
                            x_floor_cpu=round(res[v, C].cpu_median_ms / fl.cpu_median_ms, 2))
             row["peak_mem_mb"] = None if mem.mb is None else round(mem.mb, 1)  # of the whole group
