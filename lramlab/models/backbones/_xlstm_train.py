@@ -6,17 +6,21 @@ mLSTM's 4x4 head-wise q/k/v projections run as bmm over 256 tiny matrices, and t
 projections' backward is a K=4 matmul. This module computes the same functions over the SAME
 parameters (no layout of its own) with a few fused kernels (source in `_xlstm_cpu_src`):
 
-  mLSTM block:  LayerNorm -> proj_up (torch) -> [conv + SiLU + q/k/v + gates] -> cell (parallel
-                form: ATen bmm + fused stabiliser rows) -> [GroupNorm + skip + SiLU(z) gate]
-                -> proj_down (torch) + residual. One autograd.Function from `up` to the gated output.
-  sLSTM block:  LayerNorm, conv + SiLU, head-wise gate projections (torch bmm) -> [recurrence +
-                GroupNorm] (one autograd.Function; forward and BPTT in C++, recurrent products in
-                ATen bmm) -> residual -> gated FFN (torch).
+  mLSTM block:  LayerNorm -> proj_up (torch) -> [conv + SiLU + q/k/v + gates -> cell -> head-wise
+                norm + skip + SiLU(z) gate] -> proj_down (torch) + residual. One autograd.Function
+                (`MLSTMCore`) from `up` to the gated output; the cell is block-causal parallel for
+                L <= 4 DH and chunkwise (DH x DH states between chunks) beyond (`cell_plan`).
+  sLSTM block:  LayerNorm -> [conv + SiLU, head-wise gate projections, recurrence and its BPTT,
+                head-wise GroupNorm] (`SLSTMCore`) -> residual -> gated FFN (torch).
+Matrix products inside the kernels call the BLAS torch links (MKL's sgemm_) with leading
+dimensions; the loops around them are vectorised with ATen's Vectorized.
 
 Each backward mirrors the reference's autograd rules (tie splitting of maximum/minimum, argmax
 routing of max(dim)), so gradients equal the reference to fp32 rounding; tests prove it in fp64.
 The kernels are compiled once per machine on first use (torch.utils.cpp_extension, gcc; ~1 min)
 into ~/.cache/lramlab/kernels (or $LRAMLAB_KERNEL_CACHE) and loaded from there afterwards.
+`choose_path` decides per forward whether they run (`LRAMConfig.xlstm_kernel`); `tune_malloc`
+makes glibc reuse freed memory during training.
 
 Shape letters: B batch, L tokens, D width, I mLSTM inner width, NH heads, DH head dim,
 BH = B * NH, N = B * L.
@@ -103,7 +107,7 @@ def tune_malloc() -> bool:
     if _MALLOC_TUNED is not None:
         return _MALLOC_TUNED
     _MALLOC_TUNED = False
-    if os.environ.get("LRAMLAB_NO_MALLOC_TUNING") or not platform.libc_ver()[0] == "glibc":
+    if os.environ.get("LRAMLAB_NO_MALLOC_TUNING") or platform.libc_ver()[0] != "glibc":
         return False
     try:
         import ctypes
