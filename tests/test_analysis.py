@@ -237,7 +237,7 @@ def test_env_loop_latency_with_atari_freeway():
 
 def test_latency_figures(latency_table):
     figs = plots.latency_figures(latency_table)
-    assert set(figs) == {"latency_B1", "throughput", "crossover", "memory"}
+    assert set(figs) == {"latency_B1", "throughput", "crossover", "crossover_cpu", "memory"}
     lat = figs["latency_B1"]
     assert len(lat.data) == 2  # one trace per backbone
     for t in lat.data:

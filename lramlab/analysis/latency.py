@@ -372,43 +372,40 @@ class _Study:
 
 
 def _stepper(study: _Study, label: str, size: str, mode: str, B: int, C: int, box: dict):
-    """(one_step, state): a closure taking one agent step (+ B env steps in "env" mode)."""
+    """(one_step, state, peak MB): a closure taking one agent step (+ B env steps in "env" mode), the
+    state it advances, and the peak memory growth while making that state and taking a first step."""
     import torch
+
+    from lramlab.bench import latency as bench
 
     name = parse_backbone(label)[0]
     model = study.model(label, size, C)
     dev = torch.device(study.device)
     if mode == "model":
-        st = study.state(label, size, B, C)
         g = torch.Generator().manual_seed(study.cfg.seed)
         obs = torch.randint(0, 256, (B, 1, 64, 64), generator=g, dtype=torch.uint8).to(dev)
         rtg, prev_r = torch.ones(B, device=dev), torch.full((B,), 0.01, device=dev)
+        with bench.PeakMemory(dev) as mem:
+            st = study.state(label, size, B, C)
 
-        def one_step():
-            if name == "dt":
-                st.backbone.length = 3 * C  # keep the context at C timesteps
-            model.step(st, obs=obs, rtg=rtg, prev_reward=prev_r)
-        return one_step, st
+            def one_step():
+                if name == "dt":
+                    st.backbone.length = 3 * C  # keep the context at C timesteps
+                model.step(st, obs=obs, rtg=rtg, prev_reward=prev_r)
+            one_step()  # the first step (untimed) allocates what the step needs
+        return one_step, st, mem.mb
 
     from lramlab.rollout import Agent
 
     envs = study.pool.take(B)
     if "obs" not in box:
         box["obs"] = np.stack(study.pool.obs[:B])
-    # the Agent makes a fresh state: DT's is the cache we want (window 3C + 3, the model's), marked
-    # full below; a recurrent one is replaced by the prefilled context
-    agent = Agent(model, study.cfg.env_task, B, greedy=False, seed=study.cfg.seed, device=dev)
-    if name == "dt":
-        if agent.state.backbone.x.shape[1] != 3 * C + 3:
-            raise RuntimeError(f"DT cache window {agent.state.backbone.x.shape[1]} tokens, expected {3 * C + 3}")
-        agent.state.backbone.length, agent.state.steps = 3 * C, C
-    else:
-        agent.state = study.state(label, size, B, C)
-    agent.prev_reward = torch.zeros(B, device=dev)  # the context ended with a reward token to feed
+    box_agent: dict = {}
 
     def one_step():
+        agent = box_agent["agent"]
         if name == "dt":
-            agent.state.backbone.length = 3 * C
+            agent.state.backbone.length = 3 * C  # keep the context at C timesteps
         actions = agent.act(box["obs"])
         rewards = np.zeros(B, dtype=np.float32)
         nxt = box["obs"].copy()
@@ -420,7 +417,26 @@ def _stepper(study: _Study, label: str, size: str, mode: str, B: int, C: int, bo
             nxt[i] = np.asarray(o)
         agent.observe(rewards)
         box["obs"] = nxt
-    return one_step, agent.state
+
+    def make_agent():
+        return Agent(model, study.cfg.env_task, B, greedy=False, seed=study.cfg.seed, device=dev)
+
+    if name == "dt":
+        with bench.PeakMemory(dev) as mem:
+            agent = box_agent["agent"] = make_agent()  # its fresh state is the cache: window 3C + 3
+            if agent.state.backbone.x.shape[1] != 3 * C + 3:
+                raise RuntimeError(f"DT cache window {agent.state.backbone.x.shape[1]} tokens, expected {3 * C + 3}")
+            agent.state.backbone.length, agent.state.steps = 3 * C, C
+            agent.prev_reward = torch.zeros(B, device=dev)  # the context ended with a reward token to feed
+            one_step()
+    else:
+        agent = box_agent["agent"] = make_agent()
+        agent.state = None  # drop its fresh zero state before measuring: the prefilled context replaces it
+        with bench.PeakMemory(dev) as mem:
+            agent.state = study.state(label, size, B, C)
+            agent.prev_reward = torch.zeros(B, device=dev)
+            one_step()
+    return one_step, agent.state, mem.mb
 
 
 def _measure_point(study: _Study, kind: str, mode: str, B: int, C: int, members) -> list[LatencyRecord]:
@@ -452,11 +468,9 @@ def _measure_point(study: _Study, kind: str, mode: str, B: int, C: int, members)
                 oom(i, label, size, f"skipped: state ~{need / 2**30:.2f} GiB, {avail / 2**30:.1f} GiB free")
                 continue
             try:
-                with bench.PeakMemory(dev) as mem:
-                    fn, st = _stepper(study, label, size, mode, B, C, box)
-                    fn()  # the first step (untimed) allocates what the step needs
+                fn, st, mb = _stepper(study, label, size, mode, B, C, box)
                 fns[i] = fn
-                info[i] = (mem.mb, bench.tensor_bytes(st.backbone) / 2**20)
+                info[i] = (mb, bench.tensor_bytes(st.backbone) / 2**20)
             except (RuntimeError, MemoryError) as err:
                 if not _is_oom(err):
                     raise
