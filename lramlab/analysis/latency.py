@@ -26,12 +26,13 @@ How a grid point is measured (one point = one kind, mode, B and C, for every bac
   at B = 1 (`bench.prefill_states`, once per backbone for all contexts, observations through the
   state encoder: see `_Study.prefill`) and tiled to B rows (`tile_state`: every row holds that real
   context; a step costs the same whatever a row holds). Prefilling B streams would cost B times
-  as much (hours at B = 128, C = 1600 on a CPU). DT's KV
-  cache is sized to 3C tokens and marked full (`bench.latency`: attention cost does not depend on
-  the cached values).
+  as much (hours at B = 128, C = 1600 on a CPU). DT's KV cache is sized to 3C tokens and marked
+  full (`bench.latency`: attention cost does not depend on the cached values).
 - The backbones of one point are timed round-robin in one loop (rep 1 of each, rep 2 of each, ...),
   so that load drifting on a shared machine hits them alike: ratios between backbones, and so the
-  crossover, are steadier than the absolute times. In "env" mode they share one pool of envs.
+  crossover, are steadier than the absolute times. In "env" mode they share one pool of envs (each
+  backbone's step continues the episodes where the previous one left them: the env's cost per step
+  does not depend on who chose the actions).
 - A state that would not fit is recorded with `oom=True` without being allocated (the paper's
   missing bars): larger than `max_state_gb`, or than half the free memory; an allocation that fails
   anyway is caught and recorded the same way.
