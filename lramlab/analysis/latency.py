@@ -447,7 +447,6 @@ def _measure_point(study: _Study, kind: str, mode: str, B: int, C: int, members)
     from lramlab.bench import latency as bench
 
     cfg, device = study.cfg, study.device
-    dev = torch.device(device)
     out: dict[int, LatencyRecord] = {}
     fns, info = {}, {}
     box: dict = {}  # "env" mode: the pool's current observations, passed from step to step
