@@ -104,6 +104,7 @@ class Agent:
         self.state = self.model.init_state(batch_size=self.B, device=self.device)
         self.rtg = torch.full((self.B,), self.rtg0, dtype=torch.float32, device=self.device)
         self.prev_reward = None  # no reward token before the first step
+        self.prev_action = None  # fed back to models that see actions (tokens "srra", "ad")
         self.t = 0
 
     def new_episode(self) -> None:
@@ -123,7 +124,8 @@ class Agent:
         """Head logits (B, 2066) at the R̂ token of this step (advances the state)."""
         x = self._obs_tensor(obs)
         # prev_reward is ignored at a stream's first step and carried across episode boundaries
-        logits, self.state = self.model.step(self.state, obs=x, rtg=self.rtg, prev_reward=self.prev_reward)
+        logits, self.state = self.model.step(self.state, obs=x, rtg=self.rtg, prev_reward=self.prev_reward,
+                                             prev_action=self.prev_action)
         self.t += 1
         return logits
 
@@ -133,6 +135,7 @@ class Agent:
         logits = self.logits(obs)
         a = self.model.decode(logits, n_actions=self.n_actions, act_dim=self.act_dim, greedy=self.greedy,
                               temperature=self.temperature, generator=self.generator)
+        self.prev_action = a
         a = a.cpu().numpy()
         return a.astype(np.int64) if self.discrete else a[:, : self.act_dim].astype(np.float32)
 

@@ -149,12 +149,63 @@ def test_step_through_three_episodes_equals_parallel_forward(tiny_episodes, back
     assert (stepped - parallel).abs().max().item() <= ATOL_FP32
 
 
-@pytest.mark.parametrize("tokens", ["s", "srra"])
+@pytest.mark.parametrize("tokens", ["s", "srra", "sr"])
 def test_token_variants_step_equals_forward(tiny_episodes, tokens):
     model = tiny_model("xlstm", "7:1", tokens=tokens)
     batch = stream_batch(tiny_episodes["classic/cartpole"], lengths=(6, 6), n_streams=2, scale=10.0)
     with torch.no_grad():
         parallel = model(batch)
+    for chunkwise in (True, False):
+        assert (step_all(model, batch, chunkwise) - parallel).abs().max().item() <= ATOL_FP32
+
+
+@pytest.mark.parametrize("backbone, slstm_at", VARIANTS, ids=VARIANT_IDS)
+def test_ad_tokens_one_per_step_step_equals_forward(tiny_episodes, backbone, slstm_at):
+    # AD's embedding: one token per step, E(s_t) + E(a_{t-1}) + E(r_{t-1}); action read at it
+    model = tiny_model(backbone, slstm_at, tokens="ad")
+    assert model.cfg.tokens_per_step == 1 and model.cfg.context_tokens == model.cfg.context_steps
+    batch = stream_batch(tiny_episodes["classic/cartpole"], lengths=(7, 5, 9), n_streams=2, scale=10.0)
+    with torch.no_grad():
+        parallel = model(batch)
+        a, r = batch["actions"].clone(), batch["rewards"].clone()
+        a[:, 3] = 1 - a[:, 3]
+        r[:, 5] += 5
+        changed_a, changed_r = model({**batch, "actions": a}), model({**batch, "rewards": r})
+    assert parallel.shape == (2, 21, VOCAB_SIZE)
+    for changed, t in ((changed_a, 3), (changed_r, 5)):  # a_t / r_t reach the logits from step t + 1 on
+        assert torch.equal(parallel[:, : t + 1], changed[:, : t + 1])
+        assert not torch.allclose(parallel[:, t + 1], changed[:, t + 1])
+    for chunkwise in (True, False):
+        assert (step_all(model, batch, chunkwise) - parallel).abs().max().item() <= ATOL_FP32
+    # left padding: the first real step has no previous step, like the first step of a stream
+    pad = {k: (torch.cat([torch.zeros_like(v[:, :4]), v[:, :9]], 1) if k in ("states", "rtg", "rewards", "actions")
+               else v) for k, v in batch.items()}
+    pad["mask"] = torch.cat([torch.zeros(2, 4, dtype=torch.bool), torch.ones(2, 9, dtype=torch.bool)], 1)
+    leak = {**pad, "actions": pad["actions"].clone(), "rewards": pad["rewards"].clone()}
+    leak["actions"][:, 3] = 1
+    leak["rewards"][:, 3] = 7.0
+    with torch.no_grad():
+        assert torch.equal(model(leak), model(pad))
+
+
+@pytest.mark.parametrize("backbone, slstm_at", VARIANTS, ids=VARIANT_IDS)
+def test_sr_tokens_step_equals_forward_and_ignore_rtg(tiny_episodes, backbone, slstm_at):
+    # AD conditioning (s_t, r_t): 2 tokens per step, the action read at s_t, no R̂ anywhere
+    model = tiny_model(backbone, slstm_at, tokens="sr")
+    assert model.cfg.tokens_per_step == 2 and not hasattr(model, "rtg_encoder")
+    batch = stream_batch(tiny_episodes["classic/cartpole"], lengths=(7, 5, 9), n_streams=2, scale=10.0)
+    with torch.no_grad():
+        parallel = model(batch)
+        other_rtg = model({**batch, "rtg": batch["rtg"] * 0 + 123.0})
+        later_reward = model({**batch, "rewards": torch.cat([batch["rewards"][:, :-1], batch["rewards"][:, -1:] + 5], 1)})
+    assert torch.equal(parallel, other_rtg)
+    # r_t enters after the read token of step t: changing the last reward changes no logits
+    assert torch.equal(parallel, later_reward)
+    with torch.no_grad():  # ... while r_0 reaches the logits of step 1 on
+        r0 = batch["rewards"].clone()
+        r0[:, 0] += 5
+        first_reward = model({**batch, "rewards": r0})
+    assert torch.equal(parallel[:, 0], first_reward[:, 0]) and not torch.allclose(parallel[:, 1], first_reward[:, 1])
     for chunkwise in (True, False):
         assert (step_all(model, batch, chunkwise) - parallel).abs().max().item() <= ATOL_FP32
 
@@ -396,3 +447,43 @@ def test_latency_cli_runs_tiny_models(tmp_path):
     assert x[7]["state_mb"] == x[3]["state_mb"] and x[7]["prefill"] == "computed"
     with pytest.raises(SystemExit):
         main(["--backbones", "lstm"])
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous", "mixed_dims"])
+def test_fused_head_loss_equals_action_loss_on_full_logits(tiny_episodes, kind):
+    """forward(batch, return_loss=True) computes the head on real timesteps and valid columns only:
+    the loss, metrics and every parameter gradient equal action_loss on the full logits."""
+    from lramlab.models import action_loss
+
+    torch.manual_seed(0)
+    model = tiny_model("dt", None)
+    if kind == "discrete":
+        batch = stream_batch(tiny_episodes["classic/cartpole"], lengths=(7, 5, 9), n_streams=3, scale=10.0)
+        B, T = batch["actions"].shape
+        batch["n_actions"] = torch.full((B,), 2)
+        batch["act_dim"] = torch.zeros(B, dtype=torch.long)
+    else:
+        batch = stream_batch(tiny_episodes["control/pendulum"], lengths=(7, 5, 9), n_streams=3, scale=100.0)
+        a = batch["actions"].float().reshape(*batch["actions"].shape[:2], -1)
+        B, T = a.shape[:2]
+        batch["actions"] = torch.nn.functional.pad(a, (0, 8 - a.shape[-1]))
+        batch["act_dim"] = torch.full((B,), a.shape[-1])
+        batch["n_actions"] = torch.zeros(B, dtype=torch.long)
+    batch["mask"] = torch.ones(B, T, dtype=torch.bool)
+    batch["mask"][1, -4:] = False  # right padding on one row
+    if kind == "mixed_dims":  # rows of one domain with different act_dim (padded dims are ignored)
+        batch["act_dim"][0] = 3
+        batch["actions"][0, :, :3] = torch.linspace(-0.9, 0.9, 3)
+    model.zero_grad()
+    ref, ref_m = action_loss(model(batch), batch)
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    fused, fused_m = model(batch, return_loss=True)
+    fused.backward()
+    assert abs(float(fused) - float(ref)) <= 1e-6 * max(1.0, abs(float(ref)))
+    assert fused_m["n_targets"] == ref_m["n_targets"] and fused_m["acc"] == pytest.approx(ref_m["acc"])
+    for n, p in model.named_parameters():
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        want = ref_grads.get(n, torch.zeros_like(p))
+        assert torch.allclose(g, want, rtol=1e-5, atol=1e-7), n

@@ -57,7 +57,8 @@ def _parse_kv(text: str, cls, spec: str) -> dict:
     return out
 
 
-POLICY_KINDS = ("random", "noisy", "expert", "checkpoint", "ppo", "sac", "dqn", "specialist", "history")
+POLICY_KINDS = ("random", "noisy", "expert", "checkpoint", "ppo", "sac", "dqn", "specialist", "history",
+                "mbq")  # mbq: model-based Dark-Room learning histories (lramlab.collect.histories)
 #: kinds that train an SB3 specialist first (lramlab.collect.specialists)
 SPECIALIST_KINDS = ("ppo", "sac", "dqn", "specialist")
 

@@ -168,18 +168,29 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
         "meta_version": META_VERSION,
         "episode_seeds": "numpy SeedSequence([seed, index]).generate_state(1)[0]",
     }
-    if kind == "history":
+    if kind in ("history", "mbq"):
         if spec.domain != "darkroom":
             raise ValueError(f"policy {policy!r}: learning histories are implemented for Dark-Room only, "
                              f"not {spec.id!r}")
         if max_steps is not None:
             raise ValueError(f"--max-steps {max_steps}: a learning history ({policy!r}) plays whole Dark-Room "
                              f"episodes; leave --max-steps out")
-        cfg = P.history_config(policy).resolved(episodes)
-        meta.update(policy_config={"algorithm": "tabular Q-learning, epsilon-greedy", **asdict(cfg)},
+        if kind == "mbq":  # model-based Q-learning histories for AD (lramlab.collect.histories)
+            from lramlab.collect.histories import history_source
+
+            policy_config, extra, iter_history = history_source(policy, episodes)
+        else:
+            extra = {}
+            cfg = P.history_config(policy).resolved(episodes)
+            policy_config = {"algorithm": "tabular Q-learning, epsilon-greedy", **asdict(cfg)}
+
+            def iter_history(goal, seed):
+                return P.iter_darkroom_history(goal, episodes, seed, cfg)
+        meta.update(policy_config=policy_config,
                     episodes=episodes,
                     episode_seeds="one learner per history: numpy default_rng([seed, goal_x, goal_y]); "
                                   "episode i uses the i-th block of its stream")
+        meta.update(extra)
         _check_meta(task_dir, meta, ("task", "policy", "seed", "policy_config", "episodes"))
     else:
         meta["max_steps"] = max_steps
@@ -197,12 +208,12 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
         bar = tqdm(total=episodes, initial=sum(1 for i in existing if i < episodes),
                    desc=f"generate {spec.id}", unit="ep")
     try:
-        if kind == "history":
+        if kind in ("history", "mbq"):
             _write_meta(task_dir, meta)
             from lramlab.envs.darkroom import parse_goal
 
             goal = parse_goal(spec)
-            for i, ep in enumerate(P.iter_darkroom_history(goal, episodes, seed, cfg)):
+            for i, ep in enumerate(iter_history(goal, seed)):
                 if i in existing:
                     from lramlab.data.store import read_episode
 
@@ -286,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="lramlab data generate",
         description="Generate trajectories by running a policy in a real simulator (resumable).",
         epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World) | "
-               "checkpoint:<path> | ppo|sac|dqn|specialist[:steps=<n>,...] (stable-baselines3) | history[:explore_episodes=<n>,...] (Dark-Room). "
+               "checkpoint:<path> | ppo|sac|dqn|specialist[:steps=<n>,...] (stable-baselines3) | history[:explore_episodes=<n>,...] | mbq[:eps_start=<e>,histories=<h>,...] (Dark-Room). "
                "Defaults: darkroom -> history, metaworld -> expert, others -> random.")
     ap.add_argument("--task", action="append", required=True,
                     help="task id or glob (repeatable), e.g. darkroom/goal-2-0 or 'darkroom/*'")

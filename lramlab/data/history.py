@@ -54,6 +54,7 @@ class HistoryDataset(TrajectoryDataset):
                 sel = np.arange(n)
             eps.append(sel.astype(np.int64))
         self.set_episodes(eps)
+        self.history_episodes = [_history_episodes(d) for d in self.data]
 
     def fill_window(self, out: dict, b: int, ti: int, episode: int, end: int, start: int | None = None) -> None:
         """Row b := the C steps ending at step `end` of file episode `episode`, across episodes.
@@ -72,7 +73,8 @@ class HistoryDataset(TrajectoryDataset):
                 raise ValueError(f"window start {start} outside [{max(0, int(end) - C + 1)}, {end}]")
             pos_stop = pos  # do not cross into the previous episode
         else:
-            pos_stop = 0
+            h = self.history_episodes[ti]  # do not cross into the previous learner's history
+            pos_stop = int(np.searchsorted(eps, (int(episode) // h) * h)) if h else 0
         pieces = []
         need, cur_end = C, int(end)
         while need > 0 and pos >= pos_stop:
@@ -101,3 +103,12 @@ class HistoryDataset(TrajectoryDataset):
             eps, steps = self.locate(ti, ends)
             items.extend((ti, int(e), int(s)) for e, s in zip(eps, steps))
         return items[rank::world_size]
+
+
+def _history_episodes(data) -> int:
+    """meta.json's ``history_episodes`` (episodes per learner; 0: one history per directory)."""
+    n = data.meta.get("history_episodes", 0) if isinstance(data.meta, dict) else 0
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{data.task_dir / 'meta.json'}: 'history_episodes' must be a non-negative integer, "
+                         f"got {n!r}")
+    return n

@@ -1,11 +1,15 @@
 """The LRAM agent: shared encoders -> LayerNorm -> backbone -> shared action head (paper §3.2).
 
 Sequence: each timestep t is the tokens (s_t, R̂_t, r_t) ("srr", the paper), (s_t) ("s",
-behaviour cloning) or (s_t, R̂_t, r_t, a_t) ("srra", action-token ablation). No timestep
-embeddings. The action a_t is read at R̂_t (at s_t for "s"), so it never sees r_t or a_t.
+behaviour cloning), (s_t, R̂_t, r_t, a_t) ("srra", action-token ablation) or (s_t, r_t) ("sr",
+Algorithm Distillation's conditioning on observations and rewards only), or ONE token per step
+("ad", Algorithm Distillation's own embedding): LN(E(s_t) + [t > 0] (E(a_{t-1}) + E(r_{t-1}))),
+where t > 0 means the previous step is in the sequence (a window's first step and the step after
+left padding have none). No timestep embeddings. The action a_t is read at R̂_t (at s_t for "s",
+"sr" and "ad"), so it never sees r_t or a_t.
 
 Inference (`step`) feeds the tokens that arrived since the last call, ending at the read token:
-(r_{t-1}, [a_{t-1},] s_t, R̂_t); the first step of a stream has no r_{t-1}. The state carries
+(r_{t-1}, [a_{t-1},] s_t, [R̂_t]); the first step of a stream has no r_{t-1}. The state carries
 across episode boundaries (in-context learning), which makes stepping through concatenated
 episodes equal to one parallel forward over them (tested).
 
@@ -26,7 +30,7 @@ from ..tokenizer import IMAGE_SHAPE, STATE_DIM
 from .backbones import make_backbone
 from .config import LRAMConfig
 from .encoders import ActionEncoder, ImpalaCNN, ScalarEncoder
-from .head import ActionHead, decode
+from .head import ActionHead, decode, head_loss
 
 
 @dataclass
@@ -73,14 +77,15 @@ class LRAM(nn.Module):
         self.image_encoder = ImpalaCNN(D)
         if cfg.tokens in ("srr", "srra"):
             self.rtg_encoder = ScalarEncoder(D)
+        if cfg.tokens in ("srr", "srra", "sr", "ad"):
             self.reward_encoder = ScalarEncoder(D)
-        if cfg.tokens == "srra":
+        if cfg.tokens in ("srra", "ad"):
             self.action_encoder = ActionEncoder(D)
         self.embed_norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.backbone = make_backbone(cfg)
         self.head = ActionHead(D)
         self.k = cfg.tokens_per_step
-        self.read_offset = 0 if cfg.tokens == "s" else 1  # index of R̂_t (or s_t) within a timestep
+        self.read_offset = 0 if cfg.tokens in ("s", "sr", "ad") else 1  # index of R̂_t (or s_t) within a timestep
         # DDP (find_unused_parameters=False) needs every parameter in every backward; encoders a
         # batch does not use (the image CNN on a state batch, ...) get an exact-zero gradient.
         self.touch_unused_params = True
@@ -111,7 +116,7 @@ class LRAM(nn.Module):
         if not (self.touch_unused_params and self.training and torch.is_grad_enabled()):
             return None
         unused = [self.state_encoder if "images" in batch else self.image_encoder]
-        if self.cfg.tokens == "srra":
+        if self.cfg.tokens in ("srra", "ad"):
             disc = batch["actions"].dim() == 2
             unused.append(self.action_encoder.continuous if disc else self.action_encoder.discrete)
         return sum(p.sum() for m in unused for p in m.parameters()) * 0.0
@@ -120,9 +125,18 @@ class LRAM(nn.Module):
         """Token embeddings after the shared LayerNorm: (B, k*T, D)."""
         obs = self._encode_obs(batch)
         B, T, D = obs.shape
+        if self.cfg.tokens == "ad":  # (s_t, a_{t-1}, r_{t-1}) summed into one token
+            prev = self.reward_encoder(batch["rewards"][:, :-1]) + self.action_encoder(batch["actions"][:, :-1])
+            has_prev = batch["mask"][:, :-1] if "mask" in batch else torch.ones(B, T - 1, dtype=torch.bool)
+            prev = prev * has_prev.to(prev.device, prev.dtype).unsqueeze(-1)
+            x = self.embed_norm(torch.cat([obs[:, :1], obs[:, 1:] + prev], dim=1))
+            touch = self._zero_touch(batch)
+            return x if touch is None else x + touch
         parts = [obs]
         if self.cfg.tokens in ("srr", "srra"):
             parts += [self.rtg_encoder(batch["rtg"]), self.reward_encoder(batch["rewards"])]
+        elif self.cfg.tokens == "sr":
+            parts.append(self.reward_encoder(batch["rewards"]))
         if self.cfg.tokens == "srra":
             parts.append(self.action_encoder(batch["actions"]))
         x = self.embed_norm(torch.stack(parts, dim=2).reshape(B, T * self.k, D))
@@ -130,10 +144,17 @@ class LRAM(nn.Module):
         return x if touch is None else x + touch
 
     # ------------------------------------------------------------------ parallel
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Logits at every read token (R̂_t): (B, T, 2066)."""
-        y = self.backbone(self.embed(batch))
-        return self.head(y[:, self.read_offset :: self.k])
+    def forward(self, batch: dict, return_loss: bool = False):
+        """Logits at every read token (R̂_t): (B, T, 2066).
+
+        return_loss=True returns `(loss, metrics)` of `action_loss(self(batch), batch)` instead,
+        computed by `head.head_loss` on the real timesteps and the task's valid head columns only
+        (same loss and gradients, much cheaper for few actions; through `forward` so a DDP wrapper
+        sees the call)."""
+        y = self.backbone(self.embed(batch))[:, self.read_offset :: self.k]
+        if return_loss:
+            return head_loss(y, self.head, batch)
+        return self.head(y)
 
     def hidden_states(self, batch: dict, layer: int = -1) -> torch.Tensor:
         """Hidden states at the read tokens, (B, T, D).
@@ -179,11 +200,27 @@ class LRAM(nn.Module):
             raise ValueError(f"step: {name} has {t.numel()} values for a batch of {B}")
         return t.view(B, 1)
 
+    @staticmethod
+    def _step_action(prev_action, B: int, device) -> torch.Tensor:  # -> (B, 1) ids or (B, 1, 8)
+        a = _as_tensor(prev_action, device)
+        return a.view(B, 1) if a.dtype in (torch.int64, torch.int32) else F.pad(
+            a.float().view(B, 1, -1), (0, 8 - a.view(B, -1).shape[-1]))
+
     def step_tokens(self, state: AgentState, obs, rtg=None, prev_reward=None, prev_action=None) -> torch.Tensor:
         """The normed token embeddings one `step` feeds: (B, l, D), ending with the read token."""
         B, device = state.batch_size, self.head.weight.device
-        parts = []
         checked: list[tuple[str, torch.Tensor]] = []  # float inputs that must be finite
+        if self.cfg.tokens == "ad":
+            x = self._step_obs(obs, B, device, checked)
+            if state.steps > 0:
+                if prev_action is None:
+                    raise ValueError("step: prev_action is required after the first step for tokens='ad'")
+                r = self._scalar(prev_reward, "prev_reward", B, device)
+                checked.append(("prev_reward", r))
+                x = x + self.reward_encoder(r) + self.action_encoder(self._step_action(prev_action, B, device))
+            _require_finite(checked)
+            return self.embed_norm(x)
+        parts = []
         if self.cfg.tokens != "s" and state.steps > 0:
             r = self._scalar(prev_reward, "prev_reward", B, device)
             checked.append(("prev_reward", r))
@@ -191,12 +228,9 @@ class LRAM(nn.Module):
             if self.cfg.tokens == "srra":
                 if prev_action is None:
                     raise ValueError("step: prev_action is required after the first step for tokens='srra'")
-                a = _as_tensor(prev_action, device)
-                a = a.view(B, 1) if a.dtype in (torch.int64, torch.int32) else F.pad(
-                    a.float().view(B, 1, -1), (0, 8 - a.view(B, -1).shape[-1]))
-                parts.append(self.action_encoder(a))
+                parts.append(self.action_encoder(self._step_action(prev_action, B, device)))
         parts.append(self._step_obs(obs, B, device, checked))
-        if self.cfg.tokens != "s":
+        if self.cfg.tokens in ("srr", "srra"):
             g = self._scalar(rtg, "rtg", B, device)
             checked.append(("rtg", g))
             parts.append(self.rtg_encoder(g))
@@ -205,12 +239,12 @@ class LRAM(nn.Module):
 
     def step(self, state: AgentState, obs, rtg=None, prev_reward=None, prev_action=None,
              chunkwise: bool = True, grad: bool = False) -> tuple[torch.Tensor, AgentState]:
-        """One environment step for B streams: logits (B, 2066) at R̂_t, and the advanced state.
+        """One environment step for B streams: logits (B, 2066) at R̂_t (s_t for "s"/"sr"), and the advanced state.
 
         obs: (B, obs_dim) float states (zero-padded to 204 here) or (B, 1, 64, 64) uint8 images;
-        rtg: (B,) return-to-go divided by the domain's reward scale; prev_reward: (B,) scaled
+        rtg: (B,) return-to-go divided by the domain's reward scale (ignored for "s"/"sr"); prev_reward: (B,) scaled
         reward of the previous step (ignored at a stream's first step; required afterwards, also
-        across episode boundaries); prev_action: previous action, only for tokens="srra".
+        across episode boundaries); prev_action: previous action, only for tokens="srra" and "ad".
         chunkwise=True feeds the step's tokens in one backbone call, False one token at a time.
         The state is updated in place. grad=False (default) runs without autograd.
         """

@@ -20,7 +20,7 @@ from lramlab._dataclass_cli import check_fields
 BACKBONES = ("xlstm", "mamba", "dt")
 BASE_SIZES = ("tiny", "16M", "48M", "110M", "206M")
 SIZES = BASE_SIZES + tuple(f"{s}-half" for s in BASE_SIZES[1:])
-TOKEN_MODES = ("srr", "s", "srra")
+TOKEN_MODES = ("srr", "s", "srra", "sr", "ad")
 IMAGE_ENCODERS = ("impala",)
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -106,11 +106,19 @@ class LRAMConfig:
         a ratio string "7:1" / "1:0" / "a:b" is resolved to positions.
       context_steps: C timesteps of context in training (50); tokens = tokens_per_step * C.
       tokens: "srr" = (s, R̂, r) per step (paper); "s" = behaviour cloning without RTG/reward
-        tokens (App. E.2); "srra" = (s, R̂, r, a), the action-token ablation (App. E.1).
+        tokens (App. E.2); "srra" = (s, R̂, r, a), the action-token ablation (App. E.1); "sr" = (s, r),
+        Algorithm Distillation's conditioning without a return-to-go (ICL, App. E.2), action read at s;
+        "ad" = ONE token per step, the sum of the embeddings of (s_t, a_{t-1}, r_{t-1}) as in Algorithm
+        Distillation (Laskin et al., 2022): half of "sr"'s sequence, and the actions are seen.
       image_encoder: "impala" (IMPALA-CNN, 3 stacks of 16/32/32 channels).
       mlstm_proj_factor, slstm_ff_proj_factor, conv1d_kernel_size, qkv_proj_blocksize: xLSTM
         block settings (xlstm library / LRAM xlstm_*.yaml values).
       slstm_backend: "auto" (CUDA kernel when a GPU is present, else "vanilla") | "vanilla" | "cuda".
+      xlstm_kernel: parallel (training) forward of the xLSTM: "auto" (lramlab's fused CPU kernels
+        with hand-written backward on a CPU in fp32/fp64, the package's own path elsewhere, e.g. its
+        CUDA kernels on a GPU) | "fast" (the fused CPU kernels; an error where they cannot run) |
+        "reference" (the package's blocks: sLSTM "vanilla"/CUDA backend, mLSTM parallel form).
+        Same parameters and checkpoints either way; the backbone's `forward_kernel` says which ran.
       xlstm_step_kernel: "fast" (lramlab's own recurrent/chunkwise step over the package's weights)
         | "reference" (the xlstm package's own token step; token-by-token only).
       xlstm_step_weights: "float32" (exact) | "float16": on a CPU, the fast step's big projections
@@ -141,7 +149,7 @@ class LRAMConfig:
     n_heads: Optional[int] = None
     slstm_at: Union[tuple[int, ...], str, None] = None
     context_steps: int = 50
-    tokens: Literal["srr", "s", "srra"] = "srr"
+    tokens: Literal["srr", "s", "srra", "sr", "ad"] = "srr"
     image_encoder: Literal["impala"] = "impala"
     # xLSTM
     mlstm_proj_factor: float = 2.0
@@ -149,6 +157,7 @@ class LRAMConfig:
     conv1d_kernel_size: int = 4
     qkv_proj_blocksize: int = 4
     slstm_backend: Literal["auto", "vanilla", "cuda"] = "auto"
+    xlstm_kernel: Literal["auto", "fast", "reference"] = "auto"
     xlstm_step_kernel: Literal["fast", "reference"] = "fast"
     xlstm_step_weights: Literal["float32", "float16"] = "float32"
     # Mamba
@@ -192,6 +201,8 @@ class LRAMConfig:
             raise ValueError(f"LRAMConfig.dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
         if self.slstm_backend not in ("auto", "vanilla", "cuda"):
             raise ValueError(f"LRAMConfig.slstm_backend={self.slstm_backend!r}; valid: auto, vanilla, cuda")
+        if self.xlstm_kernel not in ("auto", "fast", "reference"):
+            raise ValueError(f"LRAMConfig.xlstm_kernel={self.xlstm_kernel!r}; valid: auto, fast, reference")
         if self.xlstm_step_kernel not in ("fast", "reference"):
             raise ValueError(f"LRAMConfig.xlstm_step_kernel={self.xlstm_step_kernel!r}; valid: fast, reference")
         if self.xlstm_step_weights not in ("float32", "float16"):
@@ -239,7 +250,7 @@ class LRAMConfig:
     # ----- derived values -----
     @property
     def tokens_per_step(self) -> int:
-        return len(self.tokens)
+        return 1 if self.tokens == "ad" else len(self.tokens)
 
     @property
     def context_tokens(self) -> int:

@@ -57,7 +57,7 @@ def default_warmup(steps: int) -> int:
 
 WindowKind = Literal["episode", "history"]
 Split = Literal["any", "train", "holdout"]
-TokenMode = Literal["srr", "s", "srra"]
+TokenMode = Literal["srr", "s", "srra", "sr", "ad"]
 
 
 @dataclass
@@ -83,7 +83,7 @@ class TrainConfig:
     n_heads: int | None = None            # heads (None: preset's; xLSTM 4, DT width/64)
     d_model: int | None = None            # width (None: the size preset's); sizes between the presets
     n_layers: int | None = None           # blocks (None: the size preset's; recurrent presets have 2x DT's)
-    tokens: TokenMode = "srr"             # (s, R, r) per step; "s": behaviour cloning; "srra": + action tokens
+    tokens: TokenMode = "srr"             # (s, R, r) per step; "s": behaviour cloning; "srra": + action tokens; "sr"/"ad": AD (ICL)
     # --- optimisation (App. C.1) -------------------------------------------------------
     steps: int = 200_000                  # optimizer updates
     batch_size: int = 128                 # windows per domain micro-batch (global, over all ranks)
