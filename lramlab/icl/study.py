@@ -309,7 +309,8 @@ def run_icl_study(cfg: ICLStudyConfig, progress: bool = True) -> "ICLStudy":
     own process, `spawn`ed; workers=1 runs them in this process). Finished runs are reused.
 
     When an agent fails, the agents not yet started are cancelled, the running ones finish (their
-    runs stay reusable), and ICLStudyError names the first failure."""
+    runs stay reusable), and ICLStudyError names the first failure. An interrupt (KeyboardInterrupt)
+    terminates the agent processes at once; a killed training run resumes from its last checkpoint."""
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
     import multiprocessing
 
@@ -363,6 +364,10 @@ def run_icl_study(cfg: ICLStudyConfig, progress: bool = True) -> "ICLStudy":
                         wait(pending)  # the running agents finish; their runs are kept
                         err = bad[0].exception()
                         raise failed(futures[bad[0]], err) from err
+            except KeyboardInterrupt:  # an interrupted kernel: stop the agents now (their runs resume later)
+                for p in list(getattr(ex, "_processes", {}).values()):
+                    p.terminate()
+                raise
             finally:
                 ex.shutdown(wait=True, cancel_futures=True)
     finally:
