@@ -37,6 +37,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "import"): ("lramlab.data.importers:main", "import a published dataset format"),
     ("bench", "data"): ("lramlab.bench.data:main", "data-loading throughput benchmark"),
     ("bench", "latency"): ("lramlab.bench.latency:main", "per-timestep agent latency benchmark"),
+    ("bench", "train"): ("lramlab.bench.train:main", "training throughput per backbone, side by side"),
     ("train",): ("lramlab.train.__main__:main", "train an agent (also: torchrun -m lramlab.train)"),
     ("eval",): ("lramlab.evaluate:main", "evaluate a checkpoint in environments"),
     ("icl",): ("lramlab.icl:main", "in-context learning evaluation on Dark-Room"),

@@ -271,17 +271,20 @@ class EmbeddingConfig(_Config):
 class LatencyStudyConfig(_Config):
     """Inference latency / throughput / memory (paper §4.4, App. D.5): recurrent vs Transformer with
     the same number of layer blocks and matched parameters ("<size>-half" presets), pure model steps
-    and in the loop with a real environment (Atari Freeway). Defaults: a tiny grid for a CPU."""
+    and in the loop with a real environment (Atari Freeway), and the batch size / context at which
+    each recurrent backbone overtakes DT (`analysis.crossover`). Defaults: a tiny grid for a CPU.
+    Presets: `studies/throughput-cpu.yaml` (16M on a CPU), `studies/throughput-gpu.yaml` (the paper's)."""
 
-    backbones: tuple[str, ...] = ("xlstm", "mamba", "dt")   # backbones to compare
-    size: str = "tiny"                    # model preset (paper: "206M-half", layer-matched)
+    backbones: tuple[str, ...] = ("xlstm", "mamba", "dt")   # xlstm | mamba | dt | xlstm-<N>h (N heads)
+    size: str = "tiny"                    # model preset, or several comma-separated (paper: "206M-half")
     contexts: tuple[int, ...] = (50, 200)  # context lengths C in timesteps (paper: 50 ... 25600)
     batch_sizes: tuple[int, ...] = (1,)   # batch sizes for latency vs context (paper: 1 and 16)
     throughput_batches: tuple[int, ...] = (1, 4)  # batch sizes for throughput (paper: 1 ... 128)
     throughput_context: int = 50          # fixed context for throughput (paper: 1600)
     modes: tuple[str, ...] = ("model", "env")  # "model": model steps only; "env": in the loop with the env
     env_task: str = "atari/freeway"       # environment of the in-the-loop measurement (paper: Freeway)
-    xlstm_heads: int = 0                  # xLSTM heads (0: the preset's 4; App. D.5.4 uses 16 too)
+    xlstm_heads: int = 0                  # heads of a plain "xlstm" (0: the preset's 4; App. D.5.4 uses 16 too)
+    max_state_gb: float = 0.0             # a state (DT's KV cache) above this many GiB is recorded as OOM, unrun (0: half the free memory)
     warmup: int = 1                       # untimed steps first (compilation, caches)
     reps: int = 5                         # timed steps per grid point (median and p10-p90 reported)
     device: str = "auto"                  # auto | cpu | cuda (CUDA timings are synchronised)
@@ -290,7 +293,15 @@ class LatencyStudyConfig(_Config):
     out_dir: str = "runs/notebooks/05_latency"  # metrics.json and figures go here
     save_png: bool = True                 # also write PNG figures (needs kaleido + Chromium)
 
+    @property
+    def sizes(self) -> tuple[str, ...]:
+        """The presets of `size` ("16M-half,16M" -> ("16M-half", "16M"))."""
+        return tuple(s.strip() for s in str(self.size).split(",") if s.strip())
+
     def __post_init__(self):
+        from lramlab.analysis.latency import parse_backbone
+        from lramlab.models.config import SIZES
+
         self.backbones = _tuple(self.backbones)
         self.contexts = _tuple(self.contexts, int)
         self.batch_sizes = _tuple(self.batch_sizes, int)
@@ -298,7 +309,19 @@ class LatencyStudyConfig(_Config):
         self.modes = _tuple(self.modes)
         if not self.backbones:
             raise ValueError("LatencyStudyConfig.backbones is empty: expected at least one of xlstm, mamba, dt")
-        _check_backbones(self, self.backbones)
+        for b in self.backbones:
+            try:
+                parse_backbone(b)
+            except ValueError as err:
+                raise ValueError(f"LatencyStudyConfig: {err}") from None
+        if len(set(self.backbones)) != len(self.backbones):
+            raise ValueError(f"LatencyStudyConfig.backbones={list(self.backbones)}: a backbone is listed twice")
+        if not self.sizes:
+            raise ValueError(f"LatencyStudyConfig.size={self.size!r}: expected a preset ({', '.join(SIZES)})")
+        for s in self.sizes:
+            if s not in SIZES:
+                raise ValueError(f"LatencyStudyConfig.size: {s!r} is unknown; valid: {', '.join(SIZES)} "
+                                 f"(several: comma-separated)")
         for m in self.modes:
             if m not in get_args(LatencyMode):
                 raise ValueError(f"LatencyStudyConfig.modes: {m!r} is unknown; valid: {get_args(LatencyMode)}")
@@ -312,6 +335,10 @@ class LatencyStudyConfig(_Config):
         if self.warmup < 0 or self.xlstm_heads < 0 or self.threads < 0:
             raise ValueError(f"LatencyStudyConfig: warmup={self.warmup}, xlstm_heads={self.xlstm_heads}, "
                              f"threads={self.threads}: expected >= 0")
+        if isinstance(self.max_state_gb, bool) or not isinstance(self.max_state_gb, (int, float)) \
+                or not 0 <= self.max_state_gb < math.inf:
+            raise ValueError(f"LatencyStudyConfig.max_state_gb={self.max_state_gb!r}: expected a finite number "
+                             f">= 0 (0: half the free memory)")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ValueError(f"LatencyStudyConfig.device={self.device!r}: expected auto | cpu | cuda | cuda:N")
 

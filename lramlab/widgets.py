@@ -405,7 +405,7 @@ class LatencyExplorer(_Displayable):
         self.config = config
         rows = self.table.rows()
         backbones = sorted({r["backbone"] for r in rows} | set(getattr(config, "backbones", ())))
-        sizes = sorted({r["size"] for r in rows} | ({config.size} if config is not None else set()))
+        sizes = sorted({r["size"] for r in rows} | (set(config.sizes) if config is not None else set()))
         batches = sorted({r["batch_size"] for r in rows if r["kind"] == "latency"} |
                          set(getattr(config, "batch_sizes", ()))) or [1]
         modes = sorted({r["mode"] for r in rows} | set(getattr(config, "modes", ()))) or ["model"]

@@ -213,7 +213,7 @@ def test_run_embeddings_from_a_checkpoint(trained_run, tiny_root):
 def test_latency_grid_records(latency_table):
     cfg = LatencyStudyConfig(**LAT_CFG)
     recs = latency_table.records
-    assert [(r.kind, r.backbone, r.mode, r.batch_size, r.context) for r in recs] == L.grid_points(cfg)
+    assert [(r.kind, r.backbone, r.size, r.mode, r.batch_size, r.context) for r in recs] == L.grid_points(cfg)
     for r in recs:
         assert not r.oom and r.latency_ms > 0 and r.latency_p10_ms <= r.latency_ms <= r.latency_p90_ms
         assert r.throughput == pytest.approx(r.batch_size * 1000.0 / r.latency_ms)
@@ -237,7 +237,7 @@ def test_env_loop_latency_with_atari_freeway():
 
 def test_latency_figures(latency_table):
     figs = plots.latency_figures(latency_table)
-    assert set(figs) == {"latency_B1", "throughput", "memory"}
+    assert set(figs) == {"latency_B1", "throughput", "crossover", "crossover_cpu", "memory"}
     lat = figs["latency_B1"]
     assert len(lat.data) == 2  # one trace per backbone
     for t in lat.data:

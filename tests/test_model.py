@@ -447,3 +447,43 @@ def test_latency_cli_runs_tiny_models(tmp_path):
     assert x[7]["state_mb"] == x[3]["state_mb"] and x[7]["prefill"] == "computed"
     with pytest.raises(SystemExit):
         main(["--backbones", "lstm"])
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous", "mixed_dims"])
+def test_fused_head_loss_equals_action_loss_on_full_logits(tiny_episodes, kind):
+    """forward(batch, return_loss=True) computes the head on real timesteps and valid columns only:
+    the loss, metrics and every parameter gradient equal action_loss on the full logits."""
+    from lramlab.models import action_loss
+
+    torch.manual_seed(0)
+    model = tiny_model("dt", None)
+    if kind == "discrete":
+        batch = stream_batch(tiny_episodes["classic/cartpole"], lengths=(7, 5, 9), n_streams=3, scale=10.0)
+        B, T = batch["actions"].shape
+        batch["n_actions"] = torch.full((B,), 2)
+        batch["act_dim"] = torch.zeros(B, dtype=torch.long)
+    else:
+        batch = stream_batch(tiny_episodes["control/pendulum"], lengths=(7, 5, 9), n_streams=3, scale=100.0)
+        a = batch["actions"].float().reshape(*batch["actions"].shape[:2], -1)
+        B, T = a.shape[:2]
+        batch["actions"] = torch.nn.functional.pad(a, (0, 8 - a.shape[-1]))
+        batch["act_dim"] = torch.full((B,), a.shape[-1])
+        batch["n_actions"] = torch.zeros(B, dtype=torch.long)
+    batch["mask"] = torch.ones(B, T, dtype=torch.bool)
+    batch["mask"][1, -4:] = False  # right padding on one row
+    if kind == "mixed_dims":  # rows of one domain with different act_dim (padded dims are ignored)
+        batch["act_dim"][0] = 3
+        batch["actions"][0, :, :3] = torch.linspace(-0.9, 0.9, 3)
+    model.zero_grad()
+    ref, ref_m = action_loss(model(batch), batch)
+    ref.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    fused, fused_m = model(batch, return_loss=True)
+    fused.backward()
+    assert abs(float(fused) - float(ref)) <= 1e-6 * max(1.0, abs(float(ref)))
+    assert fused_m["n_targets"] == ref_m["n_targets"] and fused_m["acc"] == pytest.approx(ref_m["acc"])
+    for n, p in model.named_parameters():
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        want = ref_grads.get(n, torch.zeros_like(p))
+        assert torch.allclose(g, want, rtol=1e-5, atol=1e-7), n

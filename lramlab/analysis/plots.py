@@ -28,7 +28,7 @@ from lramlab._optional import require
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
             "#bcbd22", "#17becf")
 DOMAIN_ORDER = ("atari", "procgen", "dmcontrol", "metaworld", "composuite", "mimicgen", "darkroom", "robosuite")
-BACKBONE_ORDER = ("xlstm", "mamba", "dt")
+BACKBONE_ORDER = ("xlstm", "mamba", "dt", "xlstm-4h", "xlstm-16h", "xlstm-8h", "xlstm-32h")  # + head-count labels
 
 
 def _go():
@@ -417,8 +417,88 @@ def memory_bars(table, batch_size: int | None = 1, mode: str = "model"):
     return fig
 
 
+def throughput_crossover(table, metric: str = "throughput", reference: str = "dt", cols: int = 3):
+    """Throughput vs batch size, one panel per recurrent backbone and size, with the reference (DT)
+    beside it; DT's OOM points as crosses on the backbone's curve, the crossover (the smallest
+    measured B at which the backbone beats DT, `analysis.crossover`; no interpolation) as a star
+    and a dashed line. Solid: "model" mode, dotted: "env" (in the loop). metric "cpu": throughput
+    from the process CPU time per step instead of the wall clock."""
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    from lramlab.analysis.crossover import crossover
+
+    rows = [r for r in _latency_rows(table) if r.get("kind") == "throughput"]
+    res = crossover(rows, "batch_size", reference, metric=metric)
+    panels = list(dict.fromkeys((c["backbone"], c["size"]) for c in res))
+    n = max(1, len(panels))
+    ncols = min(cols, n)
+    nrows = -(-n // ncols)
+    fig = make_subplots(rows=nrows, cols=ncols, subplot_titles=[f"{b} {s}" for b, s in panels] or None,
+                        horizontal_spacing=0.08, vertical_spacing=0.14)
+    shown: set[str] = set()
+
+    def y_of(r):
+        if metric == "cpu":
+            return r["batch_size"] * 1000.0 / r["cpu_ms"] if r.get("cpu_ms") else None
+        return r["throughput"]
+
+    def legend(name):
+        first = name not in shown
+        shown.add(name)
+        return first
+
+    for k, (backbone, size) in enumerate(panels):
+        row, col = k // ncols + 1, k % ncols + 1
+        for c in [c for c in res if (c["backbone"], c["size"]) == (backbone, size)]:
+            md, C, dash = c["mode"], c["context"], "solid" if c["mode"] == "model" else "dot"
+            mine = sorted((r for r in rows if r["backbone"] == backbone and r["size"] == size and r["mode"] == md
+                           and r["context"] == C and not r.get("oom")), key=lambda r: r["batch_size"])
+            ref = sorted((r for r in rows if r["backbone"] == reference and r["size"] == c["reference_size"]
+                          and r["mode"] == md and r["context"] == C), key=lambda r: r["batch_size"])
+            common = {"backbone": backbone, "size": size, "mode": md, "context": C}
+            for who, pts, color in ((backbone, mine, color_of(backbone)),
+                                    (reference, [r for r in ref if not r.get("oom")], color_of(reference))):
+                name = f"{who} ({md}, C={C})"
+                fig.add_trace(go.Scatter(x=[r["batch_size"] for r in pts], y=[y_of(r) for r in pts],
+                                         mode="lines+markers", name=name, legendgroup=name, showlegend=legend(name),
+                                         line={"color": color, "dash": dash},
+                                         meta={**common, "role": "series" if who == backbone else "reference"}),
+                              row=row, col=col)
+            at = {r["batch_size"]: y_of(r) for r in mine}
+            oom_x = [p["x"] for p in c["points"] if p["status"] == "reference_oom" and p["x"] in at]
+            if oom_x:
+                name = f"{reference} OOM"
+                fig.add_trace(go.Scatter(x=oom_x, y=[at[x] for x in oom_x], mode="markers",
+                                         marker={"symbol": "x", "size": 11, "color": color_of(reference)},
+                                         name=name, legendgroup=name, showlegend=legend(name),
+                                         hovertext=[f"{reference} OOM at B={x}" for x in oom_x],
+                                         meta={**common, "role": "reference_oom"}), row=row, col=col)
+            if c["crossover"] is not None and c["crossover"] in at:
+                x = c["crossover"]
+                name = f"crossover (smallest measured B beating {reference})"
+                fig.add_trace(go.Scatter(x=[x], y=[at[x]], mode="markers", name=name, legendgroup=name,
+                                         showlegend=legend(name), hovertext=[f"{md}: B={x} ({c['crossover_by']})"],
+                                         marker={"symbol": "star", "size": 14, "color": color_of(backbone),
+                                                 "line": {"width": 1, "color": "black"}},
+                                         meta={**common, "role": "crossover", "by": c["crossover_by"]}),
+                              row=row, col=col)
+                fig.add_vline(x=x, line={"dash": "dash", "color": color_of(backbone), "width": 1}, row=row, col=col)
+    batches = sorted({r["batch_size"] for r in rows})
+    fig.update_xaxes(type="log", tickvals=batches, ticktext=[str(b) for b in batches])
+    fig.update_yaxes(type="log")
+    for r in range(1, nrows + 1):
+        fig.update_yaxes(title_text="steps/s" + (" (CPU time)" if metric == "cpu" else ""), row=r, col=1)
+    for c in range(1, ncols + 1):
+        fig.update_xaxes(title_text="batch size B", row=nrows, col=c)
+    fig.update_layout(title=f"Throughput vs batch size: where recurrent backbones overtake {reference}",
+                      template="plotly_white", height=320 * nrows + 120, width=max(700, 380 * ncols + 260))
+    return fig
+
+
 def latency_figures(table) -> dict[str, Any]:
-    """The study's figures: latency vs context per batch size, throughput vs batch, memory at the smallest B."""
+    """The study's figures: latency vs context per batch size, throughput vs batch, the crossover
+    with DT (when DT and another backbone have throughput rows), memory at the smallest B."""
     rows = _latency_rows(table)
     figs: dict[str, Any] = {}
     lat_B = sorted({r["batch_size"] for r in rows if r.get("kind", "latency") == "latency"})
@@ -426,6 +506,13 @@ def latency_figures(table) -> dict[str, Any]:
         figs[f"latency_B{B}"] = latency_curves(table, batch_size=B)
     if any(r.get("kind") == "throughput" for r in rows):
         figs["throughput"] = throughput_curves(table)
+        names = {r["backbone"] for r in rows if r.get("kind") == "throughput"}
+        if "dt" in names and len(names) > 1:
+            figs["crossover"] = throughput_crossover(table)
+            cpu = [r for r in rows if r.get("kind") == "throughput" and not r.get("oom")]
+            if cpu and all(r.get("device", "cpu") == "cpu" and (r.get("cpu_ms") or 0) > 0 for r in cpu):
+                # on a shared CPU the wall clock waits for a core; one thread's CPU time does not
+                figs["crossover_cpu"] = throughput_crossover(table, metric="cpu")
     if lat_B:
         figs["memory"] = memory_bars(table, batch_size=lat_B[0])
     return figs
@@ -456,7 +543,10 @@ def save_figures(figures: Mapping[str, Any], out_dir: str | Path, png: bool = Tr
             names = list(figures)
             paths = [str(out_dir / f"{n}.png") for n in names]
             try:
-                pio.write_images([figures[n] for n in names], paths)
+                figs = [figures[n] for n in names]
+                # kaleido renders at 700x500 unless told: a figure's own layout size wins
+                pio.write_images(figs, paths, width=[f.layout.width for f in figs],
+                                 height=[f.layout.height for f in figs])
                 for n, p in zip(names, paths):
                     out[n]["png"] = p
                 png_error = None

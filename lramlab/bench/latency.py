@@ -13,6 +13,10 @@ environment step -- tokens (r_{t-1}, s_t, R̂_t) in, logits at R̂_t out -- is t
 - References in the same run: the xlstm package's own step loop (`xlstm_step_kernel=
   "reference"`: three token steps per timestep) for the xLSTM rows, and, when `transformers` is
   installed, Hugging Face GPT-2 with a KV cache of 3C tokens at DT's size.
+- The weight-streaming floor (CLI; `floor=True`): one fp32 matrix-vector product over as many
+  weights as a step reads (backbone, head, the observation and scalar encoders in use), timed
+  round-robin with the steps. A batch-1 step cannot beat it on a CPU (every weight comes from
+  memory once), so rows report `x_floor` / `x_floor_cpu`: their latency as a multiple of it.
 Memory: the state's exact tensor bytes, plus peak RSS growth (CPU, /proc VmHWM) or
 torch.cuda.max_memory_allocated (GPU).
 
@@ -256,6 +260,23 @@ def estimate_state_bytes(backbone: str, size: str, B: int, C: int) -> int:
     return 4 * cfg.n_layers * B * 2 * cfg.d_model * (cfg.mamba_d_state + cfg.mamba_d_conv)
 
 
+def weights_read_per_step(model, obs: str = "state") -> int:
+    """Parameters one agent step reads: backbone, head, the encoder of `obs`, scalar/action encoders."""
+    mods = [model.backbone, model.head, model.image_encoder if obs == "image" else model.state_encoder]
+    mods += [getattr(model, n) for n in ("rtg_encoder", "reward_encoder", "action_encoder") if hasattr(model, n)]
+    return sum(p.numel() for m in mods for p in m.parameters())
+
+
+def floor_fn(n_weights: int, width: int, device) -> Callable[[], object]:
+    """One fp32 matrix-vector product over `n_weights` weights (rows of `width`): streaming the
+    weights from memory once, the floor of a batch-1 step."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(max(1, n_weights // width), width, generator=g).to(device)
+    x = torch.randn(width, generator=g).to(device)
+    out = torch.empty(W.shape[0], device=device)
+    return lambda: torch.mv(W, x, out=out)
+
+
 XLSTM_STEP_KERNELS = ("fast", "fast-torch", "reference")
 _XLSTM_ROW_NAME = {"fast": "xlstm", "fast-torch": "xlstm-torchstep", "reference": "xlstm-pkgstep"}
 
@@ -263,7 +284,7 @@ _XLSTM_ROW_NAME = {"fast": "xlstm", "fast-torch": "xlstm-torchstep", "reference"
 def agent_latency_over_contexts(backbone: str, size: str, contexts: list[int], batch_size: int, *, device="cpu",
                                 obs: str = "state", warmup: int = 5, reps: int = 30, chunkwise: bool = True,
                                 kernel: str = "fast", step_weights: str = "float32", prefill_mode: str = "compute",
-                                model=None, xlstm_kernels: Optional[list[str]] = None) -> list[dict]:
+                                model=None, xlstm_kernels: Optional[list[str]] = None, floor: bool = False) -> list[dict]:
     """Per-timestep latency of the agent step at each context C, one row per C, timed round-robin.
 
     Recurrent backbones: one stream is prefilled once and its state copied at each C
@@ -273,7 +294,9 @@ def agent_latency_over_contexts(backbone: str, size: str, contexts: list[int], b
     in the same loop over the same weights: "fast" (lramlab's step with its numba CPU kernels when
     numba is installed), "fast-torch" (the same step on torch ops only, the previous fast path),
     "reference" (the package's own token step loop, chunkwise=False). Rows are named
-    xlstm / xlstm-torchstep / xlstm-pkgstep."""
+    xlstm / xlstm-torchstep / xlstm-pkgstep. floor=True also times the weight-streaming floor
+    (`floor_fn` over `weights_read_per_step` weights) in the same round-robin and adds floor_ms,
+    floor_cpu_ms and x_floor / x_floor_cpu (the row's median as a multiple of it) to every row."""
     from lramlab.models.agent import AgentState
 
     device = torch.device(device)
@@ -342,8 +365,11 @@ def agent_latency_over_contexts(backbone: str, size: str, contexts: list[int], b
                 mdl.step(st, obs=o, rtg=rtg, prev_reward=prev_r, chunkwise=chunk)
             return one_step
 
-        res = measure_latency_interleaved({(v, C): stepper(v, C) for v in variants for C in Cs},
-                                          warmup=warmup, reps=reps)
+        fns = {(v, C): stepper(v, C) for v in variants for C in Cs}
+        n_floor = weights_read_per_step(model, obs) if floor else 0
+        if floor:
+            fns["floor", 0] = floor_fn(n_floor, model.cfg.d_model, device)
+        res = measure_latency_interleaved(fns, warmup=warmup, reps=reps)
         state_mb = {(v, C): tensor_bytes(all_states[v, C].backbone) / 2**20 for v in variants for C in Cs}
     rows = []
     for v in variants:
@@ -358,6 +384,11 @@ def agent_latency_over_contexts(backbone: str, size: str, contexts: list[int], b
                 models[v].backbone.step_impl = "numba" if v == "fast" else "torch"
                 row["step_impl"] = models[v].backbone.effective_step_impl(device)
             row.update({k: round(x, 3) if isinstance(x, float) else x for k, x in res[v, C].to_dict().items()})
+            if floor:
+                fl = res["floor", 0]
+                row.update(floor_weights=n_floor, floor_ms=round(fl.median_ms, 4), floor_cpu_ms=round(fl.cpu_median_ms, 4),
+                           x_floor=round(res[v, C].median_ms / fl.median_ms, 2),
+                           x_floor_cpu=round(res[v, C].cpu_median_ms / fl.cpu_median_ms, 2))
             row["peak_mem_mb"] = None if mem.mb is None else round(mem.mb, 1)  # of the whole group
             rows.append(row)
     return rows
@@ -464,6 +495,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="reference rows: xlstm-pkgstep (the xlstm package's own step loop, xLSTM rows), "
                         "hf-gpt2 (HF GPT-2 with a KV cache, DT rows); 'none' for neither")
     p.add_argument("--no-reference", action="store_true", help="same as --references none")
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip the weight-streaming floor (one fp32 mat-vec over the weights a step reads)")
     add_json_option(p, "the rows as JSON")
     a = p.parse_args(argv)
     from lramlab.models.config import BACKBONES, SIZES
@@ -494,7 +527,9 @@ def _fmt(row: dict) -> str:
     return (f"{row['backbone']:<16} {row['size']:<9} B={row['batch_size']:<3} C={row['context_steps']:<6} "
             f"median {row['median_ms']:8.2f} ms  p10 {row['p10_ms']:8.2f}  p90 {row['p90_ms']:8.2f}  "
             f"cpu {row.get('cpu_median_ms', float('nan')):8.2f}  "
-            f"state {row['state_mb']:9.2f} MB  peak {mem:>6} MB")
+            f"state {row['state_mb']:9.2f} MB  peak {mem:>6} MB"
+            + (f"  floor {row['floor_cpu_ms']:.2f} ms cpu: x{row['x_floor_cpu']:.2f} (wall x{row['x_floor']:.2f})"
+               if "x_floor" in row else ""))
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -526,7 +561,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                             backbone, size, Cs, B, device=args.device, obs=args.obs, warmup=args.warmup,
                             reps=args.reps, chunkwise=chunkwise, prefill_mode=args.prefill,
                             step_weights=args.xlstm_step_weights if backbone == "xlstm" else "float32",
-                            xlstm_kernels=args.xlstm_step_kernel if args.xlstm_step_kernel != ["fast"] else None):
+                            xlstm_kernels=args.xlstm_step_kernel if args.xlstm_step_kernel != ["fast"] else None,
+                            floor=not args.no_floor):
                         emit(r)
                 except (MemoryError, RuntimeError) as err:
                     emit({"backbone": backbone, "size": size, "batch_size": B, "context_steps": max(Cs),

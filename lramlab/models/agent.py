@@ -30,7 +30,7 @@ from ..tokenizer import IMAGE_SHAPE, STATE_DIM
 from .backbones import make_backbone
 from .config import LRAMConfig
 from .encoders import ActionEncoder, ImpalaCNN, ScalarEncoder
-from .head import ActionHead, decode
+from .head import ActionHead, decode, head_loss
 
 
 @dataclass
@@ -144,10 +144,17 @@ class LRAM(nn.Module):
         return x if touch is None else x + touch
 
     # ------------------------------------------------------------------ parallel
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Logits at every read token (R̂_t): (B, T, 2066)."""
-        y = self.backbone(self.embed(batch))
-        return self.head(y[:, self.read_offset :: self.k])
+    def forward(self, batch: dict, return_loss: bool = False):
+        """Logits at every read token (R̂_t): (B, T, 2066).
+
+        return_loss=True returns `(loss, metrics)` of `action_loss(self(batch), batch)` instead,
+        computed by `head.head_loss` on the real timesteps and the task's valid head columns only
+        (same loss and gradients, much cheaper for few actions; through `forward` so a DDP wrapper
+        sees the call)."""
+        y = self.backbone(self.embed(batch))[:, self.read_offset :: self.k]
+        if return_loss:
+            return head_loss(y, self.head, batch)
+        return self.head(y)
 
     def hidden_states(self, batch: dict, layer: int = -1) -> torch.Tensor:
         """Hidden states at the read tokens, (B, T, D).

@@ -114,6 +114,11 @@ class LRAMConfig:
       mlstm_proj_factor, slstm_ff_proj_factor, conv1d_kernel_size, qkv_proj_blocksize: xLSTM
         block settings (xlstm library / LRAM xlstm_*.yaml values).
       slstm_backend: "auto" (CUDA kernel when a GPU is present, else "vanilla") | "vanilla" | "cuda".
+      xlstm_kernel: parallel (training) forward of the xLSTM: "auto" (lramlab's fused CPU kernels
+        with hand-written backward on a CPU in fp32/fp64, the package's own path elsewhere, e.g. its
+        CUDA kernels on a GPU) | "fast" (the fused CPU kernels; an error where they cannot run) |
+        "reference" (the package's blocks: sLSTM "vanilla"/CUDA backend, mLSTM parallel form).
+        Same parameters and checkpoints either way; the backbone's `forward_kernel` says which ran.
       xlstm_step_kernel: "fast" (lramlab's own recurrent/chunkwise step over the package's weights)
         | "reference" (the xlstm package's own token step; token-by-token only).
       xlstm_step_weights: "float32" (exact) | "float16": on a CPU, the fast step's big projections
@@ -152,6 +157,7 @@ class LRAMConfig:
     conv1d_kernel_size: int = 4
     qkv_proj_blocksize: int = 4
     slstm_backend: Literal["auto", "vanilla", "cuda"] = "auto"
+    xlstm_kernel: Literal["auto", "fast", "reference"] = "auto"
     xlstm_step_kernel: Literal["fast", "reference"] = "fast"
     xlstm_step_weights: Literal["float32", "float16"] = "float32"
     # Mamba
@@ -195,6 +201,8 @@ class LRAMConfig:
             raise ValueError(f"LRAMConfig.dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
         if self.slstm_backend not in ("auto", "vanilla", "cuda"):
             raise ValueError(f"LRAMConfig.slstm_backend={self.slstm_backend!r}; valid: auto, vanilla, cuda")
+        if self.xlstm_kernel not in ("auto", "fast", "reference"):
+            raise ValueError(f"LRAMConfig.xlstm_kernel={self.xlstm_kernel!r}; valid: auto, fast, reference")
         if self.xlstm_step_kernel not in ("fast", "reference"):
             raise ValueError(f"LRAMConfig.xlstm_step_kernel={self.xlstm_step_kernel!r}; valid: fast, reference")
         if self.xlstm_step_weights not in ("float32", "float16"):

@@ -178,13 +178,11 @@ def autocast_ctx(device: torch.device, amp: bool):
 
 
 def _loss(model, batch, amp: bool, device: torch.device):
-    from lramlab.models import action_loss
-
+    """(loss, metrics) of `action_loss(model(batch), batch)`, through the model's fused
+    `forward(batch, return_loss=True)`: the head on the real timesteps and the task's valid columns
+    only, the log-softmax in fp32 (bf16 over 2066 classes loses precision)."""
     with autocast_ctx(device, amp):
-        logits = model(batch)
-    # the loss in fp32: bf16 log-softmax over 2066 classes loses precision
-    loss, metrics = action_loss(logits.float(), batch)
-    return loss, metrics
+        return model(batch, return_loss=True)
 
 
 def train_step(model: torch.nn.Module, batches: Sequence[dict], optimizer: torch.optim.Optimizer,

@@ -1,7 +1,12 @@
-"""xLSTM backbone: the `xlstm` package's `xLSTMBlockStack` plus a lean recurrent/chunkwise step.
+"""xLSTM backbone: the `xlstm` package's `xLSTMBlockStack` plus lean CPU paths for training and stepping.
 
-Training uses the package's parallel forward (mLSTM blocks in its torch code, sLSTM blocks on the
-"vanilla" backend on a CPU or its CUDA kernel on a GPU). Inference has two paths over the SAME
+Training (the parallel `forward`) has two paths over the same parameters (`LRAMConfig.xlstm_kernel`
+chooses per call, `self.forward_kernel` says which ran): "fast", lramlab's fused CPU kernels with
+hand-written backward passes (`_xlstm_train`, C++ in `_xlstm_cpu_src`, built on first use), the
+default ("auto") on a CPU in fp32/fp64; and "reference", the package's blocks (mLSTM parallel form
+in torch, sLSTM on the "vanilla" backend on a CPU or its CUDA kernel on a GPU), the default on a GPU,
+under autocast, or where the kernels cannot be built. Both are tested equal, gradients included.
+Inference has two paths over the SAME
 parameters (STYLE.md §6; `LRAMConfig.xlstm_step_kernel` chooses, `self.step_kernel` says which ran):
   - "fast": lramlab's own step (`_mlstm_chunk_` / `_mlstm_chunk`, `_slstm_steps`). It takes l >= 1
     tokens per call: the mLSTM cell runs in its chunkwise form (carried state + intra-chunk
@@ -315,6 +320,11 @@ class XLSTMBackbone(nn.Module):
         if self.step_weights == "float16" and not _fp16_packed_linear_available():
             raise ValueError("LRAMConfig.xlstm_step_weights='float16' needs torch's fbgemm fp16 linear ops, "
                              "which this torch build lacks; use 'float32'")
+        # parallel (training) forward: "fast" | "reference" chosen per call by `forward_path`;
+        # `forward_kernel` says which ran last (None before the first forward)
+        self.forward_kernel: Optional[str] = None
+        self._fast_unsupported: Optional[str] = None  # "" once the fused kernels are known to fit
+        self._fast_warned: set = set()
         self._fast_cache: dict = {}  # step_impl -> (parameter versions, weights)
         self._params: Optional[list] = None
         self.register_state_dict_post_hook(_slstm_to_external)
@@ -330,11 +340,28 @@ class XLSTMBackbone(nn.Module):
                 if cell.causal_mask.shape[-1] < L:
                     cell.causal_mask = torch.ones(L, L, dtype=torch.bool, device=device).tril_()
 
+    def forward_path(self, x: torch.Tensor) -> str:
+        """Which parallel forward runs for input `x`: "fast" or "reference" (see `_xlstm_train.choose_path`)."""
+        from ._xlstm_train import choose_path
+
+        return choose_path(self, x)
+
     def forward(self, x: torch.Tensor, output_hidden_states: bool = False):  # x (B, L, D)
-        self._ensure_causal_mask(x.shape[1], x.device)
+        path = self.forward_path(x)
+        self.forward_kernel = path
+        if path == "fast":
+            from ._xlstm_train import mlstm_block, slstm_block, tune_malloc
+
+            if torch.is_grad_enabled():
+                tune_malloc()  # training: reuse freed memory instead of page-faulting it back each step
+            blocks = [(mlstm_block if kind == "m" else slstm_block, block)
+                      for kind, block in zip(self.kinds, self.stack.blocks)]
+        else:
+            self._ensure_causal_mask(x.shape[1], x.device)
+            blocks = [(lambda blk, y: blk(y), block) for block in self.stack.blocks]
         hidden = []
-        for block in self.stack.blocks:
-            x = block(x)
+        for fn, block in blocks:
+            x = fn(block, x)
             if output_hidden_states:
                 hidden.append(x)
         y = self.stack.post_blocks_norm(x)
