@@ -4,7 +4,7 @@ Each notebook's `parameters` cell mirrors one dataclass here, field for field (a
 
 - `notebooks/01_data_prep.ipynb`       -> `DataPrepConfig`     -> `run_data_prep(cfg)`
 - `notebooks/02_training.ipynb`        -> `lramlab.train.TrainConfig` (+ `out_dir`, `save_png`)
-- `notebooks/03_icl.ipynb`             -> `lramlab.icl.ICLConfig`     (+ `out_dir`, `save_png`)
+- `notebooks/03_icl.ipynb`             -> `lramlab.icl.study.ICLStudyConfig` -> `run_icl_study(cfg)`
 - `notebooks/04_embeddings_umap.ipynb` -> `EmbeddingConfig`    -> `analysis.embeddings.run_embeddings(cfg)`
 - `notebooks/05_latency.ipynb`         -> `LatencyStudyConfig` -> `analysis.latency.run_latency_study(cfg)`
 
@@ -94,7 +94,10 @@ class DataPrepConfig(_Config):
     darkroom_goals: int = 3                             # Dark-Room train goals with a learning history (paper: 80)
     darkroom_episodes: int = 40                         # episodes per history (paper: 1000, i.e. 100K transitions)
     darkroom_holdout_goals: int = 0                     # Dark-Room hold-out goals with a learning history (of 20)
-    metaworld_tasks: tuple[str, ...] = ("metaworld/reach-v2",)  # scripted-expert tasks (paper: the 45 "train" tasks)
+    darkroom_policy: str = "history"                    # "history[:k=v,...]": tabular Q-learning; "recipe": the ICL
+                                                        # recipe's model-based learners (lramlab.icl.RECIPE_POLICY);
+                                                        # "mbq:k=v,...": others (lramlab.collect.histories)
+    metaworld_tasks: tuple[str, ...] = ("metaworld/reach-v2",)  # scripted-expert tasks (paper: 45 ML45 tasks)
     metaworld_episodes: int = 4                         # episodes per Meta-World task (paper: 2M transitions)
     metaworld_policy: str = "expert"                    # policy spec, e.g. "expert:noise=0.1" (lramlab data generate --policy)
     dmcontrol_tasks: tuple[str, ...] = ()               # DMControl tasks (paper: 11 train, 5 hold-out; SAC data)
@@ -134,6 +137,16 @@ class DataPrepConfig(_Config):
                 raise ValueError(f"DataPrepConfig.{n}={spec!r}: {err}") from None
             if kind == "history":
                 raise ValueError(f"DataPrepConfig.{n}={spec!r}: learning histories are for Dark-Room only")
+        if self.darkroom_policy == "recipe":  # a name without '=': papermill's parameters cell cannot hold one
+            from lramlab.icl import RECIPE_POLICY
+
+            self.darkroom_policy = RECIPE_POLICY
+        _check_darkroom_policy(self.darkroom_policy, self.darkroom_episodes)
+        for group, dom in ((self.metaworld_tasks, "metaworld"), (self.dmcontrol_tasks, "dmcontrol"),
+                           (self.atari_tasks, "atari")):
+            for t in group:
+                if not t.startswith(dom + "/"):
+                    raise ValueError(f"DataPrepConfig: {t!r} is not a {dom} task id ('{dom}/<name>')")
         if not self.data_dir:
             raise ValueError("DataPrepConfig.data_dir='': expected a directory")
 
@@ -143,7 +156,7 @@ class DataPrepConfig(_Config):
 
         out: list[tuple[str, int, str | None, int | None]] = []
         goals = TRAIN_GOALS[: self.darkroom_goals] + HOLDOUT_GOALS[: self.darkroom_holdout_goals]
-        out += [(task_name(g), self.darkroom_episodes, "history", None) for g in goals]
+        out += [(task_name(g), self.darkroom_episodes, self.darkroom_policy, None) for g in goals]
         out += [(t, self.metaworld_episodes, self.metaworld_policy, None) for t in self.metaworld_tasks
                 if self.metaworld_episodes]
         out += [(t, self.dmcontrol_episodes, self.dmcontrol_policy, None) for t in self.dmcontrol_tasks
@@ -151,6 +164,28 @@ class DataPrepConfig(_Config):
         out += [(t, self.atari_episodes, "random", self.atari_max_steps or None) for t in self.atari_tasks
                 if self.atari_episodes]
         return out
+
+
+def _check_darkroom_policy(spec: str, episodes: int) -> None:
+    """A Dark-Room learning-history spec `lramlab data generate` accepts for `episodes` episodes."""
+    kind = spec.partition(":")[0] if isinstance(spec, str) else None
+    try:
+        if kind == "history":
+            from lramlab.collect.policies import history_config
+
+            history_config(spec)
+        elif kind == "mbq":
+            from lramlab.collect.histories import history_source
+
+            try:
+                history_source(spec, episodes)  # also: histories=H divides the episodes
+            except ValueError as err:
+                raise ValueError(f"{err} (darkroom_episodes={episodes})") from None
+        else:
+            raise ValueError("expected 'history[:key=value,...]' (tabular Q-learning), 'recipe' (the ICL recipe) or "
+                             "'mbq[:key=value,...]' (model-based learners, e.g. 'mbq:eps_start=0.1,histories=4')")
+    except ValueError as err:
+        raise ValueError(f"DataPrepConfig.darkroom_policy={spec!r}: {err}") from None
 
 
 @dataclass
@@ -197,16 +232,21 @@ def _generate_task(job: tuple) -> str:
     import torch
 
     from lramlab.collect.generate import generate
+    from lramlab.data.store import pack_task
 
     torch.set_num_threads(1)
     task, n, policy, max_steps, out, seed, progress = job
-    generate(task, n, policy=policy, out=out, seed=seed, progress=progress, max_steps=max_steps)
+    task_dir = generate(task, n, policy=policy, out=out, seed=seed, progress=progress, max_steps=max_steps)
+    if task.startswith("darkroom/"):  # AD reads thousands of short windows: 10-20x faster packed
+        pack_task(task_dir)
     return task
 
 
 def run_data_prep(cfg: DataPrepConfig, progress: bool = True) -> DataSummary:
     """Generate (or resume: complete episode files are kept) every task of `cfg.plan()`, up to
     `cfg.workers` tasks at once (spawned processes, specialists first: they take longest).
+    Dark-Room histories are packed (`packed.hdf5`): AD training reads thousands of short windows,
+    10-20x faster from the packed layout (notes/icl-research.md).
 
     A domain whose simulator is missing here is skipped and named in `summary.skipped`. A task that
     fails does not stop the others; then a RuntimeError names every failed task (a re-run resumes)."""
@@ -277,18 +317,8 @@ def training_summary(result) -> dict:
 
 
 # ============================================================================ 03 ICL
-def icl_summary(results: Mapping[str, Any]) -> dict:
-    """metrics.json numbers of ICL runs per backbone (`lramlab.icl.ICLResult`): the mean return
-    per trial, and the first and last trials' means (in-context improvement)."""
-    out = {}
-    for name, r in results.items():
-        curve = [float(x) for x in r.mean_curve]
-        k = max(1, len(curve) // 4)
-        out[name] = {"trials": len(curve), "goals": len(r.goals), "mean_curve": curve,
-                     "first_trials_mean": float(sum(curve[:k]) / k), "last_trials_mean": float(sum(curve[-k:]) / k),
-                     "run_dir": str(r.run_dir) if r.run_dir else None,
-                     "train_loss": r.train_metrics.get("train/loss")}
-    return out
+# The ICL study's config and runner live with the rest of AD: `lramlab.icl.study` (ICLStudyConfig,
+# run_icl_study -> ICLStudy: summary, claim, table, metrics); its figures: `analysis.plots.icl_study_figures`.
 
 
 # ============================================================================ 04 embeddings

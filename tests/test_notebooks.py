@@ -26,9 +26,9 @@ def _config_class(name: str):
 
         return TrainConfig
     if name == "03_icl":
-        from lramlab.icl import ICLConfig
+        from lramlab.icl.study import ICLStudyConfig
 
-        return ICLConfig
+        return ICLStudyConfig
     return {"01_data_prep": DataPrepConfig, "04_embeddings_umap": EmbeddingConfig,
             "05_latency": LatencyStudyConfig, "06_multitask": MultiTaskConfig}[name]
 
@@ -50,9 +50,9 @@ def test_parameters_cell_mirrors_the_config_dataclass(name):
         assert info["help"], f"{name}: parameter {pname} has no trailing comment"
         assert info["inferred_type_name"] != "None", f"{name}: parameter {pname} has no type annotation"
     fields = {f.name for f in dataclasses.fields(_config_class(name))}
-    if name in ("01_data_prep", "04_embeddings_umap", "05_latency", "06_multitask"):
+    if name in ("01_data_prep", "03_icl", "04_embeddings_umap", "05_latency", "06_multitask"):
         assert set(params) == fields
-    else:  # a subset of TrainConfig / ICLConfig plus the notebook's own outputs
+    else:  # a subset of TrainConfig plus the notebook's own outputs
         assert set(params) - set(NOTEBOOK_EXTRAS) <= fields, set(params) - set(NOTEBOOK_EXTRAS) - fields
         assert "out_dir" in params
     # the next cell builds the config (and nothing before it reads the globals)
@@ -81,7 +81,7 @@ TINY = {
     "02_training": {"backbone": "dt", "steps": 10, "batch_size": 2, "context": 10, "lr": 0.003, "warmup": 2,
                     "log_every": 1, "val_batches": 1, "device": "cpu"},
     "03_icl": {"backbones": ["dt", "xlstm"], "steps": 2, "batch_size": 1, "warmup": 1, "context_episodes": 1,
-               "trials": 2, "eval_goals": "darkroom/goal-9-0,darkroom/goal-3-4", "device": "cpu"},
+               "trials": 2, "eval_max_goals": 2, "workers": 1, "device": "cpu"},
     "04_embeddings_umap": {"n_per_task": 4, "context": 10},
     "05_latency": {"backbones": ["xlstm", "dt"], "contexts": [5, 10], "throughput_batches": [1, 2],
                    "throughput_context": 5, "reps": 2, "warmup": 1, "device": "cpu"},
@@ -128,10 +128,13 @@ def test_pipeline_outputs_are_real(pipeline_run):
     assert m2["step"] == 10 and m2["loss_decreased"] is True and m2["loss_last"] < m2["loss_first"]
     assert Path(m2["checkpoint"]).is_file() and m2["val/perplexity_domain_mean"] > 1
     assert (out / "02_training" / "loss.html").exists()
-    m3 = _metrics(out, "03_icl")["backbones"]
-    assert set(m3) == {"dt", "xlstm"}
-    for b in m3.values():
-        assert b["trials"] == 2 and b["goals"] == 2 and all(0 <= r <= 100 for r in b["mean_curve"])
+    m3 = _metrics(out, "03_icl")["variants"]
+    assert set(m3) == {"dt", "xlstm:7:1"}
+    for v, b in m3.items():
+        for g in ("holdout", "train"):
+            assert b[g]["trials"] == 2 and b[g]["goals"] == 2 and all(0 <= r <= 100 for r in b[g]["curve_mean"])
+            run = json.loads((out / "03_icl" / f"{v.replace(':', '-')}-s0" / f"icl-{g}.json").read_text())
+            assert b[g]["curve_mean"] == run["mean_curve"]  # the run's own numbers (one seed)
     m4 = _metrics(out, "04_embeddings_umap")
     assert m4["checkpoint"] == m2["checkpoint"]  # chained from the training notebook
     assert m4["coords_finite"] is True and m4["n_points"] == 16 and m4["backbone"] == "dt"
@@ -147,7 +150,7 @@ def test_pipeline_outputs_are_real(pipeline_run):
     assert m6["backbones"]["dt"]["scores"]["train"]["metaworld"]["success_rate"] == ev6["tasks"][
         [t["task"] for t in ev6["tasks"]].index("metaworld/reach-v2")]["success_rate"]
     assert all(t["episode_cap"] == 5 for t in ev6["tasks"]) and m6["holdout_tasks"] == []
-    for nb, names in (("01_data_prep", ["dataset", "returns"]), ("03_icl", ["icl"]), ("04_embeddings_umap", ["umap"]),
+    for nb, names in (("01_data_prep", ["dataset", "returns"]), ("03_icl", ["icl_holdout", "icl_train"]), ("04_embeddings_umap", ["umap"]),
                       ("05_latency", ["latency_B1", "throughput", "memory"])):
         for n in names:
             assert (out / nb / f"{n}.html").stat().st_size > 1000

@@ -255,31 +255,53 @@ def domain_scores(scores, title: str = "Normalised score per domain", error: Map
 
 
 # ----------------------------------------------------------------------------- ICL
+# the ICL study's variants (lramlab.icl.study.variant_label), as in the paper's Fig. 4 legend
+_ICL_COLORS = {"xLSTM [7:1]": "#d62728", "xLSTM [1:0]": "#ff7f0e", "Mamba": "#2ca02c", "DT": "#1f77b4"}
+
+
 def icl_curves(returns: Mapping[str, Any], title: str = "In-context learning on Dark-Room",
-               band: bool = True):
-    """Return per ICL trial, one line per backbone (mean over tasks, ±1 std band when 2-D)."""
+               band: bool = True, band_over: str = "tasks", colors: Mapping[str, str] | None = None):
+    """Return per ICL trial, one line per backbone: the mean over the rows of each (rows, trials)
+    array, with a ±1 std band over the rows (`band_over` names them: "tasks", or "seeds" when
+    each row is one seed's mean over goals, as in the ICL study's Fig. 4-style figure)."""
     go = _go()
     fig = go.Figure()
-    for name, arr in returns.items():
+    for i, (name, arr) in enumerate(returns.items()):
         a = np.asarray(arr, dtype=np.float64)
         if a.ndim == 1:
             a = a[None]
         if a.ndim != 2 or a.shape[1] == 0:
-            raise ValueError(f"icl_curves: returns[{name!r}] must have shape (trials,) or (tasks, trials), "
+            raise ValueError(f"icl_curves: returns[{name!r}] must have shape (trials,) or ({band_over}, trials), "
                              f"got {np.asarray(arr).shape}")
         mean, std = a.mean(0), a.std(0)
         trials = np.arange(1, a.shape[1] + 1)
-        col = color_of(name)
+        col = ((colors or {}).get(name) or _ICL_COLORS.get(name)
+               or (color_of(name) if name in BACKBONE_ORDER else _PALETTE[i % len(_PALETTE)]))
         if band and a.shape[0] > 1:
             fig.add_trace(go.Scatter(x=np.concatenate([trials, trials[::-1]]),
                                      y=np.concatenate([mean + std, (mean - std)[::-1]]), fill="toself",
                                      line={"width": 0}, fillcolor=col, opacity=0.2, hoverinfo="skip",
-                                     showlegend=False, name=f"{name} ±1 std"))
+                                     showlegend=False, name=f"{name} ±1 std over {band_over}"))
         fig.add_trace(go.Scatter(x=trials, y=mean, mode="lines+markers", name=name, line={"color": col},
-                                 meta={"n_tasks": int(a.shape[0])}))
+                                 meta={f"n_{band_over}": int(a.shape[0])}))
     fig.update_layout(title=title, xaxis_title="ICL trial (episode)", yaxis_title="return",
                       template="plotly_white")
     return fig
+
+
+def icl_study_figures(study) -> dict:
+    """Fig. 4 / 16 of the paper from an `lramlab.icl.study.ICLStudy`: one figure per goal set
+    ("icl_holdout", "icl_train"), the mean return per trial per variant, ±1 std over seeds."""
+    names = {"holdout": "hold-out", "train": "train"}
+    figs = {}
+    for g in study.config.eval_goals:
+        curves = study.curves(g)
+        n_goals = next(iter(study.summary().values()))[g]["goals"]
+        seeds = len(study.config.seeds)
+        figs[f"icl_{g}"] = icl_curves(curves, band_over="seeds",
+                                      title=f"In-context learning on Dark-Room: {n_goals} {names[g]} goals "
+                                            f"(mean over goals; band: ±1 std over {seeds} seed{'s' * (seeds > 1)})")
+    return figs
 
 
 # ----------------------------------------------------------------------------- embeddings

@@ -41,6 +41,9 @@ EPISODE_LENGTH = 100
 #: and these ICLConfig fields (AD's one-token-per-step conditioning, no R̂; tiny models):
 #: DT tiny: hold-out trials 1-5 -> 31-40: 24.5 -> 84.2, train goals 31-40: 87.0 (one seed).
 CPU_RECIPE = dict(size="tiny", tokens="ad", steps=1500, batch_size=16, lr=1e-3, warmup=100, amp=False)
+#: the recipe's data: `lramlab data generate --task 'darkroom/*' --episodes 80 --policy RECIPE_POLICY`
+#: (01_data_prep: `darkroom_policy="recipe"`)
+RECIPE_POLICY = "mbq:eps_start=0.1,eps_decay=0.9,histories=4"
 
 
 # ----------------------------------------------------------------------------------------
@@ -266,4 +269,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["CPU_RECIPE", "HistoryDataset", "ICLConfig", "ICLResult", "icl_rollouts", "run_icl", "train_config_for", "main"]
+__all__ = ["CPU_RECIPE", "RECIPE_POLICY", "HistoryDataset", "ICLConfig", "ICLResult", "icl_rollouts", "run_icl", "train_config_for", "main"]
