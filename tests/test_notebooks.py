@@ -70,7 +70,8 @@ def test_notebooks_are_thin_and_end_with_metrics(name):
     code = [c for c in _cells(name) if c.cell_type == "code"]
     for c in code:
         assert "def " not in c.source and "class " not in c.source, f"{name}: logic belongs in lramlab"
-        assert len(c.source.splitlines()) <= 24
+        if "parameters" not in c.metadata.get("tags", []):  # the parameters cell mirrors the config, field by field
+            assert len(c.source.splitlines()) <= 24
     assert "write_metrics(" in code[-1].source
 
 
