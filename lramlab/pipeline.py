@@ -4,12 +4,14 @@
 
 Each notebook `notebooks/NN_name.ipynb` runs in `OUT/NN_name/` (executed notebook, `metrics.json`,
 figures as HTML, and PNG where kaleido finds a Chromium). A notebook's inputs come from the
-outputs of the ones before it (`CHAIN`: the data directory of 01 goes to training, ICL and
-embeddings; the checkpoint of 02 goes to embeddings), then from `--params` (a YAML/JSON file
-mapping notebook name -> {parameter: value}), which wins.
+outputs of the ones before it (`CHAIN`: the data directory of 01 goes to training, ICL,
+embeddings and the multi-task study; the checkpoint of 02 goes to embeddings), then from
+`--params` (a YAML/JSON file mapping notebook name -> {parameter: value}), which wins.
 
 Resumable: a notebook whose `OUT/NN_name/metrics.json` exists is skipped (its metrics still feed
-the chain) unless `--force`. A failing cell stops the pipeline with the notebook, the cell and
+the chain) unless `--force`. A re-run sets the earlier attempt aside (`OUT/.NN_name.previous`),
+except for the notebooks in `RESUMES_IN_PLACE` (06: its jobs continue from what they left
+there; delete the directory to start over). A failing cell stops the pipeline with the notebook, the cell and
 the error named, and a non-zero exit status. `OUT/pipeline.json` records what ran, how long it
 took, and whether PNGs could be written.
 
@@ -36,14 +38,19 @@ from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, 
 from lramlab._optional import require
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-NOTEBOOKS: tuple[str, ...] = ("01_data_prep", "02_training", "03_icl", "04_embeddings_umap", "05_latency")
+NOTEBOOKS: tuple[str, ...] = ("01_data_prep", "02_training", "03_icl", "04_embeddings_umap", "05_latency",
+                              "06_multitask")
 
 #: notebook -> {its parameter: (earlier notebook, key of that notebook's metrics.json)}
 CHAIN: dict[str, dict[str, tuple[str, str]]] = {
     "02_training": {"data_dir": ("01_data_prep", "data_dir")},
     "03_icl": {"data_dir": ("01_data_prep", "data_dir")},
     "04_embeddings_umap": {"data_dir": ("01_data_prep", "data_dir"), "checkpoint": ("02_training", "checkpoint")},
+    "06_multitask": {"data_dir": ("01_data_prep", "data_dir")},
 }
+#: notebooks that continue their own earlier work in OUT/<notebook> (the multi-task study's jobs skip
+#: what is done): a re-run (after a failure, or --force) runs in place instead of setting it aside
+RESUMES_IN_PLACE = frozenset({"06_multitask"})
 #: parameters the pipeline sets for a notebook (before --params); "{out}" is the run directory
 DEFAULTS: dict[str, dict[str, str]] = {"01_data_prep": {"data_dir": "{out}/data"}}
 KERNEL_NAME = "python3"
@@ -382,7 +389,9 @@ def run_pipeline(out: str | Path = "runs/demo", params: Mapping[str, Mapping[str
                 p["save_png"] = bool(png_ok)
             # a re-run starts clean (the training run inside would refuse to overwrite itself); the
             # earlier attempt stays aside until this one succeeds
-            previous = _set_aside(run_dir)
+            previous = None if nb in RESUMES_IN_PLACE else _set_aside(run_dir)
+            if nb in RESUMES_IN_PLACE:
+                metrics_path.unlink(missing_ok=True)  # an interrupted re-run must not leave the old numbers
             t = time.perf_counter()
             try:
                 dst = run_notebook(nb, out, p, kernel, cell_timeout, notebook_dir)

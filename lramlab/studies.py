@@ -62,43 +62,88 @@ class _Config:
 
 
 # ============================================================================ 01 data prep
+#: words a task list of DataPrepConfig may hold instead of task ids: the manifests' split of that domain
+SPLIT_WORDS = ("train", "holdout", "all")
+
+
+def _expand_split_words(obj, name: str, domain: str) -> tuple[str, ...]:
+    """`cfg.<name>` with "train" / "holdout" / "all" replaced by the manifests' task ids of `domain`
+    (in manifest order); ids must belong to `domain`; duplicates dropped, order kept."""
+    from lramlab.manifests import list_tasks
+
+    out: list[str] = []
+    for t in getattr(obj, name):
+        if t in SPLIT_WORDS:
+            out += [s.id for s in list_tasks(domain, None if t == "all" else t)]
+        elif not t.startswith(domain + "/"):
+            raise ValueError(f"{type(obj).__name__}.{name}: {t!r} is not a {domain} task id ('{domain}/<name>') "
+                             f"nor one of {SPLIT_WORDS}")
+        else:
+            out.append(t)
+    return tuple(dict.fromkeys(out))
+
+
 @dataclass
 class DataPrepConfig(_Config):
-    """Generate a small real dataset: Dark-Room learning histories, a Meta-World expert task and
-    an Atari task played by a random policy (paper §4.1 / App. B: the public datasets hold 432
-    tasks; these generators run the same simulators here)."""
+    """Generate a real dataset: Dark-Room learning histories, Meta-World scripted experts, DMControl
+    SAC specialists, Atari with a random policy (paper §4.1 / App. B: the public datasets hold 432
+    tasks; these generators run the same simulators here). Task lists take task ids or a split
+    word: "train", "holdout" (the manifests' hold-out tasks, App. D.3 fine-tuning data) or "all"."""
 
     data_dir: str = "data/demo"                         # dataset root (DIR/<domain>/<name>/episode_*.hdf5)
     darkroom_goals: int = 3                             # Dark-Room train goals with a learning history (paper: 80)
     darkroom_episodes: int = 40                         # episodes per history (paper: 1000, i.e. 100K transitions)
+    darkroom_holdout_goals: int = 0                     # Dark-Room hold-out goals with a learning history (of 20)
     darkroom_policy: str = "history"                    # "history[:k=v,...]": tabular Q-learning; "recipe": the ICL
                                                         # recipe's model-based learners (lramlab.icl.RECIPE_POLICY);
                                                         # "mbq:k=v,...": others (lramlab.collect.histories)
     metaworld_tasks: tuple[str, ...] = ("metaworld/reach-v2",)  # scripted-expert tasks (paper: 45 ML45 tasks)
     metaworld_episodes: int = 4                         # episodes per Meta-World task (paper: 2M transitions)
+    metaworld_policy: str = "expert"                    # policy spec, e.g. "expert:noise=0.1" (lramlab data generate --policy)
+    dmcontrol_tasks: tuple[str, ...] = ()               # DMControl tasks (paper: 11 train, 5 hold-out; SAC data)
+    dmcontrol_episodes: int = 10                        # episodes per DMControl task (1000 steps each)
+    dmcontrol_policy: str = "sac:steps=50000"           # policy spec: an SB3 specialist trained per task
     atari_tasks: tuple[str, ...] = ("atari/freeway",)   # Atari tasks played by a random policy (paper: 41 games, DQN replay)
     atari_episodes: int = 2                             # episodes per Atari task
     atari_max_steps: int = 200                          # cap on agent steps per Atari episode (0: the full episode)
+    workers: int = 1                                    # tasks generated at once, one process each (specialists train in them)
     seed: int = 0                                       # generation seed
     out_dir: str = "runs/notebooks/01_data_prep"        # metrics.json and figures go here
     save_png: bool = True                               # also write PNG figures (needs kaleido + Chromium)
 
     def __post_init__(self):
-        self.metaworld_tasks = _tuple(self.metaworld_tasks)
-        self.atari_tasks = _tuple(self.atari_tasks)
-        for n in ("darkroom_goals", "metaworld_episodes", "atari_episodes", "atari_max_steps"):
+        for name, dom in (("metaworld_tasks", "metaworld"), ("dmcontrol_tasks", "dmcontrol"),
+                          ("atari_tasks", "atari")):
+            setattr(self, name, _tuple(getattr(self, name)))
+            setattr(self, name, _expand_split_words(self, name, dom))
+        for n in ("darkroom_goals", "darkroom_holdout_goals", "metaworld_episodes", "dmcontrol_episodes",
+                  "atari_episodes", "atari_max_steps"):
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"DataPrepConfig.{n}={v!r}: expected an integer >= 0")
-        _check_positive(self, ("darkroom_episodes",))
+        _check_positive(self, ("darkroom_episodes", "workers"))
         if self.darkroom_goals > 80:
             raise ValueError(f"DataPrepConfig.darkroom_goals={self.darkroom_goals}: Dark-Room has 80 train goals")
+        if self.darkroom_holdout_goals > 20:
+            raise ValueError(f"DataPrepConfig.darkroom_holdout_goals={self.darkroom_holdout_goals}: Dark-Room has "
+                             f"20 hold-out goals")
+        from lramlab.collect.base import parse_spec
+
+        for n in ("metaworld_policy", "dmcontrol_policy"):
+            spec = getattr(self, n)
+            try:
+                kind, _ = parse_spec(spec)
+            except ValueError as err:
+                raise ValueError(f"DataPrepConfig.{n}={spec!r}: {err}") from None
+            if kind == "history":
+                raise ValueError(f"DataPrepConfig.{n}={spec!r}: learning histories are for Dark-Room only")
         if self.darkroom_policy == "recipe":  # a name without '=': papermill's parameters cell cannot hold one
             from lramlab.icl import RECIPE_POLICY
 
             self.darkroom_policy = RECIPE_POLICY
         _check_darkroom_policy(self.darkroom_policy, self.darkroom_episodes)
-        for group, dom in ((self.metaworld_tasks, "metaworld"), (self.atari_tasks, "atari")):
+        for group, dom in ((self.metaworld_tasks, "metaworld"), (self.dmcontrol_tasks, "dmcontrol"),
+                           (self.atari_tasks, "atari")):
             for t in group:
                 if not t.startswith(dom + "/"):
                     raise ValueError(f"DataPrepConfig: {t!r} is not a {dom} task id ('{dom}/<name>')")
@@ -107,12 +152,15 @@ class DataPrepConfig(_Config):
 
     def plan(self) -> list[tuple[str, int, str | None, int | None]]:
         """(task, episodes, policy, max_steps) for every task to generate."""
-        from lramlab.envs.darkroom import TRAIN_GOALS, task_name
+        from lramlab.envs.darkroom import HOLDOUT_GOALS, TRAIN_GOALS, task_name
 
         out: list[tuple[str, int, str | None, int | None]] = []
-        out += [(task_name(g), self.darkroom_episodes, self.darkroom_policy, None)
-                for g in TRAIN_GOALS[: self.darkroom_goals]]
-        out += [(t, self.metaworld_episodes, "expert", None) for t in self.metaworld_tasks if self.metaworld_episodes]
+        goals = TRAIN_GOALS[: self.darkroom_goals] + HOLDOUT_GOALS[: self.darkroom_holdout_goals]
+        out += [(task_name(g), self.darkroom_episodes, self.darkroom_policy, None) for g in goals]
+        out += [(t, self.metaworld_episodes, self.metaworld_policy, None) for t in self.metaworld_tasks
+                if self.metaworld_episodes]
+        out += [(t, self.dmcontrol_episodes, self.dmcontrol_policy, None) for t in self.dmcontrol_tasks
+                if self.dmcontrol_episodes]
         out += [(t, self.atari_episodes, "random", self.atari_max_steps or None) for t in self.atari_tasks
                 if self.atari_episodes]
         return out
@@ -179,29 +227,66 @@ def summarize_data(data_dir: str | Path) -> DataSummary:
     return DataSummary(str(Path(data_dir).resolve()), rows)
 
 
-def run_data_prep(cfg: DataPrepConfig, progress: bool = True) -> DataSummary:
-    """Generate (or resume: complete episode files are kept) every task of `cfg.plan()`.
-
-    Dark-Room histories are packed (`packed.hdf5`): AD training reads thousands of short windows,
-    10-20x faster from the packed layout (notes/icl-research.md). A domain whose simulator is
-    missing here is skipped and named in `summary.skipped`."""
-    import time
+def _generate_task(job: tuple) -> str:
+    """One task of `run_data_prep` (a worker process: one torch thread, no progress bars)."""
+    import torch
 
     from lramlab.collect.generate import generate
     from lramlab.data.store import pack_task
+
+    torch.set_num_threads(1)
+    task, n, policy, max_steps, out, seed, progress = job
+    task_dir = generate(task, n, policy=policy, out=out, seed=seed, progress=progress, max_steps=max_steps)
+    if task.startswith("darkroom/"):  # AD reads thousands of short windows: 10-20x faster packed
+        pack_task(task_dir)
+    return task
+
+
+def run_data_prep(cfg: DataPrepConfig, progress: bool = True) -> DataSummary:
+    """Generate (or resume: complete episode files are kept) every task of `cfg.plan()`, up to
+    `cfg.workers` tasks at once (spawned processes, specialists first: they take longest).
+    Dark-Room histories are packed (`packed.hdf5`): AD training reads thousands of short windows,
+    10-20x faster from the packed layout (notes/icl-research.md).
+
+    A domain whose simulator is missing here is skipped and named in `summary.skipped`. A task that
+    fails does not stop the others; then a RuntimeError names every failed task (a re-run resumes)."""
+    import time
+
+    from lramlab.collect.base import parse_spec
+    from lramlab.collect.specialists import ALGORITHMS
     from lramlab.envs import domain_available
 
     t0 = time.perf_counter()
-    skipped = {}
+    skipped, jobs = {}, []
     for task, n, policy, max_steps in cfg.plan():
         ok, why = domain_available(task.split("/")[0])
         if not ok:
             skipped[task] = why
             continue
-        task_dir = generate(task, n, policy=policy, out=cfg.data_dir, seed=cfg.seed, progress=progress,
-                            max_steps=max_steps)
-        if task.startswith("darkroom/"):
-            pack_task(task_dir)
+        jobs.append((task, n, policy, max_steps, cfg.data_dir, cfg.seed, progress and cfg.workers == 1))
+    if cfg.workers == 1 or len(jobs) < 2:
+        for job in jobs:
+            _generate_task(job)
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        from tqdm.auto import tqdm
+
+        slow = {"specialist", *ALGORITHMS}
+        jobs.sort(key=lambda j: parse_spec(j[2] or "random")[0] not in slow)  # stable: plan order otherwise
+        failed: dict[str, str] = {}
+        with cf.ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_generate_task, j): j[0] for j in jobs}
+            for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="generate", unit="task",
+                            disable=not progress):
+                try:
+                    fut.result()
+                except Exception as err:  # noqa: BLE001 - named below, after the other tasks finished
+                    failed[futures[fut]] = f"{type(err).__name__}: {err}"
+        if failed:
+            raise RuntimeError(f"data prep: {len(failed)} task(s) failed (re-running resumes): "
+                               + "; ".join(f"{t}: {e}" for t, e in failed.items()))
     summary = summarize_data(cfg.data_dir)
     summary.skipped, summary.seconds = skipped, time.perf_counter() - t0
     return summary

@@ -24,7 +24,7 @@ LAYERS = [
     {"rollout"},                                    # an agent acting in environments
     {"evaluate", "icl", "bench"},
     {"analysis"},
-    {"widgets", "studies", "pipeline", "cli", "__main__"},
+    {"widgets", "studies", "multitask", "pipeline", "cli", "__main__"},
 ]
 
 

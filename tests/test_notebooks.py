@@ -14,6 +14,7 @@ pytest.importorskip("papermill")
 nbformat = pytest.importorskip("nbformat")
 
 from lramlab import pipeline as P  # noqa: E402
+from lramlab.multitask import MultiTaskConfig  # noqa: E402
 from lramlab.studies import NOTEBOOK_EXTRAS, DataPrepConfig, EmbeddingConfig, LatencyStudyConfig  # noqa: E402
 
 NB_DIR = P.NOTEBOOK_DIR
@@ -29,7 +30,7 @@ def _config_class(name: str):
 
         return ICLStudyConfig
     return {"01_data_prep": DataPrepConfig, "04_embeddings_umap": EmbeddingConfig,
-            "05_latency": LatencyStudyConfig}[name]
+            "05_latency": LatencyStudyConfig, "06_multitask": MultiTaskConfig}[name]
 
 
 def _cells(name):
@@ -49,7 +50,7 @@ def test_parameters_cell_mirrors_the_config_dataclass(name):
         assert info["help"], f"{name}: parameter {pname} has no trailing comment"
         assert info["inferred_type_name"] != "None", f"{name}: parameter {pname} has no type annotation"
     fields = {f.name for f in dataclasses.fields(_config_class(name))}
-    if name in ("01_data_prep", "03_icl", "04_embeddings_umap", "05_latency"):
+    if name in ("01_data_prep", "03_icl", "04_embeddings_umap", "05_latency", "06_multitask"):
         assert set(params) == fields
     else:  # a subset of TrainConfig plus the notebook's own outputs
         assert set(params) - set(NOTEBOOK_EXTRAS) <= fields, set(params) - set(NOTEBOOK_EXTRAS) - fields
@@ -69,7 +70,8 @@ def test_notebooks_are_thin_and_end_with_metrics(name):
     code = [c for c in _cells(name) if c.cell_type == "code"]
     for c in code:
         assert "def " not in c.source and "class " not in c.source, f"{name}: logic belongs in lramlab"
-        assert len(c.source.splitlines()) <= 24
+        if "parameters" not in c.metadata.get("tags", []):  # the parameters cell mirrors the config, field by field
+            assert len(c.source.splitlines()) <= 24
     assert "write_metrics(" in code[-1].source
 
 
@@ -84,6 +86,9 @@ TINY = {
     "04_embeddings_umap": {"n_per_task": 4, "context": 10},
     "05_latency": {"backbones": ["xlstm", "dt"], "contexts": [5, 10], "throughput_batches": [1, 2],
                    "throughput_context": 5, "reps": 2, "warmup": 1, "device": "cpu"},
+    # the whole study is tests/test_multitask.py's; here one backbone, briefly, in the chain
+    "06_multitask": {"backbones": ["dt"], "steps": 2, "batch_size": 2, "context": 5, "finetune_steps": 0,
+                     "eval_episodes": 1, "eval_max_steps": 5, "embeddings": False, "workers": 1},
 }
 for _p in TINY.values():
     _p["save_png"] = False  # PNG export is tested in test_analysis
@@ -108,7 +113,7 @@ def test_pipeline_runs_every_notebook(pipeline_run):
         executed = nbformat.read(out / nb / f"{nb}.ipynb", as_version=4)
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     summary = json.loads((out / "pipeline.json").read_text())
-    assert [r["status"] for r in summary["runs"]] == ["ran"] * 5
+    assert [r["status"] for r in summary["runs"]] == ["ran"] * len(P.NOTEBOOKS)
     spec_argv0 = __import__("jupyter_client.kernelspec", fromlist=["x"]).KernelSpecManager().get_kernel_spec(
         res.kernel).argv[0]
     assert spec_argv0 in ("python", "python3", f"python3.{sys.version_info[1]}") or \
@@ -138,6 +143,14 @@ def test_pipeline_outputs_are_real(pipeline_run):
     m5 = _metrics(out, "05_latency")
     assert m5["all_latency_positive"] is True and m5["min_latency_ms"] > 0
     assert len(m5["rows"]) == 2 * 2 * (2 + 2)  # backbones x modes x (contexts + throughput batches)
+    m6 = _metrics(out, "06_multitask")  # chained from 01: trained on its tasks, evaluated in their simulators
+    run6 = Path(m6["backbones"]["dt"]["train"]["run_dir"])
+    assert sorted(json.loads((run6 / "config.json").read_text())["tasks"]) == m6["train_tasks"]
+    assert set(m6["train_tasks"]) == {"darkroom/goal-2-0", "darkroom/goal-0-2", "metaworld/reach-v2", "atari/freeway"}
+    ev6 = json.loads((out / "06_multitask" / "evals" / "dt-train.json").read_text())
+    assert m6["backbones"]["dt"]["scores"]["train"]["metaworld"]["success_rate"] == ev6["tasks"][
+        [t["task"] for t in ev6["tasks"]].index("metaworld/reach-v2")]["success_rate"]
+    assert all(t["episode_cap"] == 5 for t in ev6["tasks"]) and m6["holdout_tasks"] == []
     for nb, names in (("01_data_prep", ["dataset", "returns"]), ("03_icl", ["icl_holdout", "icl_train"]), ("04_embeddings_umap", ["umap"]),
                       ("05_latency", ["latency_B1", "throughput", "memory"])):
         for n in names:
@@ -147,7 +160,7 @@ def test_pipeline_outputs_are_real(pipeline_run):
 def test_pipeline_resumes_and_forces(pipeline_run):
     out, _ = pipeline_run
     again = P.run_pipeline(out, TINY, progress=False)
-    assert [r.status for r in again.runs] == ["skipped"] * 5
+    assert [r.status for r in again.runs] == ["skipped"] * len(P.NOTEBOOKS)
     before = _metrics(out, "05_latency")["rows"]
     forced = P.run_pipeline(out, {"05_latency": {**TINY["05_latency"], "backbones": ["dt"], "modes": ["model"]}},
                             only=["05"], force=True, progress=False)

@@ -106,11 +106,11 @@ class ICLStudyConfig:
     tokens: str = "ad"                          # "ad": AD's (s, a_prev, r_prev) per step (recipe); "srr": the paper's
     train_goals: str = "train"                  # "train": every train-goal history in data_dir, or a comma list of tasks
     eval_goals: tuple[str, ...] = ("holdout", "train")  # goal sets: "holdout" (the 20) and/or "train" (the trained goals)
-    eval_max_goals: int = 0                     # evaluate at most this many goals per set (0: all)
+    eval_max_goals: int = 20                    # evaluate at most this many goals per set (0: all, the study)
     context_episodes: int = 2                   # context in episodes of 100 steps (paper: 2)
     steps: int = 400                            # updates per agent (paper: 20K; CPU recipe: 1500)
     batch_size: int = 16                        # windows per update (paper: 128)
-    lr: float = 1e-3                            # AdamW peak learning rate (paper: 1e-4)
+    lr: float = 3e-3                            # AdamW peak learning rate (paper: 1e-4; CPU recipe: 1e-3 over 1500)
     warmup: int = 40                            # linear warm-up steps (paper: 4000)
     history_start: float = 0.0                  # skip this leading fraction of each history in training
     trials: int = 20                            # consecutive ICL trials per goal (paper: 40)

@@ -81,6 +81,8 @@ class TrainConfig:
     size: str = "16M"                     # preset: 16M | 48M | 110M | 206M | tiny (tests)
     slstm_at: str | None = None           # xLSTM: ratio "7:1" / "1:0" or positions "1,3" (None: preset's [7:1])
     n_heads: int | None = None            # heads (None: preset's; xLSTM 4, DT width/64)
+    d_model: int | None = None            # width (None: the size preset's); sizes between the presets
+    n_layers: int | None = None           # blocks (None: the size preset's; recurrent presets have 2x DT's)
     tokens: TokenMode = "srr"             # (s, R, r) per step; "s": behaviour cloning; "srra": + action tokens; "sr"/"ad": AD (ICL)
     # --- optimisation (App. C.1) -------------------------------------------------------
     steps: int = 200_000                  # optimizer updates
@@ -138,6 +140,10 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
+        for name in ("d_model", "n_layers", "n_heads"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name}={v!r}: expected an integer >= 1 (or None: the size preset's)")
         non_negative = ("seed", "warmup", "log_every", "val_every", "val_batches", "ckpt_every",
                         "keep_every", "eval_every", "eval_episodes", "num_threads", "num_workers")
         for name in non_negative:

@@ -76,8 +76,9 @@ def make_model_config(cfg: TrainConfig):
                               tokens=cfg.tokens)
     if cfg.slstm_at is not None:
         kw["slstm_at"] = cfg.model_slstm_at()
-    if cfg.n_heads is not None:
-        kw["n_heads"] = cfg.n_heads
+    for name in ("n_heads", "d_model", "n_layers"):
+        if getattr(cfg, name) is not None:
+            kw[name] = getattr(cfg, name)
     return LRAMConfig(**kw)
 
 

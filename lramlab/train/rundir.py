@@ -157,7 +157,8 @@ def resume_changes(saved: dict, cfg: TrainConfig, ckpt_path: Path, ckpt_step: in
 
 #: LRAMConfig fields a TrainConfig decides (make_model_config) and a fine-tune must match
 FINETUNE_MODEL_FIELDS = ("backbone", "size", "d_model", "n_layers", "n_heads", "slstm_at", "tokens", "context_steps")
-_CLI_NAME = {"context_steps": "context", "slstm_at": "slstm-at", "n_heads": "n-heads"}
+_CLI_NAME = {"context_steps": "context", "slstm_at": "slstm-at", "n_heads": "n-heads", "d_model": "d-model",
+             "n_layers": "n-layers"}
 
 
 def check_finetune(model_cfg, wanted_cfg, path) -> None:
@@ -170,7 +171,8 @@ def check_finetune(model_cfg, wanted_cfg, path) -> None:
     if diffs:
         shown = "; ".join(f"{n}={h!r} in the checkpoint, {w!r} in this run" for n, h, w in diffs)
         flags = " ".join(f"--{_CLI_NAME.get(n, n).replace('_', '-')} {_flag_value(h)}" for n, h, _ in diffs
-                         if n in ("backbone", "size", "n_heads", "slstm_at", "tokens", "context_steps"))
+                         if n in ("backbone", "size", "d_model", "n_layers", "n_heads", "slstm_at", "tokens",
+                                  "context_steps"))
         raise ValueError(f"--finetune-from {path}: its model differs from this run's settings: {shown}. "
                          f"Give the checkpoint's settings{': ' + flags if flags else ''}")
 
