@@ -19,6 +19,17 @@ from typing import Any, Callable
 TMP_SUFFIX = ".tmp"
 
 
+def file_sha256(path) -> str:
+    """The sha256 hex digest of a file's bytes (read in 1 MiB blocks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def fsync_file(path, missing_ok: bool = False) -> None:
     """fsync a file by path (missing_ok: a file replaced or removed since is nothing to sync)."""
     try:

@@ -32,7 +32,6 @@ exit 1 when a task failed (unless --on-failure skip), 2 when no task could run h
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -45,6 +44,7 @@ import numpy as np
 import torch
 
 from lramlab._dataclass_cli import check_fields, command
+from lramlab._io import file_sha256
 
 ON_FAILURE = ("raise", "nan", "skip")
 MAX_ENVS = 64  # environments stepping together when n_envs is not given
@@ -499,14 +499,6 @@ def _run_config(checkpoint: str) -> dict:
 def run_tasks_of(checkpoint: str) -> list[str]:
     """The training tasks recorded in a run directory's config.json."""
     return list(_run_config(checkpoint).get("tasks", []))
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def evaluate(cfg: EvalConfig) -> EvalResult:

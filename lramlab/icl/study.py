@@ -27,7 +27,6 @@ window means (averaged over seeds). Shape letters: S seeds, G goals, N trials.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -37,6 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from lramlab._dataclass_cli import check_fields
+from lramlab._io import file_sha256
 
 EVAL_SETS = ("holdout", "train")
 #: the paper's claim (§4.3): xLSTM [7:1] attains the highest ICL scores -- compared with the DT here
@@ -197,14 +197,6 @@ def _as_tuple(v, name: str) -> tuple:
 # one agent
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _training_done(run_dir: Path, tc) -> bool:
     """True when run_dir holds a finished training run of `tc` (ValueError naming refused changes)."""
     from lramlab.train.rundir import resume_changes
@@ -249,7 +241,7 @@ def run_agent(cfg, eval_sets: Sequence[str] = EVAL_SETS, max_goals: int = 0) -> 
     if not _training_done(run_dir, tc):  # fresh, killed (resume) or shorter (continued to more steps)
         run(replace(tc, resume=bool(run_dir.is_dir() and existing_run(run_dir)), tensorboard=False))
     model_path = run_dir / "model.pt"
-    sha = _sha256(model_path)
+    sha = file_sha256(model_path)
     model = load_model_from_checkpoint(str(model_path), map_location=pick_device(cfg.device))
     evals = {}
     for name in eval_sets:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from lramlab._io import file_sha256
+
 
 def clean_json(x):
     """NaN / inf -> None, numpy scalars and arrays -> Python, tuples -> lists (strict JSON)."""
@@ -56,16 +58,6 @@ def atomic_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _train_done(run_dir: Path, steps: int) -> bool:
     try:
         m = json.loads((run_dir / "metrics.json").read_text())
@@ -83,7 +75,7 @@ def _output_done(path: Path, model_file: Path, extra: Mapping[str, Any]) -> bool
         return False
     if not model_file.is_file() or (path.suffix == ".npz" and not path.is_file()):
         return False
-    return rec.get("model_sha256") == _sha256(model_file) and all(rec.get(k) == clean_json(v) for k, v in extra.items())
+    return rec.get("model_sha256") == file_sha256(model_file) and all(rec.get(k) == clean_json(v) for k, v in extra.items())
 
 
 def _pretrained_stamp(run_dir: Path) -> str | None:
@@ -101,7 +93,7 @@ def job_done(job: Job) -> bool:
             return False
         # a fine-tuned run is current only while its pretrained model file is the one it started from
         pre = a["train"].get("finetune_from")
-        return pre is None or (Path(pre).is_file() and _pretrained_stamp(run_dir) == _sha256(pre))
+        return pre is None or (Path(pre).is_file() and _pretrained_stamp(run_dir) == file_sha256(pre))
     return _output_done(Path(job.output), Path(a["model"]), a["stamp"])
 
 
@@ -127,7 +119,7 @@ def _do_train(a: dict) -> None:
     from lramlab.train import TrainConfig, run
 
     cfg = TrainConfig(**a["train"])
-    sha = _sha256(cfg.finetune_from) if cfg.finetune_from else None
+    sha = file_sha256(cfg.finetune_from) if cfg.finetune_from else None
     run_dir = Path(cfg.out)
     if sha is not None and (run_dir / "config.json").exists() and _pretrained_stamp(run_dir) != sha:
         # fine-tuned from another pretrained model (it was retrained): start the fine-tuning over
@@ -153,8 +145,8 @@ def _do_eval(a: dict) -> None:
     except EvaluationFailed as err:  # on_failure "raise": keep the results, then fail the job
         res, failed = err.result, err
     out = res.to_dict()
-    out["protocol"].update(checkpoint=a["model"], checkpoint_sha256=_sha256(a["model"]))
-    out["study"] = {"model_sha256": _sha256(a["model"]), **clean_json(a["stamp"])}
+    out["protocol"].update(checkpoint=a["model"], checkpoint_sha256=file_sha256(a["model"]))
+    out["study"] = {"model_sha256": file_sha256(a["model"]), **clean_json(a["stamp"])}
     path = Path(a["out"])
     # a failure under on_failure "raise" is kept beside the output, which a re-run would take as done
     atomic_json(path if failed is None else path.with_suffix(".failed.json"), out)
@@ -176,7 +168,7 @@ def _do_embed(a: dict) -> None:
     np.savez(tmp, task=res.task, domain=res.domain, hidden=res.hidden, coords=res.coords)
     os.replace(tmp, out)
     meta = {"silhouette": res.silhouette, "silhouette_2d": res.silhouette_2d, "layer": res.layer, "info": res.info,
-            "study": {"model_sha256": _sha256(a["model"]), **clean_json(a["stamp"])}}
+            "study": {"model_sha256": file_sha256(a["model"]), **clean_json(a["stamp"])}}
     atomic_json(out.with_suffix(".meta.json"), meta)
 
 
