@@ -463,6 +463,7 @@ class EvalConfig:
     data: tuple[str, ...] = ()           # dataset roots for target "data" (empty: the run's --data)
     on_failure: str = "raise"            # a task whose rollout raises: raise (exit 1) | nan | skip
     out: str | None = None               # write the results JSON here (also when tasks failed)
+    num_threads: int = 0                 # torch CPU threads (0: torch's default); 1 on a busy 2-core machine
 
     def __post_init__(self):
         if isinstance(self.tasks, str):
@@ -475,7 +476,7 @@ class EvalConfig:
         for name in ("episodes",):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 1")
-        for name in ("n_envs", "workers", "seed"):
+        for name in ("n_envs", "workers", "seed", "num_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 0")
         if self.on_failure not in ON_FAILURE:
@@ -506,6 +507,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     and its sha256. Raises EvaluationFailed (with the result) as `evaluate_model` does."""
     from lramlab.train.checkpoint import load_model_from_checkpoint, resolve_checkpoint
 
+    if cfg.num_threads:  # tiny per-step ops on more threads than free cores wait on each other
+        torch.set_num_threads(cfg.num_threads)
     path = resolve_checkpoint(cfg.checkpoint)
     model = load_model_from_checkpoint(cfg.checkpoint, map_location=cfg.device)
     tasks = list(cfg.tasks) or run_tasks_of(cfg.checkpoint)

@@ -140,3 +140,16 @@ def test_eval_cli_json(model_dir, capsys):
     assert out["protocol"]["episodes"] == 2 and out["protocol"]["checkpoint_sha256"]
     with pytest.raises(SystemExit):
         main(["eval", "--checkpoint", str(model_dir), "--episodes", "0"])
+
+
+def test_eval_num_threads_is_applied_and_checked(model_dir, monkeypatch):
+    import torch
+
+    from lramlab.evaluate import EvalConfig, evaluate
+
+    with pytest.raises(ValueError, match="num_threads=-1"):
+        EvalConfig(checkpoint=str(model_dir), num_threads=-1)
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n))
+    res = evaluate(EvalConfig(checkpoint=str(model_dir), tasks=("darkroom/goal-2-0",), episodes=1, num_threads=1))
+    assert seen == [1] and res.tasks[0].task == "darkroom/goal-2-0"
