@@ -105,7 +105,7 @@ def test_window_stats_and_summary_by_hand():
 
 # ----------------------------------------------------------------------------- a real study
 def _base(root, out, **kw):
-    return ICLStudyConfig(**{"data_dir": str(root), "backbones": ["dt", "xlstm:1:0"], "seeds": [0, 1], "steps": 2,
+    return ICLStudyConfig(**{"data_dir": str(root), "backbones": ["dt", "xlstm:1:0"], "seeds": [0, 1], "steps": 2, "lr": 0.001,
                              "batch_size": 2, "warmup": 1, "trials": 3, "eval_max_goals": 2, "workers": 2,
                              "device": "cpu", "out_dir": str(out), "save_png": False, **kw})
 
