@@ -173,14 +173,9 @@ def _available_bytes(device: str) -> int | None:
     if device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info()
         return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    from lramlab.bench.train import available_memory_bytes
+
+    return available_memory_bytes()
 
 
 def _is_oom(err: BaseException) -> bool:

@@ -49,6 +49,18 @@ def continuous_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits[..., N_DISCRETE:].unflatten(-1, (MAX_ACT_DIM, N_BINS))
 
 
+def _masked_mean_loss(nll: torch.Tensor, hit: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Mean of `nll` over the `valid` targets, and its metrics (loss, accuracy of `hit`, count, perplexity)."""
+    count = valid.sum()
+    loss = torch.where(valid, nll, 0.0).sum() / count.clamp(min=1)
+    with torch.no_grad():
+        n_t = int(count)
+        acc = float((hit & valid).sum()) / max(n_t, 1)
+        lv = float(loss)
+    metrics = {"loss": lv, "acc": acc, "n_targets": n_t, "ppl": float(torch.exp(torch.tensor(lv)))}
+    return loss, metrics
+
+
 def action_loss(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
     """Masked cross-entropy over the valid part of the vocabulary.
 
@@ -87,14 +99,7 @@ def action_loss(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
         valid = mask[..., None] & (torch.arange(MAX_ACT_DIM, device=logits.device) < ad[:, None, None])
     else:
         raise ValueError(f"actions must be (B, T) int or (B, T, {MAX_ACT_DIM}) float, got {tuple(actions.shape)}")
-    count = valid.sum()
-    loss = torch.where(valid, nll, 0.0).sum() / count.clamp(min=1)
-    with torch.no_grad():
-        n_t = int(count)
-        acc = float((hit & valid).sum()) / max(n_t, 1)
-        lv = float(loss)
-    metrics = {"loss": lv, "acc": acc, "n_targets": n_t, "ppl": float(torch.exp(torch.tensor(lv)))}
-    return loss, metrics
+    return _masked_mean_loss(nll, hit, valid)
 
 
 def head_loss(hidden: torch.Tensor, head: nn.Linear, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -147,14 +152,7 @@ def head_loss(hidden: torch.Tensor, head: nn.Linear, batch: dict) -> tuple[torch
         valid = torch.arange(A, device=h.device) < ad.index_select(0, b_of)[:, None]
     else:
         raise ValueError(f"actions must be (B, T) int or (B, T, {MAX_ACT_DIM}) float, got {tuple(actions.shape)}")
-    count = valid.sum()
-    loss = torch.where(valid, nll, 0.0).sum() / count.clamp(min=1)
-    with torch.no_grad():
-        n_t = int(count)
-        acc = float((hit & valid).sum()) / max(n_t, 1)
-        lv = float(loss)
-    metrics = {"loss": lv, "acc": acc, "n_targets": n_t, "ppl": float(torch.exp(torch.tensor(lv)))}
-    return loss, metrics
+    return _masked_mean_loss(nll, hit, valid)
 
 
 def decode(logits: torch.Tensor, n_actions: Union[int, torch.Tensor] = 0, act_dim: Union[int, torch.Tensor] = 0,
