@@ -88,6 +88,27 @@ def domain_table(ev: Mapping[str, Any]) -> dict[str, dict]:
     return out
 
 
+def per_task_rows(ev: Mapping[str, Any]) -> list[dict]:
+    """One row per task of an evaluation (`EvalResult.to_dict()`), the results JSON's "per_task":
+    task, score_kind, mean_return (raw), success_rate, normalized (the task's score of its kind; None
+    when capped), data_normalized (paper Fig. 3 constants; None without constants or when capped),
+    score (the figures' 0..1 number: normalized, or return / best return for Dark-Room), episode_cap,
+    capped and score_note (why a score is None)."""
+    from lramlab.evaluate import best_return
+
+    rows = []
+    for t in ev["tasks"]:
+        best = best_return(t["task"]) if t["score_kind"] == "raw" else None
+        frac = None if not best or t.get("capped") else t["mean_return"] / best
+        rows.append({"task": t["task"], "score_kind": t["score_kind"], "mean_return": t["mean_return"],
+                     "success_rate": t.get("success_rate"), "normalized": t.get("normalized_score"),
+                     "data_normalized": t.get("data_normalized_score"),
+                     "score": frac if t["score_kind"] == "raw" else t.get("normalized_score"),
+                     "episode_cap": t.get("episode_cap"), "capped": bool(t.get("capped")),
+                     "score_note": t.get("score_note", "")})
+    return rows
+
+
 @dataclass
 class MultiTaskResult:
     """What `run_multitask` found: per backbone its runs, evaluations and embedding (see `metrics`)."""
@@ -206,7 +227,9 @@ def run_multitask(cfg: MultiTaskConfig, progress: bool = True) -> MultiTaskResul
     out = Path(cfg.out_dir).resolve()
     run_jobs(jobs, cfg.workers, out / "logs", progress=progress)
     res = collect_results(cfg, jobs, train_tasks, holdout_tasks, time.perf_counter() - t0)
-    atomic_json(out / "results.json", {**res.metrics(), "evals": res.evals, "config": cfg.to_dict()})
+    per_task = {n: {ph: per_task_rows(ev) for ph, ev in phases.items()} for n, phases in res.evals.items()}
+    atomic_json(out / "results.json", {**res.metrics(), "per_task": per_task, "evals": res.evals,
+                                       "config": cfg.to_dict()})
     bad = [j for j in jobs if j.status in ("failed", "blocked")]
     if bad:
         raise RuntimeError(f"multitask study: {len(bad)} job(s) did not finish (re-running continues):\n"
