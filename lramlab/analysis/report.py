@@ -172,9 +172,20 @@ def section_icl(root: Path) -> dict[str, str]:
     out["icl.seeds"] = str(len(cfg["seeds"]))
     out["icl.command"] = d["command"]
     out["icl.code"] = d.get("code_commit", "not recorded")
+    out["icl.code_short"] = out["icl.code"].split()[0]
     secs = _pipeline_seconds(d)
     out["icl.wall"] = minutes(sum(secs.values()))
     out["icl.wall_parts"] = ", ".join(f"{k} {minutes(v)}" for k, v in secs.items())
+    from lramlab.manifests import list_tasks
+
+    best = [t.extra["max_return"] for t in list_tasks("darkroom") if t.split == "holdout"]
+    out["icl.oracle_range"] = f"{num(min(best), 0)}-{num(max(best), 0)}"
+    rr = load(root, f"{RESULTS}/icl/rerun.json")  # the preset re-run with later code: its wall time only
+    out["icl.rerun"] = (f"with the code of {rr['code_commit']} ({rr['date']}, {rr['load']}) the same command took "
+                        f"**{minutes(rr['seconds'])}** ({', '.join(f'{k} {minutes(v)}' for k, v in rr['notebooks'].items())}; "
+                        f"`{RESULTS}/icl/rerun.json`)" if rr else
+                        "later commits made training faster without changing the model or the data; the current "
+                        "code's wall time is not re-measured (the command above)")
     return out
 
 
@@ -270,7 +281,8 @@ def section_attempts(root: Path) -> dict[str, str]:
         w = _scores(b, "train", "metaworld")
         z, f = _scores(b, "zeroshot", "metaworld"), _scores(b, "finetuned", "metaworld")
         mws.append(w["success_rate"])
-        body.append([f"{name}, DT, {c['steps']} x {c['batch_size']}", num(w["success_rate"], 2), num(w["iqm"], 2),
+        capped = f", capped at {c['eval_max_steps']} steps" if c.get("eval_max_steps") else ""
+        body.append([f"{name}, DT, {c['steps']} x {c['batch_size']}{capped}", num(w["success_rate"], 2), num(w["iqm"], 2),
                      num(w["data_normalized_mean"], 2),
                      num(_scores(b, "train", "dmcontrol").get("data_normalized_mean"), 2),
                      num(_scores(b, "train", "darkroom").get("score"), 2),
