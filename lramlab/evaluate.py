@@ -188,8 +188,10 @@ def score_task(spec, returns: Sequence[float], success_rate: float | None, **rec
     cap = int(record.get("episode_cap") or 0)
     if cap and spec.episode_length and cap < int(spec.episode_length):
         record["capped"] = True
-        record["score_note"] = (f"capped at {cap} of {int(spec.episode_length)} steps: raw return only (the "
-                                f"normalising constants are whole-episode scores)")
+        kept = {"success": "the success rate within the cap and the raw return",
+                "raw": "the raw return (no return / best return)"}.get(spec.score_kind, "the raw return only")
+        record["score_note"] = (f"capped at {cap} of {int(spec.episode_length)} steps: {kept}; no normalised score "
+                                f"against whole-episode constants")
         if spec.score_kind not in ("success", "raw"):
             norm = None
         dn = None
