@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_committed_page_is_what_the_json_gives(capsys):
-    rc = R.main(["--check", "--root", str(ROOT)])
+    from lramlab.cli import main
+
+    rc = main(["report", "--check", "--root", str(ROOT)])  # `lramlab report --check`
     assert rc == 0, capsys.readouterr().err
 
 
