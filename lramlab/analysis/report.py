@@ -382,6 +382,15 @@ def section_benchmarks(root: Path) -> dict[str, str]:
             f"max |logit gap| against stepping from the initial state, left-padded (before) -> right-padded (now): "
             + "; ".join(f"{k} {num(v['left'], 2)} -> {v['right']:.1e}" for k, v in r.items())
             + f". `{pad['command']}` (code {pad['code_commit']}; `{BENCH}/padding_gap.json`).")
+    ex = load(root, f"{BENCH}/metaworld_experts.json")
+    if ex is None:
+        out["bench.experts"] = ("the scripted experts' own success rate is not re-measured "
+                                "(`python benchmarks/metaworld_experts.py --episodes 10`)")
+    else:
+        sr = [r["success_rate"] for r in ex["rows"] if r["split"] == "train"]
+        out["bench.experts"] = (f"the scripted experts (no action noise, {ex['episodes']} episodes per task) succeed "
+                                f"{num(statistics.fmean(sr), 2)} on the 45 train tasks (`{ex['command']}`, code "
+                                f"{ex['code_commit']}; `{BENCH}/metaworld_experts.json`)")
     bt, mt = load(root, f"{BENCH}/bench_train.json"), load(root, f"{BENCH}/mamba_train.json")
     names = {"xlstm[7:1]": "xLSTM [7:1]", "xlstm[1:0]": "xLSTM [1:0]", "mamba": "Mamba"}
     groups: dict[tuple[str, int], list[str]] = {}
