@@ -74,6 +74,26 @@ def test_any_source_unknown_policy_and_no_baseline(store, tmp_path, capsys):
     assert summarize(rows)[0]["random_score"] is None
     assert main([str(tmp_path / "lram"), "--random-episodes", "0"]) == 0
     assert "unknown" in capsys.readouterr().out
+    # LRAM's released files (plain HDF5, own names, no lramlab attributes): --task names the task
+    import h5py
+
+    rel = tmp_path / "released"
+    rel.mkdir()
+    rets = []
+    for i, ep in enumerate(TaskData(store / "darkroom" / "goal-0-2").read(j) for j in range(2)):
+        with h5py.File(rel / f"{i}.hdf5", "w") as f:
+            for k in ("states", "actions", "rewards", "dones"):
+                f[k] = ep[k]
+        rets.append(float(ep["rewards"].sum()))
+    (row,) = data_quality(rel, random_episodes=0, task="darkroom/goal-0-2")
+    assert row.task == "darkroom/goal-0-2" and row.policy == "unknown" and row.episodes == 2
+    assert row.data_return == pytest.approx(np.mean(rets))
+    # imported data records its source format, not its policy
+    from lramlab.data.importers import import_dataset
+
+    imp = import_dataset("native", rel, "darkroom/goal-0-2", tmp_path / "imported", progress=False)
+    (row,) = data_quality(imp.parent.parent, random_episodes=0)
+    assert row.policy == "unknown (imported:native)" and row.data_return == pytest.approx(np.mean(rets))
 
 
 def test_bad_inputs_exit_2_naming_the_path(tmp_path, capsys):
@@ -88,6 +108,8 @@ def test_bad_inputs_exit_2_naming_the_path(tmp_path, capsys):
     assert "no task directories with episode files" in err and str(tmp_path / "empty") in err
     assert main([str(tmp_path / "empty" / "notes.txt")]) == 2
     assert "not a directory" in capsys.readouterr().err
+    assert main([str(tmp_path / "empty"), "--task", "darkroom/goal-2-0"]) == 2
+    assert "must be one task directory" in capsys.readouterr().err
     with pytest.raises(SystemExit) as ex:  # argparse's usage error: one line, exit 2
         main([str(tmp_path), "--random-episodes", "-1"])
     assert ex.value.code == 2 and "--random-episodes must be >= 0" in capsys.readouterr().err

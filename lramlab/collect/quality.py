@@ -3,6 +3,7 @@ policy's, both scored the way the paper scores the domain.
 
     lramlab data quality data                    # a table, then one summary line per domain
     lramlab data quality data --json -           # {"root", "tasks": [...], "summary": [...]}
+    lramlab data quality released/ --task dmcontrol/cheetah-run   # one directory of LRAM's files
 
 Per task (any store: generated, imported, LRAM's released layout): episodes, transitions, the mean
 return of the data, the mean return of a uniform random policy measured in the same simulator,
@@ -149,17 +150,21 @@ def random_baseline(spec, task_dir: Path, episodes: int = 10, seed: int = 0, max
     return entry
 
 
-def task_quality(task_dir: Path, random_episodes: int = 10, seed: int = 0, progress: bool = False) -> QualityRow:
-    """The quality row of one task directory (module doc)."""
+def task_quality(task_dir: Path, random_episodes: int = 10, seed: int = 0, progress: bool = False,
+                 task: str | None = None) -> QualityRow:
+    """The quality row of one task directory (module doc); `task`: its task id when the directory
+    does not say (LRAM's released files: no meta.json, directory names of their own)."""
     from lramlab.data.store import task_id_of
     from lramlab.envs import domain_available
     from lramlab.manifests import get_task
 
     task_dir = Path(task_dir)
-    spec = get_task(task_id_of(task_dir))
+    spec = get_task(task or task_id_of(task_dir))
     meta = _read_json(task_dir / "meta.json")
     meta = meta if isinstance(meta, dict) else {}
     policy = meta.get("policy") if isinstance(meta.get("policy"), str) and meta.get("policy") else "unknown"
+    if policy.startswith("imported:"):  # the importers record the source format, not the policy
+        policy = f"unknown ({policy})"
     stats = _data_stats(task_dir)
     eps = [e for e in stats.get("episodes", []) if isinstance(e, dict)]
     data_success = (float(np.mean([bool(e["success"]) for e in eps]))
@@ -182,13 +187,19 @@ def task_quality(task_dir: Path, random_episodes: int = 10, seed: int = 0, progr
     return row
 
 
-def data_quality(root, random_episodes: int = 10, seed: int = 0, progress: bool = False) -> list[QualityRow]:
-    """Quality rows of every task under dataset root `root` (sorted by task id)."""
-    from lramlab.data.store import find_task_dirs
+def data_quality(root, random_episodes: int = 10, seed: int = 0, progress: bool = False,
+                 task: str | None = None) -> list[QualityRow]:
+    """Quality rows of every task under dataset root `root` (sorted by task id). `task`: `root` is
+    one task directory holding that task's episodes (for directories that do not name their task)."""
+    from lramlab.data.store import find_task_dirs, list_episode_files
 
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory; expected a dataset root (DIR/<domain>/<name>/)")
+    if task is not None:
+        if not root.is_dir() or not list_episode_files(root):
+            raise ValueError(f"--task {task}: {root} must be one task directory holding its episode files")
+        return [task_quality(root, random_episodes, seed, progress, task)]
     dirs = find_task_dirs(root)  # FileNotFoundError naming root when it is missing
     if not dirs:
         raise ValueError(f"{root}: no task directories with episode files (expected DIR/<domain>/<name>/"
@@ -226,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random-episodes", type=int, default=10,
                     help="episodes of the random baseline per task (0: no baseline, no simulator)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random baseline's episodes")
+    ap.add_argument("--task", default=None,
+                    help="DIR is one task directory of this task (for files that do not name their task, "
+                         "e.g. LRAM's released layout)")
     ap.add_argument("--progress", action="store_true", help="progress bars for the random baselines")
     add_json_option(ap, '{"root", "tasks": [rows], "summary": [per domain and score kind]}')
     args = ap.parse_args(argv)
@@ -234,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed < 0:
         ap.error(f"--seed must be >= 0, got {args.seed}")
     with JsonOutput(args.json) as out:
-        rows = data_quality(args.dir, args.random_episodes, args.seed, args.progress)
+        rows = data_quality(args.dir, args.random_episodes, args.seed, args.progress, args.task)
         summary = summarize(rows)
         out.write({"root": str(Path(args.dir).resolve()), "tasks": [asdict(r) for r in rows], "summary": summary})
     if not out.to_stdout:
