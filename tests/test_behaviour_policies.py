@@ -60,19 +60,24 @@ def test_default_dmcontrol_policy_reuses_the_specialist_beside_the_data(tmp_path
     task_dir.mkdir(parents=True)
     # a tiny specialist stands in for the default's (which trains for minutes): generate must reuse it
     zip_path = train_specialist(task, task_dir / "sac_specialist.zip",
-                                SACConfig(steps=150, learning_starts=50, batch_size=16, hidden=16), "sac",
-                                progress=False)
+                                SACConfig(steps=150, learning_starts=50, batch_size=16, hidden=16, action_repeat=8),
+                                "sac", progress=False)
     before = zip_path.stat().st_mtime_ns
     rc = main(["--task", task, "--episodes", "1", "--max-steps", "25", "--out", str(tmp_path), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     assert zip_path.stat().st_mtime_ns == before  # reused, not retrained
     meta = json.loads((task_dir / "meta.json").read_text())
     assert meta["policy"] == default_specialist(name) and meta["policy_config"]["algorithm"] == "sac"
+    assert meta["policy_config"]["sac"]["action_repeat"] == 8
     ep = TaskData(task_dir).read(0)
-    # the round trip: the loaded file, reseeded as the generator does, gives the stored actions
-    pol = SB3Policy.load(zip_path, task)
+    # each decision is held for the 8 steps of the action repeat the model was trained with
+    acts = ep["actions"]
+    assert all(np.array_equal(acts[i], acts[i - i % 8]) for i in range(len(acts)))
+    # the round trip: the loaded file (its repeat read from its lramlab.json) gives the stored actions
+    pol = SB3Policy.load(zip_path, task, deterministic=True)
+    assert pol.repeat == 8
     pol.reset(episode_seed(0, 0))
-    acts = np.stack([pol.act(s) for s in ep["states"]])
-    assert np.allclose(acts, ep["actions"], atol=1e-6)
-    pol_det = SB3Policy.load(zip_path, task, deterministic=True)
-    assert not np.allclose(np.stack([pol_det.act(s) for s in ep["states"]]), acts)  # sampling was used
+    assert np.allclose(np.stack([pol.act(s) for s in ep["states"]]), acts, atol=1e-6)
+    pol1 = SB3Policy.load(zip_path, task, deterministic=True, repeat=1)  # deciding at every step differs
+    pol1.reset(0)
+    assert not np.allclose(np.stack([pol1.act(s) for s in ep["states"]]), acts)
