@@ -490,7 +490,8 @@ class SB3Policy(Policy):
         return np.clip(np.asarray(a, dtype=np.float32).reshape(-1), -1.0, 1.0)
 
     def config(self) -> dict:
-        return {"kind": "sb3", "algorithm": self.algorithm, "deterministic": self.deterministic, "repeat": self.repeat}
+        out = {"kind": "sb3", "algorithm": self.algorithm, "deterministic": self.deterministic}
+        return {**out, "repeat": self.repeat} if self.repeat > 1 else out
 
 
 def _check_spaces(model, spec, path) -> None:
