@@ -195,7 +195,7 @@ def choose_algorithm(kind: str, action_kind: str, where: str = "specialist") -> 
 #: `sac:steps=50000` with the same nets. Measured scores: docs/results/data6-cpu/quality.json.
 SAC_NET = "hidden=64,batch_size=128"
 DMC_DEFAULT_SPECS: dict[str, str] = {
-    "ball_in_cup-catch": f"sac:steps=30000,{SAC_NET}",
+    "ball_in_cup-catch": f"sac:steps=30000,{SAC_NET},deterministic=1",
     "walker-stand": f"sac:steps=15000,{SAC_NET},action_repeat=4,deterministic=1",
     "cartpole-swingup": f"sac:steps=10000,{SAC_NET},action_repeat=8,deterministic=1",
     "reacher-easy": f"sac:steps=15000,{SAC_NET},action_repeat=4,deterministic=1",
