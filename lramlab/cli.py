@@ -35,6 +35,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "generate"): ("lramlab.collect.generate:main", "generate trajectories in a simulator"),
     ("data", "pack"): ("lramlab.data.store:pack_main", "pack each task's episodes into packed.hdf5 for faster reads"),
     ("data", "import"): ("lramlab.data.importers:main", "import a published dataset format"),
+    ("data", "quality"): ("lramlab.collect.quality:main", "data vs a random policy per task, scored as the paper does"),
     ("bench", "data"): ("lramlab.bench.data:main", "data-loading throughput benchmark"),
     ("bench", "latency"): ("lramlab.bench.latency:main", "per-timestep agent latency benchmark"),
     ("bench", "train"): ("lramlab.bench.train:main", "training throughput per backbone, side by side"),

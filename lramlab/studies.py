@@ -83,6 +83,11 @@ def _expand_split_words(obj, name: str, domain: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+#: DataPrepConfig's task-list fields and their domains
+_TASK_GROUPS = (("metaworld_tasks", "metaworld"), ("dmcontrol_tasks", "dmcontrol"), ("atari_tasks", "atari"),
+                ("procgen_tasks", "procgen"), ("composuite_tasks", "composuite"), ("mimicgen_tasks", "mimicgen"))
+
+
 @dataclass
 class DataPrepConfig(_Config):
     """Generate a real dataset: Dark-Room learning histories, Meta-World scripted experts, DMControl
@@ -102,22 +107,35 @@ class DataPrepConfig(_Config):
     metaworld_policy: str = "expert"                    # policy spec, e.g. "expert:noise=0.1" (lramlab data generate --policy)
     dmcontrol_tasks: tuple[str, ...] = ()               # DMControl tasks (paper: 11 train, 5 hold-out; SAC data)
     dmcontrol_episodes: int = 10                        # episodes per DMControl task (1000 steps each)
-    dmcontrol_policy: str = "sac:steps=50000"           # policy spec: an SB3 specialist trained per task
+    dmcontrol_policy: str = "default"                   # "default": each task's SAC specialist (trained once); or a spec
     atari_tasks: tuple[str, ...] = ("atari/freeway",)   # Atari tasks played by a random policy (paper: 41 games, DQN replay)
     atari_episodes: int = 2                             # episodes per Atari task
     atari_max_steps: int = 200                          # cap on agent steps per Atari episode (0: the full episode)
+    atari_policy: str = "random"                        # policy spec; "default": each game's default policy
+    procgen_tasks: tuple[str, ...] = ()                 # Procgen games (paper: 12 train, 4 hold-out; PPO data)
+    procgen_episodes: int = 10                          # episodes per Procgen game
+    procgen_max_steps: int = 0                          # cap on steps per Procgen episode (0: the game's own end)
+    procgen_policy: str = "default"                     # "default": the planner where it plays well, else random
+    composuite_tasks: tuple[str, ...] = ()              # Composuite tasks (robosuite; paper: 240 train tasks)
+    composuite_episodes: int = 10                       # episodes per Composuite task
+    composuite_policy: str = "expert"                   # policy spec (the robotics experts)
+    mimicgen_tasks: tuple[str, ...] = ()                # Mimicgen tasks (robosuite; paper: 83 tasks)
+    mimicgen_episodes: int = 10                         # episodes per Mimicgen task
+    mimicgen_policy: str = "expert"                     # policy spec (the robotics experts)
+    quality_episodes: int = 0                           # random-policy episodes per task for the quality table
+                                                        # (lramlab data quality; 0: no table)
     workers: int = 1                                    # tasks generated at once, one process each (specialists train in them)
     seed: int = 0                                       # generation seed
     out_dir: str = "runs/notebooks/01_data_prep"        # metrics.json and figures go here
     save_png: bool = True                               # also write PNG figures (needs kaleido + Chromium)
 
     def __post_init__(self):
-        for name, dom in (("metaworld_tasks", "metaworld"), ("dmcontrol_tasks", "dmcontrol"),
-                          ("atari_tasks", "atari")):
+        for name, dom in _TASK_GROUPS:
             setattr(self, name, _tuple(getattr(self, name)))
             setattr(self, name, _expand_split_words(self, name, dom))
         for n in ("darkroom_goals", "darkroom_holdout_goals", "metaworld_episodes", "dmcontrol_episodes",
-                  "atari_episodes", "atari_max_steps"):
+                  "atari_episodes", "atari_max_steps", "procgen_episodes", "procgen_max_steps", "composuite_episodes",
+                  "mimicgen_episodes", "quality_episodes"):
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"DataPrepConfig.{n}={v!r}: expected an integer >= 0")
@@ -129,8 +147,11 @@ class DataPrepConfig(_Config):
                              f"20 hold-out goals")
         from lramlab.collect.base import parse_spec
 
-        for n in ("metaworld_policy", "dmcontrol_policy"):
+        for n in ("metaworld_policy", "dmcontrol_policy", "atari_policy", "procgen_policy", "composuite_policy",
+                  "mimicgen_policy"):
             spec = getattr(self, n)
+            if spec == "default":  # each task's default (lramlab.collect.policies.default_policy)
+                continue
             try:
                 kind, _ = parse_spec(spec)
             except ValueError as err:
@@ -142,9 +163,8 @@ class DataPrepConfig(_Config):
 
             self.darkroom_policy = RECIPE_POLICY
         _check_darkroom_policy(self.darkroom_policy, self.darkroom_episodes)
-        for group, dom in ((self.metaworld_tasks, "metaworld"), (self.dmcontrol_tasks, "dmcontrol"),
-                           (self.atari_tasks, "atari")):
-            for t in group:
+        for name, dom in _TASK_GROUPS:
+            for t in getattr(self, name):
                 if not t.startswith(dom + "/"):
                     raise ValueError(f"DataPrepConfig: {t!r} is not a {dom} task id ('{dom}/<name>')")
         if not self.data_dir:
@@ -161,9 +181,15 @@ class DataPrepConfig(_Config):
                 if self.metaworld_episodes]
         out += [(t, self.dmcontrol_episodes, self.dmcontrol_policy, None) for t in self.dmcontrol_tasks
                 if self.dmcontrol_episodes]
-        out += [(t, self.atari_episodes, "random", self.atari_max_steps or None) for t in self.atari_tasks
+        out += [(t, self.atari_episodes, self.atari_policy, self.atari_max_steps or None) for t in self.atari_tasks
                 if self.atari_episodes]
-        return out
+        out += [(t, self.procgen_episodes, self.procgen_policy, self.procgen_max_steps or None)
+                for t in self.procgen_tasks if self.procgen_episodes]
+        out += [(t, self.composuite_episodes, self.composuite_policy, None) for t in self.composuite_tasks
+                if self.composuite_episodes]
+        out += [(t, self.mimicgen_episodes, self.mimicgen_policy, None) for t in self.mimicgen_tasks
+                if self.mimicgen_episodes]
+        return [(t, n, None if pol == "default" else pol, cap) for t, n, pol, cap in out]
 
 
 def _check_darkroom_policy(spec: str, episodes: int) -> None:
@@ -196,6 +222,7 @@ class DataSummary:
     tasks: list[dict] = field(default_factory=list)  # task, domain, episodes, transitions, return_mean, ...
     skipped: dict[str, str] = field(default_factory=dict)  # task -> why it was not generated
     seconds: float = 0.0
+    quality: list[dict] = field(default_factory=list)  # lramlab data quality rows (cfg.quality_episodes > 0)
 
     def metrics(self) -> dict:
         by_dom: dict[str, dict[str, int]] = {}
@@ -207,7 +234,7 @@ class DataSummary:
         return {"data_dir": self.data_dir, "n_tasks": len(self.tasks),
                 "n_episodes": sum(r["episodes"] for r in self.tasks),
                 "n_transitions": sum(r["transitions"] for r in self.tasks), "domains": by_dom,
-                "skipped": self.skipped, "seconds": round(self.seconds, 2)}
+                "skipped": self.skipped, "seconds": round(self.seconds, 2), "quality": self.quality}
 
 
 def summarize_data(data_dir: str | Path) -> DataSummary:
@@ -273,8 +300,10 @@ def run_data_prep(cfg: DataPrepConfig, progress: bool = True) -> DataSummary:
 
         from tqdm.auto import tqdm
 
-        slow = {"specialist", *ALGORITHMS}
-        jobs.sort(key=lambda j: parse_spec(j[2] or "random")[0] not in slow)  # stable: plan order otherwise
+        from lramlab.collect.policies import default_policy
+
+        slow = {"specialist", "planner", *ALGORITHMS}
+        jobs.sort(key=lambda j: parse_spec(j[2] or default_policy(*j[0].split("/", 1)))[0] not in slow)  # stable
         failed: dict[str, str] = {}
         with cf.ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
             futures = {pool.submit(_generate_task, j): j[0] for j in jobs}
@@ -288,8 +317,39 @@ def run_data_prep(cfg: DataPrepConfig, progress: bool = True) -> DataSummary:
             raise RuntimeError(f"data prep: {len(failed)} task(s) failed (re-running resumes): "
                                + "; ".join(f"{t}: {e}" for t, e in failed.items()))
     summary = summarize_data(cfg.data_dir)
+    if cfg.quality_episodes:
+        summary.quality = data_quality_rows(cfg, [j[0] for j in jobs], progress)
     summary.skipped, summary.seconds = skipped, time.perf_counter() - t0
     return summary
+
+
+def _quality_task(job: tuple) -> dict:
+    """One task's `lramlab data quality` row (a worker process; the random baseline is cached)."""
+    from dataclasses import asdict
+
+    import torch
+
+    from lramlab.collect.quality import task_quality
+
+    torch.set_num_threads(1)
+    task_dir, episodes, seed = job
+    return asdict(task_quality(task_dir, episodes, seed))
+
+
+def data_quality_rows(cfg: DataPrepConfig, tasks: list[str], progress: bool = True) -> list[dict]:
+    """`lramlab data quality` rows of `tasks` in cfg.data_dir, `cfg.workers` at a time (the random
+    baselines run in the simulators, cached beside the data)."""
+    from lramlab.manifests import get_task
+
+    jobs = [(str(Path(cfg.data_dir) / get_task(t).domain / get_task(t).name), cfg.quality_episodes, cfg.seed)
+            for t in tasks]
+    if cfg.workers == 1 or len(jobs) < 2:
+        return [_quality_task(j) for j in jobs]
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(_quality_task, jobs))
 
 
 # ============================================================================ 02 training

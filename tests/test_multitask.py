@@ -107,8 +107,9 @@ def test_committed_presets_name_real_parameters_and_build_valid_configs():
     """studies/*.yaml: every name is a parameter of its notebook, and the values build the configs."""
     from lramlab import pipeline as P
 
-    presets = sorted((REPO / "studies").glob("*multitask*.yaml")) + sorted((REPO / "studies").glob("data-*.yaml"))
-    assert {p.name for p in presets} >= {"data-cpu.yaml", "data-gpu.yaml", "multitask-cpu.yaml", "multitask-gpu.yaml"}
+    presets = sorted((REPO / "studies").glob("*multitask*.yaml")) + sorted((REPO / "studies").glob("data*.yaml"))
+    assert {p.name for p in presets} >= {"data-cpu.yaml", "data-gpu.yaml", "data6-cpu.yaml", "multitask-cpu.yaml",
+                                        "multitask-gpu.yaml"}
     for path in presets + [ASSETS / "multitask-tiny.yaml"]:
         params = P.load_params(path)
         for nb in params:

@@ -78,7 +78,7 @@ def test_notebooks_are_thin_and_end_with_metrics(name):
 # ----------------------------------------------------------------------------- a tiny pipeline run
 TINY = {
     "01_data_prep": {"darkroom_goals": 2, "darkroom_episodes": 4, "metaworld_episodes": 1, "atari_episodes": 1,
-                     "atari_max_steps": 30},
+                     "atari_max_steps": 30, "quality_episodes": 1},
     "02_training": {"backbone": "dt", "steps": 10, "batch_size": 2, "context": 10, "lr": 0.003, "warmup": 2,
                     "log_every": 1, "val_batches": 1, "device": "cpu"},
     "03_icl": {"backbones": ["dt", "xlstm"], "steps": 2, "batch_size": 1, "warmup": 1, "context_episodes": 1,
@@ -125,6 +125,9 @@ def test_pipeline_outputs_are_real(pipeline_run):
     m1 = _metrics(out, "01_data_prep")
     assert m1["data_dir"] == str(out / "data") and m1["n_tasks"] == 4
     assert set(m1["domains"]) == {"darkroom", "metaworld", "atari"} and m1["n_transitions"] > 800
+    q = {r["task"]: r for r in m1["quality"]}  # lramlab data quality's rows, random baselines measured
+    assert len(q) == 4 and all(r["random_episodes"] == 1 and r["random_return"] is not None for r in q.values())
+    assert q["metaworld/reach-v2"]["policy"] == "expert" and q["metaworld/reach-v2"]["score_kind"] == "success"
     m2 = _metrics(out, "02_training")
     assert m2["step"] == 10 and m2["loss_decreased"] is True and m2["loss_last"] < m2["loss_first"]
     assert Path(m2["checkpoint"]).is_file() and m2["val/perplexity_domain_mean"] > 1
@@ -151,7 +154,7 @@ def test_pipeline_outputs_are_real(pipeline_run):
     assert m6["backbones"]["dt"]["scores"]["train"]["metaworld"]["success_rate"] == ev6["tasks"][
         [t["task"] for t in ev6["tasks"]].index("metaworld/reach-v2")]["success_rate"]
     assert all(t["episode_cap"] == 5 for t in ev6["tasks"]) and m6["holdout_tasks"] == []
-    for nb, names in (("01_data_prep", ["dataset", "returns"]), ("03_icl", ["icl_holdout", "icl_train"]), ("04_embeddings_umap", ["umap"]),
+    for nb, names in (("01_data_prep", ["dataset", "returns", "quality"]), ("03_icl", ["icl_holdout", "icl_train"]), ("04_embeddings_umap", ["umap"]),
                       ("05_latency", ["latency_B1", "throughput", "memory"])):
         for n in names:
             assert (out / nb / f"{n}.html").stat().st_size > 1000

@@ -204,6 +204,28 @@ def episode_returns(summary, domains: Sequence[str] | None = None):
     return fig
 
 
+def data_quality_bars(rows: Sequence[Mapping]):
+    """Data vs random-policy score per task (`lramlab data quality` rows), one panel per score kind
+    (human-normalised, min-max, data-normalised, success, return/best are never on one axis)."""
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    rows = [r for r in rows if r.get("data_score") is not None]
+    kinds = list(dict.fromkeys(r["score_kind"] for r in rows))
+    fig = make_subplots(rows=max(len(kinds), 1), cols=1, subplot_titles=[f"score: {k}" for k in kinds] or None)
+    for i, kind in enumerate(kinds, start=1):
+        sel = [r for r in rows if r["score_kind"] == kind]
+        fig.add_trace(go.Bar(x=[r["task"] for r in sel], y=[r["data_score"] for r in sel], name="data",
+                             marker_color=[color_of(r["domain"]) for r in sel], showlegend=i == 1,
+                             customdata=[[r.get("policy", "unknown")] for r in sel],
+                             hovertemplate="%{x}: %{y:.3f} (%{customdata[0]})<extra>data</extra>"), row=i, col=1)
+        fig.add_trace(go.Bar(x=[r["task"] for r in sel], y=[r.get("random_score") for r in sel], name="random policy",
+                             marker_color="#9e9e9e", showlegend=i == 1), row=i, col=1)
+    fig.update_layout(title="Data quality: the data's score vs a random policy's", barmode="group",
+                      template="plotly_white", height=260 * max(len(kinds), 1) + 80)
+    return fig
+
+
 # ----------------------------------------------------------------------------- scores
 def _score_rows(scores, stat: str = "mean") -> list[dict]:
     if hasattr(scores, "domains") and isinstance(scores.domains, Mapping):  # one lramlab.evaluate.EvalResult

@@ -58,13 +58,15 @@ def _parse_kv(text: str, cls, spec: str) -> dict:
 
 
 POLICY_KINDS = ("random", "noisy", "expert", "checkpoint", "ppo", "sac", "dqn", "specialist", "history",
-                "mbq")  # mbq: model-based Dark-Room learning histories (lramlab.collect.histories)
+                "mbq",  # mbq: model-based Dark-Room learning histories (lramlab.collect.histories)
+                "planner")  # planner: Procgen look-ahead through saved states (lramlab.collect.planners)
 #: kinds that train an SB3 specialist first (lramlab.collect.specialists)
 SPECIALIST_KINDS = ("ppo", "sac", "dqn", "specialist")
 
 
 def default_policy(domain: str) -> str:
-    """Default spec: Dark-Room -> learning history, Meta-World -> scripted expert, else random."""
+    """Default spec of a domain: Dark-Room -> learning history, Meta-World -> scripted expert, else
+    random (per task: `lramlab.collect.policies.default_policy`)."""
     return {"darkroom": "history", "metaworld": "expert"}.get(domain, "random")
 
 

@@ -158,7 +158,7 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
         raise ValueError(f"--seed must be >= 0 (episode seeds derive from it), got {seed}")
     if max_steps is not None and int(max_steps) < 1:
         raise ValueError(f"--max-steps must be >= 1 (or left out for the environment's own limit), got {max_steps}")
-    policy = policy or P.default_policy(spec.domain)
+    policy = policy or P.default_policy(spec.domain, spec.name)
     kind, _ = P.parse_spec(policy)
     task_dir = Path(out) / spec.domain / spec.name
     task_dir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +237,8 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
                 meta["policy_config"] = pol.config()
                 _write_meta(task_dir, meta)
                 env = make_env(spec, seed=seed)
+                if hasattr(pol, "bind"):  # a planner steps the simulator the policy acts in
+                    pol.bind(env)
                 try:
                     with P.single_thread():
                         for i in todo:
@@ -298,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate trajectories by running a policy in a real simulator (resumable).",
         epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World) | "
                "checkpoint:<path> | ppo|sac|dqn|specialist[:steps=<n>,...] (stable-baselines3) | history[:explore_episodes=<n>,...] | mbq[:eps_start=<e>,histories=<h>,...] (Dark-Room). "
-               "Defaults: darkroom -> history, metaworld -> expert, others -> random.")
+               "Defaults: darkroom -> history, metaworld -> expert, dmcontrol -> its SAC specialist, "
+               "procgen bigfish/starpilot/fruitbot -> planner, others -> random.")
     ap.add_argument("--task", action="append", required=True,
                     help="task id or glob (repeatable), e.g. darkroom/goal-2-0 or 'darkroom/*'")
     ap.add_argument("--episodes", type=int, required=True, help="episodes per task")

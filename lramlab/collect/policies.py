@@ -27,6 +27,8 @@ Policy specs (the string given to ``--policy``; recorded in meta.json with the r
   to the data (``<algo>_specialist.zip``, reused on resume), then act with it
   (``deterministic=1``: its mode / greedy action). ``specialist[:...]``: SAC for continuous actions,
   PPO for discrete ones. The training seed defaults to the run's ``--seed``.
+- ``planner[:horizon=<n>,rollouts=<n>,...]`` -- Procgen only: look-ahead through the game's saved
+  states (:class:`lramlab.collect.planners.PlannerConfig` fields); the generator binds it to its env.
 - ``history`` / ``history:explore_episodes=<n>,...`` -- Dark-Room only: a tabular Q-learning learning
   history (:class:`QLearningConfig` fields), episodes in learning order (for Algorithm Distillation).
 
@@ -37,15 +39,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from lramlab.collect.base import (POLICY_KINDS, SPECIALIST_KINDS, NoisyPolicy, Policy, RandomPolicy, _parse_kv,
-                                  default_policy, get_task_spec, parse_spec, single_thread)
+                                  get_task_spec, parse_spec, single_thread)
+from lramlab.collect.base import default_policy as domain_default_policy
 from lramlab.collect.checkpoints import LRAMPolicy, ModulePolicy, load_checkpoint_policy
 from lramlab.collect.experts import ExpertConfig, MetaWorldExpert, metaworld_policy_class
-from lramlab.collect.specialists import (ALGORITHMS, DQNConfig, PPOConfig, SACConfig, SB3Policy, SpecialistConfig,
+from lramlab.collect.planners import PLANNER_GAMES
+from lramlab.collect.specialists import (ALGORITHMS, default_specialist, DQNConfig, PPOConfig, SACConfig, SB3Policy, SpecialistConfig,
                                          TrainingLog, is_sb3_file, learn, specialist_policy, train_specialist)
 from lramlab.collect.qlearning import (QLearningConfig, darkroom_histories, history_rng, iter_darkroom_histories,
                                        iter_darkroom_history)
 
 # ============================================================================ building policies
+
+
+def default_policy(domain: str, name: str | None = None) -> str:
+    """The default spec of task `domain/name`: DMControl -> its SAC specialist
+    (`specialists.default_specialist`), the Procgen games the planner plays well
+    (`planners.PLANNER_GAMES`) -> ``planner``, else the domain's (`base.default_policy`)."""
+    if domain == "dmcontrol" and name is not None:
+        return default_specialist(name)
+    if domain == "procgen" and name in PLANNER_GAMES:
+        return "planner"
+    return domain_default_policy(domain)
 
 
 def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: bool = True,
@@ -68,7 +83,7 @@ def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: b
         except ValueError:
             raise ValueError(f"policy {spec!r}: expected noisy:<eps>[:<inner policy>], eps a number in [0, 1]") from None
         if not inner:
-            inner = default_policy(t.domain)
+            inner = domain_default_policy(t.domain)
             if inner != "expert":
                 raise ValueError(f"policy {spec!r}: domain {t.domain!r} has no scripted expert to add noise to; "
                                  f"name the inner policy, e.g. noisy:{eps}:checkpoint:PATH")
@@ -81,6 +96,12 @@ def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: b
         if not rest:
             raise ValueError(f"policy {spec!r}: expected checkpoint:<path>")
         return load_checkpoint_policy(rest, t)
+    if kind == "planner":
+        if t.domain != "procgen":
+            raise ValueError(f"policy {spec!r}: the look-ahead planner plays Procgen games only, not {t.id!r}")
+        from lramlab.collect.planners import PlannerConfig, ProcgenPlanner
+
+        return ProcgenPlanner(t.name, PlannerConfig(**_parse_kv(rest, PlannerConfig, spec)))
     if kind in SPECIALIST_KINDS:
         if work_dir is None:
             raise ValueError(f"policy {spec!r}: needs a work_dir to save the trained specialist")

@@ -63,10 +63,12 @@ class SpecialistConfig:
     hidden: int | None = None     # units of each of the 2 hidden layers (None: SB3's default net_arch)
     deterministic: bool = False   # generating data: the mode / greedy action instead of sampling
     seed: int = 0
+    action_repeat: int = 1        # the model decides every k-th step and holds its action (PlaNet / DrQ's
+                                  # action repeat): steps counts decisions; the data keeps every env step
 
     def __post_init__(self):
         name = type(self).__name__
-        for key in ("steps", "n_envs"):
+        for key in ("steps", "n_envs", "action_repeat"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"{name}: {key} must be >= 1, got {getattr(self, key)}")
         if self.lr is not None and not self.lr > 0:
@@ -185,6 +187,28 @@ def choose_algorithm(kind: str, action_kind: str, where: str = "specialist") -> 
     return kind
 
 
+#: The default behaviour policy of DMControl train tasks (`lramlab data generate` without --policy):
+#: SAC specialists trained here, one per task, trained once into the task's data directory. 64-unit
+#: nets and 128-batches (~6 CPU s per 1000 decisions, 2.5x cheaper than SB3's 256 / 256), decisions
+#: sized to the CPU time this machine had, with PlaNet / DrQ's action repeats (cartpole 8, finger 2,
+#: others 4: the same updates see 2-8x more of the task); `deterministic=1` (the mode) where set. Tasks not listed:
+#: `sac:steps=50000` with the same nets. Measured scores: docs/results/data6-cpu/quality.json.
+SAC_NET = "hidden=64,batch_size=128"
+DMC_DEFAULT_SPECS: dict[str, str] = {
+    "ball_in_cup-catch": f"sac:steps=30000,{SAC_NET},deterministic=1",
+    "walker-stand": f"sac:steps=15000,{SAC_NET},action_repeat=4,deterministic=1",
+    "cartpole-swingup": f"sac:steps=10000,{SAC_NET},action_repeat=8,deterministic=1",
+    "reacher-easy": f"sac:steps=15000,{SAC_NET},action_repeat=4,deterministic=1",
+    "finger-spin": f"sac:steps=15000,{SAC_NET},action_repeat=2,deterministic=1",
+    "point_mass-easy": f"sac:steps=10000,{SAC_NET},action_repeat=4,deterministic=1",
+}
+
+
+def default_specialist(name: str) -> str:
+    """The default policy spec of DMControl task `name` (see DMC_DEFAULT_SPECS)."""
+    return DMC_DEFAULT_SPECS.get(name, f"sac:steps=50000,{SAC_NET}")
+
+
 # ============================================================================ training
 
 
@@ -280,6 +304,24 @@ def _task_label(task, env_fn) -> tuple[str, Any]:
     return spec.id, spec
 
 
+def action_repeat(env, k: int):
+    """`env` with each action repeated `k` times (rewards summed, stopping at the episode's end):
+    what a specialist with ``action_repeat=k`` trains on; `SB3Policy` holds its actions the same way."""
+    gym = require("gymnasium", "RL specialists")
+
+    class ActionRepeat(gym.Wrapper):
+        def step(self, action):
+            total = 0.0
+            for _ in range(int(k)):
+                obs, r, terminated, truncated, info = self.env.step(action)
+                total += float(r)
+                if terminated or truncated:
+                    break
+            return obs, total, terminated, truncated, info
+
+    return ActionRepeat(env)
+
+
 def learn(task, config: SpecialistConfig | None = None, algorithm: str | None = None,
           env_fn: Callable[[], Any] | None = None, progress: bool = True):
     """Train an SB3 model on `task` from scratch; returns ``(model, TrainingLog)``.
@@ -298,6 +340,9 @@ def learn(task, config: SpecialistConfig | None = None, algorithm: str | None = 
         from lramlab.envs import make_env
 
         env_fn = lambda: make_env(spec)  # noqa: E731 - make_vec_env seeds each env at its first reset
+    if config is not None and int(config.action_repeat) > 1:
+        inner_fn, k = env_fn, int(config.action_repeat)
+        env_fn = lambda: action_repeat(inner_fn(), k)  # noqa: E731
     if spec is not None:
         action_kind = spec.action_kind
     else:
@@ -382,16 +427,19 @@ def _infer_algorithm(path: Path) -> str:
 class SB3Policy(Policy):
     """Acts with a saved SB3 model (see the module doc for deterministic vs sampled actions)."""
 
-    def __init__(self, model, algorithm: str, path: str, deterministic: bool = False, meta: dict | None = None):
+    def __init__(self, model, algorithm: str, path: str, deterministic: bool = False, meta: dict | None = None,
+                 repeat: int | None = None):
         self.model, self.algorithm, self.path = model, algorithm, str(path)
         self.deterministic = bool(deterministic)
         self.meta = meta or {}
+        # hold each action for `repeat` steps: the action repeat the model was trained with (its lramlab.json)
+        self.repeat = int(repeat if repeat is not None else (self.meta.get("config") or {}).get("action_repeat", 1))
         self.discrete = hasattr(model.action_space, "n")
         self.spec = f"checkpoint:{path}"
         self.reset(0)
 
     @classmethod
-    def load(cls, path: str | Path, task=None, deterministic: bool = False) -> "SB3Policy":
+    def load(cls, path: str | Path, task=None, deterministic: bool = False, repeat: int | None = None) -> "SB3Policy":
         """Load `path`; when `task` is known, its observation shape and action space must match."""
         path = Path(path)
         if not path.is_file():
@@ -404,15 +452,24 @@ class SB3Policy(Policy):
             model = _algorithm_class(algo).load(path, device="cpu")
         if task is not None:
             _check_spaces(model, get_task_spec(task), path)
-        return cls(model, algo, str(path), deterministic, meta)
+        return cls(model, algo, str(path), deterministic, meta, repeat)
 
     def reset(self, seed: int) -> None:
         import torch
 
         self.rng = np.random.default_rng(seed)
         self._torch_state = torch.Generator().manual_seed(int(seed) % 2**63).get_state()
+        self._t, self._held = 0, None
 
     def act(self, obs):
+        if self.repeat > 1:
+            if self._t % self.repeat == 0:
+                self._held = self._decide(obs)
+            self._t += 1
+            return self._held
+        return self._decide(obs)
+
+    def _decide(self, obs):
         import torch
 
         o = np.asarray(obs)
@@ -433,7 +490,8 @@ class SB3Policy(Policy):
         return np.clip(np.asarray(a, dtype=np.float32).reshape(-1), -1.0, 1.0)
 
     def config(self) -> dict:
-        return {"kind": "sb3", "algorithm": self.algorithm, "deterministic": self.deterministic}
+        out = {"kind": "sb3", "algorithm": self.algorithm, "deterministic": self.deterministic}
+        return {**out, "repeat": self.repeat} if self.repeat > 1 else out
 
 
 def _check_spaces(model, spec, path) -> None:
@@ -478,7 +536,7 @@ def specialist_policy(spec: str, kind: str, rest: str, task, work_dir: str | Pat
         for tmp in path.parent.glob(f".{path.name}.*.tmp"):  # left by a training run that was killed
             tmp.unlink(missing_ok=True)
         train_specialist(task, path, cfg, algo, progress=progress)
-    pol = SB3Policy.load(path, task, deterministic=cfg.deterministic)
+    pol = SB3Policy.load(path, task, deterministic=cfg.deterministic, repeat=cfg.action_repeat)
     pol.spec = spec
     pol.config = lambda: {"kind": "sb3", "algorithm": algo, "deterministic": cfg.deterministic,  # type: ignore[method-assign]
                           "checkpoint": path.name, algo: asdict(cfg)}

@@ -18,6 +18,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; osmesa is absen
 import numpy as np
 
 from lramlab._optional import require
+from lramlab.envs.wrappers import simulator_seed
 
 gym = require("gymnasium", "DMControl environments")
 
@@ -84,7 +85,8 @@ class DMControlEnv(gym.Env):
         if episode_length <= 0:
             raise ValueError(f"dmcontrol: episode_length={episode_length}, expected > 0")
         suite = require("dm_control.suite", "DMControl environments")
-        self._env = suite.load(domain, task, task_kwargs={"random": seed, "time_limit": float("inf")})
+        self._env = suite.load(domain, task, task_kwargs={"random": simulator_seed("dmcontrol", seed),
+                                                          "time_limit": float("inf")})
         self.domain, self.task = domain, task
         self.obs_layout = obs_layout
         self.episode_length = int(episode_length)
@@ -101,7 +103,7 @@ class DMControlEnv(gym.Env):
         self._started = False
         self._t = 0
         if seed is not None:
-            self.action_space.seed(int(seed))
+            self.action_space.seed(simulator_seed("dmcontrol", seed))
 
     def _obs(self, obs: dict) -> np.ndarray:
         if self.obs_layout == "full":
@@ -116,7 +118,7 @@ class DMControlEnv(gym.Env):
         super().reset(seed=seed)
         if seed is not None:
             # the suite task draws initial states from its own RandomState: reseed that one
-            self._env.task._random = np.random.RandomState(int(seed))
+            self._env.task._random = np.random.RandomState(simulator_seed("dmcontrol", seed))
         self._started = True
         self._t = 0
         ts = self._env.reset()

@@ -8,7 +8,8 @@ num_levels 200, start_level 0 (the data was generated on levels 0..199), no extr
 `distribution_mode`, `num_levels`, `start_level`; `max_episode_steps` adds a TimeLimit.
 
 Seeding: procgen has no `reset(seed=...)`; the level sequence comes from `rand_seed` given when
-the gym3 env is built. `reset(seed=s)` therefore rebuilds it with rand_seed=s (~0.4 s);
+the gym3 env is built. `reset(seed=s)` therefore rebuilds it with rand_seed=s (~0.4 s; s mod 2^31, procgen's range:
+`lramlab.envs.wrappers.simulator_seed`);
 `reset()` after an episode ended reuses the episode procgen already started (gym3 auto-resets),
 and `reset()` in mid-episode rebuilds with a seed drawn from the env's seeded RNG.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from lramlab._optional import require
+from lramlab.envs.wrappers import simulator_seed
 
 N_ACTIONS = 15
 GAMES = (
@@ -73,7 +75,7 @@ class ProcgenEnv(gym.Env):
         if self._env is not None:
             self._env.close()
         self._env = self._procgen.ProcgenGym3Env(
-            num=1, env_name=self.game, rand_seed=int(rand_seed),
+            num=1, env_name=self.game, rand_seed=simulator_seed("procgen", rand_seed),
             render_mode="rgb_array" if self.render_mode else None, **self.kwargs,
         )
         _, ob, _ = self._env.observe()

@@ -18,6 +18,25 @@ def _gym():
 gym = _gym()
 
 
+#: Seeds each simulator accepts, [0, limit): procgen's `rand_seed` (its level option) is an int32
+#: the C++ side asserts < 2^31; dm_control's suite draws from numpy RandomState (< 2^32). ALE,
+#: Meta-World, robosuite and Dark-Room seed numpy Generators / SeedSequences (any int >= 0).
+#: `lramlab data generate` derives episode seeds in [0, 2^32), so they are folded here, the one
+#: place every adapter maps a seed before its simulator sees it.
+SEED_LIMITS: dict[str, int] = {"procgen": 2**31, "dmcontrol": 2**32}
+
+
+def simulator_seed(domain: str, seed: int | None) -> int | None:
+    """`seed` mapped into `domain`'s simulator range (``seed % limit``); None stays None."""
+    if seed is None:
+        return None
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"{domain}: seed {seed} must be >= 0")
+    limit = SEED_LIMITS.get(domain)
+    return seed % limit if limit else seed
+
+
 class DefaultSeed(gym.Wrapper):
     """Use `make_env`'s seed on the first `reset()` that has none, and seed the action space.
 
