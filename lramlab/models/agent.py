@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._io import atomic_torch_save
 from ..tokenizer import IMAGE_SHAPE, STATE_DIM
 from .backbones import make_backbone
 from .config import LRAMConfig
@@ -266,8 +265,11 @@ class LRAM(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path, extra: Optional[dict] = None):
-        """Atomic checkpoint carrying the LRAMConfig and the state_dict (`checkpoint.load_model` reads it)."""
-        return atomic_torch_save(model_payload(self, extra), path)
+        """Atomic checkpoint carrying the LRAMConfig and the state_dict (`checkpoint.load_model` reads it);
+        non-finite weights are refused (a diverged model is never written)."""
+        from .checkpoint import save_model
+
+        return save_model(self, path, extra)
 
 
 FORMAT = "lramlab.model"  # a model file: format tag, version, config dict, state_dict, extra
