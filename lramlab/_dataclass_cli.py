@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import errno
 import functools
+import json
 import math
 import numbers
 import os
@@ -34,7 +35,6 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Literal, Union, get_args, get_origin
-from lramlab._io import json_dumps
 
 DEBUG_ENV = "LRAMLAB_DEBUG"
 USER_ERROR_EXIT = 2  # as argparse: the input was wrong (a bug exits 1, with its traceback)
@@ -315,6 +315,27 @@ def command(prog: str) -> Callable:
 
 
 # ----------------------------------------------------------------------------- --json [FILE|-]
+def strict_json(x: Any) -> Any:
+    """`x` made strict JSON: NaN / inf -> None, numpy scalars and arrays -> Python values, tuples ->
+    lists, paths -> strings, dict keys -> strings (`json.dumps` writes bare NaN, which JSON lacks)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if type(x).__module__ == "numpy" and hasattr(x, "tolist"):  # numpy scalars and arrays
+        return strict_json(x.tolist())
+    return x
+
+
+def json_dumps(obj: Any, **kw) -> str:
+    """`json.dumps` of `strict_json(obj)`: always valid JSON (a non-finite number is null)."""
+    return json.dumps(strict_json(obj), allow_nan=False, **kw)
+
+
 def add_json_option(p: argparse.ArgumentParser, what: str = "the result as JSON") -> None:
     """`--json` / `--json -`: JSON alone on stdout; `--json FILE`: JSON to FILE, text to stdout."""
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE|-",

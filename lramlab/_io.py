@@ -30,31 +30,6 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def strict_json(x: Any) -> Any:
-    """`x` made strict JSON: NaN / inf -> None, numpy scalars and arrays -> Python values, tuples ->
-    lists, paths -> strings, dict keys -> strings (`json.dumps` writes bare NaN, which JSON lacks)."""
-    import math
-
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): strict_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [strict_json(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    if type(x).__module__ == "numpy" and hasattr(x, "tolist"):  # numpy scalars and arrays
-        return strict_json(x.tolist())
-    return x
-
-
-def json_dumps(obj: Any, **kw) -> str:
-    """`json.dumps` of `strict_json(obj)`: always valid JSON (a non-finite number is null)."""
-    import json
-
-    return json.dumps(strict_json(obj), allow_nan=False, **kw)
-
-
 def fsync_file(path, missing_ok: bool = False) -> None:
     """fsync a file by path (missing_ok: a file replaced or removed since is nothing to sync)."""
     try:
@@ -152,7 +127,8 @@ def disk_full_error(path, err: BaseException | None = None) -> OSError | None:
         return OSError(err.errno, os.strerror(err.errno), str(path))
     text = str(err) if err is not None else ""
     free = free_bytes(Path(path).parent)
-    if "errno = 28" in text or "No space left" in text or (free is not None and free < FULL_DISK_BYTES):
+    low = free is not None and free < FULL_DISK_BYTES and isinstance(err, (RuntimeError, OSError, type(None)))
+    if "errno = 28" in text or "No space left" in text or low:
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     return None
 

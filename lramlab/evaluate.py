@@ -44,8 +44,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lramlab._dataclass_cli import check_fields, command
-from lramlab._io import file_sha256, json_dumps
+from lramlab._dataclass_cli import check_fields, command, json_dumps
+from lramlab._io import file_sha256
 
 ON_FAILURE = ("raise", "nan", "skip")
 MAX_ENVS = 64  # environments stepping together when n_envs is not given

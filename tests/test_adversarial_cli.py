@@ -28,7 +28,7 @@ def test_group_help(capsys, group, commands):
 # ----------------------------------------------------------------------------- strict JSON, 0644
 def test_json_outputs_are_strict(tmp_path):
     from lramlab._dataclass_cli import JsonOutput
-    from lramlab._io import json_dumps
+    from lramlab._dataclass_cli import json_dumps
     from lramlab.train.runlog import MetricLogger, write_json
 
     obj = {"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.array([np.nan, 2.0]), "d": (np.int64(3),)}

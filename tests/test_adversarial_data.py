@@ -225,3 +225,35 @@ def test_generate_policy_config_that_follows_episodes_names_episodes(tmp_path):
     with pytest.raises(ValueError, match=r"--episodes 5: .* --episodes 20, .*Give --episodes 20"):
         _check_meta(tmp_path, {"task": TASKS[0], "policy": "history", "episodes": 5,
                                "policy_config": {"explore_episodes": 2}}, ("task", "policy", "policy_config", "episodes"))
+
+
+def test_unrelated_dangling_file_link_is_not_fatal(data, capsys):
+    os.symlink(data / "gone.txt", data / "notes.txt")
+    assert main(["data", "check", str(data)]) == 0
+
+
+def test_a_repacked_pack_is_read_again(data):
+    from lramlab.data.store import pack_task
+    from lramlab.data.store.packed import _PackedIndex, ignore_packs
+
+    task = data / TASKS[0]
+    pack_task(task)
+    paths = sorted(task.glob("episode_*.hdf5"))
+    ignore_packs([task / "packed.hdf5"])
+    assert _PackedIndex.load(task, paths) is None
+    pack_task(task, force=True)  # a new pack: not the one found damaged
+    assert _PackedIndex.load(task, paths) is not None
+
+
+def test_data_check_notes_a_task_training_cannot_scale(data, capsys):
+    meta = data / TASKS[0] / "meta.json"
+    m = json.loads(meta.read_text())
+    m["task"] = "darkroom/goal-42"
+    meta.write_text(json.dumps(m))
+    for ep in _episodes(data, TASKS[0]):
+        with h5py.File(ep, "r+") as f:
+            f.attrs["task"] = "darkroom/goal-42"
+    assert main(["data", "check", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "NOTE darkroom/goal-42: not in lramlab.manifests (a typo?)" in out and "reward_scale" in out
+    assert "NOTE darkroom/goal-0-2" not in out

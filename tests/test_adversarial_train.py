@@ -221,3 +221,45 @@ def test_eval_from_another_directory_finds_the_runs_data(D, tmp_path, monkeypatc
     rc = main(["eval", "--checkpoint", str(tmp_path / "proj" / "run"), "--tasks", TASKS[0], "--episodes", "1",
                "--num-threads", "1"])
     assert rc == 0, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- attacking the fixes
+def test_older_checkpoint_with_numpy_rng_state_still_resumes(D, capsys):
+    """Checkpoints written before weights_only (numpy RNG state as an ndarray) load and resume."""
+    import numpy as np
+
+    run = _copy_run(D, "old_format")
+    last = run / "checkpoints" / "last.pt"
+    ck = torch.load(last, weights_only=False)
+    for r in ck["rng"]:
+        r["numpy"] = np.random.get_state()  # the old layout: ('MT19937', ndarray, pos, has_gauss, cached)
+    ck["train_config"].pop("data_fingerprint")  # and no fingerprint yet
+    torch.save(ck, last)
+    assert main(["train", "--data", str(D.data), "--out", str(run), *T, "--steps", "4", "--ckpt-every", "1",
+                 "--resume"]) == 0, capsys.readouterr().err
+    assert torch.load(last, weights_only=True)["step"] == 4
+
+
+def test_rng_state_round_trip_is_exact():
+    import random
+
+    import numpy as np
+
+    from lramlab.train.checkpoint import rng_state, set_rng_state
+
+    random.seed(3)
+    np.random.seed(4)
+    torch.manual_seed(5)
+    st = rng_state()
+    a = (random.random(), np.random.rand(3).tolist(), torch.rand(2).tolist())
+    set_rng_state(st)
+    assert (random.random(), np.random.rand(3).tolist(), torch.rand(2).tolist()) == a
+
+
+def test_diverged_run_without_a_checkpoint_says_so(D, capsys):
+    out = D.tmp / "diverged_no_ckpt"
+    rc = main(["train", "--data", str(D.data), "--out", str(out), *T, "--steps", "20", "--lr", "1e6",
+               "--warmup", "1", "--ckpt-every", "0"])
+    line = _one_line(capsys.readouterr().err, "lramlab train")
+    assert rc == 2 and "no checkpoint had been written yet" in line
+    assert not (out / "checkpoints" / "last.pt").exists() and not (out / "model.pt").exists()

@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from lramlab._io import json_dumps
+from lramlab._dataclass_cli import json_dumps
 
 DARKROOM_EPISODE_STEPS = 100
 SCALE_VERSION = 1  # bump when the recipe changes: a new cache sub-directory is used

@@ -40,8 +40,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from lramlab._io import json_dumps
-from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command, json_dumps
 from lramlab.bench.latency import _ints, _strs
 
 ROW_KINDS = ("dt", "mamba", "xlstm[7:1]", "xlstm[1:0]")

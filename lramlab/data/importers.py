@@ -55,8 +55,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
-from lramlab._io import json_dumps
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command, json_dumps
 
 FORMATS = ("native", "robomimic", "minari", "dqn-replay")
 

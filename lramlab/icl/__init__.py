@@ -28,8 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lramlab._dataclass_cli import check_fields, command
-from lramlab._io import json_dumps
+from lramlab._dataclass_cli import check_fields, command, json_dumps
 from lramlab.data.history import HistoryDataset
 
 EPISODE_LENGTH = 100

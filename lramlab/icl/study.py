@@ -35,8 +35,8 @@ from typing import Sequence
 
 import numpy as np
 
-from lramlab._dataclass_cli import check_fields
-from lramlab._io import file_sha256, json_dumps
+from lramlab._dataclass_cli import check_fields, json_dumps
+from lramlab._io import file_sha256
 
 EVAL_SETS = ("holdout", "train")
 #: the paper's claim (§4.3): xLSTM [7:1] attains the highest ICL scores -- compared with the DT here

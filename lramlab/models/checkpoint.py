@@ -11,26 +11,10 @@ from typing import Optional, Union
 
 import torch
 
-from lramlab._io import UnsafeCheckpointError, atomic_torch_save, safe_torch_load
+from lramlab._io import UnsafeCheckpointError, safe_torch_load
 
-from .agent import FORMAT, LRAM, VERSION, model_payload
+from .agent import FORMAT, LRAM, VERSION, check_finite_weights, model_payload, nonfinite_tensors  # noqa: F401
 from .config import LRAMConfig
-
-
-def nonfinite_tensors(state: dict) -> list[str]:
-    """Names of the floating-point tensors in a state dict holding NaN or an infinity."""
-    return [k for k, v in state.items()
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-
-
-def check_finite_weights(state: dict, where: str) -> None:
-    """ValueError naming `where` and the first tensors when weights hold NaN / inf (a run that
-    diverged wrote them: scoring or fine-tuning such a model only hides the failure)."""
-    bad = nonfinite_tensors(state)
-    if bad:
-        raise ValueError(f"{where}: the weights are not finite (NaN or inf in {len(bad)} tensors: "
-                         f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the run that wrote it diverged. "
-                         f"Use an earlier checkpoint, or retrain with a lower --lr")
 
 
 def model_from_payload(payload: dict, where: str = "checkpoint", map_location=None):
@@ -61,9 +45,7 @@ def model_from_payload(payload: dict, where: str = "checkpoint", map_location=No
 
 def save_model(model, path: Union[str, Path], extra: Optional[dict] = None) -> Path:
     """Write `model` (config + weights) to `path` atomically; refuses non-finite weights."""
-    payload = model_payload(model, extra)
-    check_finite_weights(payload["state_dict"], f"model file {path} (not written)")
-    return atomic_torch_save(payload, path)
+    return LRAM.save(model, path, extra)
 
 
 def load_checkpoint_payload(path: Union[str, Path], map_location=None) -> dict:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from lramlab._io import file_sha256, strict_json
+from lramlab._dataclass_cli import strict_json
+from lramlab._io import file_sha256
 
 
 #: NaN / inf -> None, numpy -> Python, tuples -> lists (strict JSON)

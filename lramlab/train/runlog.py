@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lramlab._io import atomic_write_text, json_dumps
+from lramlab._dataclass_cli import json_dumps
+from lramlab._io import atomic_write_text
 
 # ---------------------------------------------------------------------------------------
 # run directory

@@ -12,13 +12,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from lramlab._dataclass_cli import USER_ERROR_EXIT, ArgumentParser, JsonOutput, add_json_option, command
-from lramlab._io import atomic_write_text, json_dumps, remove_stale_tmp
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, USER_ERROR_EXIT, add_json_option, command, json_dumps
+from lramlab._io import atomic_write_text, remove_stale_tmp
 from lramlab.data.store.episodes import (PACKED_NAME, TrajectoryFileError, _read_json, _read_open, _summary,
                                          _task_id_of, find_tasks, list_episode_files, read_episode)
 from lramlab.data.store.handles import POOL
 from lramlab.data.store.packed import _PackedIndex, pack_task
-from lramlab.data.store.validate import inspect_file, judge, load_cache, save_cache, stat_key, task_expect
+from lramlab.data.store.validate import (inspect_file, judge, load_cache, manifest_spec, save_cache, stat_key,
+                                         task_expect)
 from lramlab.manifests import reward_rule
 
 # ----------------------------------------------------------------------------- stats and check
@@ -129,6 +130,7 @@ class TaskReport:
     packed: str = "absent"  # packed.hdf5: absent | current | stale | unreadable | corrupt
     read: int = 0  # files read by this check (the others' results came from the cache)
     tmp_removed: int = 0  # leftover tmp files of killed writes removed
+    note: str = ""  # why training cannot use the task as it is (e.g. no reward scale), else ""
 
 
 @dataclass
@@ -234,7 +236,12 @@ def check_task(task_dir, task_specs: Mapping | None = None, full: bool = False, 
     tr = TaskReport(task=task, dir=str(task_dir), read=n_read, tmp_removed=len(removed))
     invalid, good, lengths, rets, succ = [], [], [], [], []
     meta_path = task_dir / "meta.json"
-    if meta_path.exists() and not isinstance(_read_json(meta_path), dict):
+    meta = _read_json(meta_path)
+    if manifest_spec(task, manifests) is None and not (isinstance(meta, dict) and meta.get("reward_scale") is not None) \
+            and not (task_specs and task_specs.get(task) is not None):
+        tr.note = (f"not in lramlab.manifests (a typo?) and {meta_path} gives no 'reward_scale': training cannot "
+                   f"scale its rewards")
+    if meta_path.exists() and not isinstance(meta, dict):
         try:
             json.loads(meta_path.read_text())
             why = "expected a JSON object"
@@ -365,6 +372,9 @@ def check_main(argv: list[str]) -> int:
             print(f"  {t.task:<32} {t.episodes:>6} eps {t.transitions:>9} steps  {ret}{sr}{bad}{pk}")
         if not rep.tasks:
             print("  no task directories with episode files found")
+        for t in rep.tasks:
+            if t.note:
+                print(f"NOTE {t.task}: {t.note}")
         removed = sum(t.tmp_removed for t in rep.tasks)
         if removed:
             print(f"removed {removed} leftover tmp files of killed writes")

@@ -32,14 +32,23 @@ def use_packed(enabled: bool):
         _USE_PACKED.pop()
 
 
-#: resolved paths of packs found damaged this process (`ignore_packs`): readers use the episode files
-_IGNORED: set[str] = set()
+#: packs found damaged in this process (`ignore_packs`), by (resolved path, size, mtime): readers use
+#: the episode files; a pack written again since is read again
+_IGNORED: set[tuple] = set()
+
+
+def _pack_key(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 def ignore_packs(paths) -> None:
-    """Never read these packed.hdf5 files in this process (and the worker processes it forks): the
-    data check found them damaged, so a reader takes the episode files instead."""
-    _IGNORED.update(str(Path(p).resolve()) for p in paths)
+    """Never read these packed.hdf5 files, as they are now, in this process (and the worker processes
+    it forks): the data check found them damaged, so a reader takes the episode files instead."""
+    _IGNORED.update(k for k in (_pack_key(Path(p)) for p in paths) if k is not None)
 
 
 def _source_stat(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +73,7 @@ class _PackedIndex:
         """The index if task_dir/packed.hdf5 exists and is current for `episode_paths`, else None
         (with a warning naming why when `warn`). A pack `ignore_packs` named (the data check found
         it damaged) is never read."""
-        if str((Path(task_dir) / PACKED_NAME).resolve()) in _IGNORED:
+        if _pack_key(Path(task_dir) / PACKED_NAME) in _IGNORED:
             return None
         index, status, reason = cls.status(task_dir, episode_paths)
         if index is None and status != "absent" and warn:
