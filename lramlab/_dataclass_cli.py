@@ -281,7 +281,9 @@ def command(prog: str) -> Callable:
             import threading
 
             handler = None
-            if threading.current_thread() is threading.main_thread():
+            # only over Python's own handler: a SIGINT the parent ignores (a background job) stays ignored
+            if (threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
                 _INTERRUPTED[0] = False
                 try:
                     handler = signal.signal(signal.SIGINT, _on_sigint)

@@ -179,9 +179,11 @@ def test_ctrl_c_swallowed_by_a_finaliser_still_stops_eval(model_file, capsys, mo
         return act(self, obs)
 
     monkeypatch.setattr(Agent, "act", act_once_interrupted)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (not a background job)
     rc = main(["eval", "--checkpoint", str(model_file), "--tasks", "darkroom/goal-2-0", "--episodes", "1",
                "--num-threads", "1"])
     err = capsys.readouterr().err
     assert rc == 130 and "lramlab eval: interrupted" in err
     assert len(calls) < 10  # stopped at the next step, not after the 100-step episode
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
+    signal.signal(signal.SIGINT, before)
