@@ -224,7 +224,8 @@ def test_generate_policy_config_that_follows_episodes_names_episodes(tmp_path):
                                                      "policy_config": {"explore_episodes": 10}}))
     with pytest.raises(ValueError, match=r"--episodes 5: .* --episodes 20, .*Give --episodes 20"):
         _check_meta(tmp_path, {"task": TASKS[0], "policy": "history", "episodes": 5,
-                               "policy_config": {"explore_episodes": 2}}, ("task", "policy", "policy_config", "episodes"))
+                               "policy_config": {"explore_episodes": 2}},
+                    ("task", "policy", "policy_config", "episodes"))
 
 
 def test_unrelated_dangling_file_link_is_not_fatal(data, capsys):

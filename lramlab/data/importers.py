@@ -111,7 +111,8 @@ def _task_spec(task: str, new_task: bool = False):
             if not new_task and any(t.split("/", 1)[0] == domain for t in load_manifests()):
                 raise UnknownTaskError(f"{err.args[0] if err.args else err}; domain {domain!r} is in the manifests "
                                        f"but this task is not (a typo?). Pass --new-task to import it under this "
-                                       f"id anyway (then give 'reward_scale' in its meta.json to train on it)") from None
+                                       f"id anyway (then give 'reward_scale' in its meta.json to train on it)"
+                                       ) from None
     if "/" not in task:
         raise ValueError(f"task {task!r}: expected '<domain>/<name>'")
     domain, name = task.split("/", 1)

@@ -28,8 +28,9 @@ from lramlab.train.freeze import apply_freeze
 from lramlab.train.rundir import (check_finetune, check_fits_in_memory, check_resume_data, claim_run_dir,
                                   clear_earlier_run, resume_changes, warn_long_warmup)
 from lramlab.train.runlog import MetricLogger, versions, write_json
-from lramlab.train.step import (DOMAIN_KEY, TrainingDiverged, batch_to, build_optimizer, build_scheduler, load_optimizer_state, lr_at,
-                                optimizer_param_names, target_count, train_step, validate, weight_decay_groups)
+from lramlab.train.step import (DOMAIN_KEY, TrainingDiverged, batch_to, build_optimizer, build_scheduler,
+                                load_optimizer_state, lr_at, optimizer_param_names, target_count, train_step, validate,
+                                weight_decay_groups)
 
 #: evaluate(model, tasks, step) -> metrics such as {"eval/<domain>/normalized_score": ...}; rank 0 calls it
 EvalCallback = Callable[[torch.nn.Module, list, int], dict]
@@ -93,7 +94,7 @@ def seed_everything(seed: int) -> None:
 
 
 
-def _kept(last: Path, ckpt_dir: Path) -> str:
+def _kept(last: Path) -> str:
     """What a diverged run leaves: its last good checkpoint, by name and step."""
     if last.is_file():
         try:
@@ -114,7 +115,7 @@ def _save(path: Path, step: int, model, optimizer, scheduler, sampler, cfg: Trai
                                float(metrics.get("train/grad_norm", float("nan"))),
                                float(metrics.get("train/lr", float("nan"))), step,
                                f"weights became non-finite ({', '.join(bad[:3])}); {path} was not written; "
-                               + _kept(path.parent / "last.pt", path.parent))
+                               + _kept(path.parent / "last.pt"))
     # every rank's RNG and sampler state, so a resumed DDP run continues each rank exactly
     rngs = gather_objects(ckpt_mod.rng_state(), info)
     samplers = gather_objects(sampler.state_dict(), info)
@@ -277,7 +278,7 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
                 m = train_step(train_model, batches, optimizer, scheduler, grad_clip=cfg.grad_clip,
                                amp=cfg.amp, device=device, dist_info=info)
             except TrainingDiverged as err:
-                raise TrainingDiverged(err.loss, err.grad_norm, err.lr, step + 1, _kept(last, ckpt_dir)) from None
+                raise TrainingDiverged(err.loss, err.grad_norm, err.lr, step + 1, _kept(last)) from None
             step += 1
             steps_since += 1
             last_metrics.update(m)

@@ -237,8 +237,8 @@ def check_task(task_dir, task_specs: Mapping | None = None, full: bool = False, 
     invalid, good, lengths, rets, succ = [], [], [], [], []
     meta_path = task_dir / "meta.json"
     meta = _read_json(meta_path)
-    if manifest_spec(task, manifests) is None and not (isinstance(meta, dict) and meta.get("reward_scale") is not None) \
-            and not (task_specs and task_specs.get(task) is not None):
+    scaled = isinstance(meta, dict) and meta.get("reward_scale") is not None
+    if manifest_spec(task, manifests) is None and not scaled and not (task_specs and task_specs.get(task) is not None):
         tr.note = (f"not in lramlab.manifests (a typo?) and {meta_path} gives no 'reward_scale': training cannot "
                    f"scale its rewards")
     if meta_path.exists() and not isinstance(meta, dict):

@@ -97,8 +97,8 @@ def _check_shapes(path, shapes: Mapping[str, tuple], dtypes: Mapping[str, np.dty
             raise TrajectoryFileError(path, "actions", f"expected integer dtype for discrete (T,) actions, got {a_dtype}")
     elif len(a_shape) == 2:
         if not np.issubdtype(a_dtype, np.floating) and np.issubdtype(a_dtype, np.integer):
-            raise TrajectoryFileError(path, "actions", f"got integer actions of shape {a_shape}: expected discrete actions "
-                                                       f"as (T,) integer ids (drop the last axis of size "
+            raise TrajectoryFileError(path, "actions", f"got integer actions of shape {a_shape}: expected discrete "
+                                                       f"actions as (T,) integer ids (drop the last axis of size "
                                                        f"{a_shape[1]}), or continuous actions as (T, A) floats")
         if not np.issubdtype(a_dtype, np.floating):
             raise TrajectoryFileError(path, "actions", f"expected a float dtype for continuous (T, A) actions, got {a_dtype}")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lramlab._io import check_free_space, disk_full_error, fsync_dir as _fsync_dir, fsync_file as _fsync_file, tmp_path_for
+from lramlab._io import (check_free_space, disk_full_error, fsync_dir as _fsync_dir, fsync_file as _fsync_file,
+                         tmp_path_for)
 from lramlab.data.store.episodes import (_H5_ERRORS, PACKED_NAME, TrajectoryFileError, _file_meta, _h5py, _open,
                                          _task_id_of, list_episode_files, os_error_of, read_episode)
 from lramlab.data.store.handles import POOL, new_owner
