@@ -214,7 +214,7 @@ def is_user_error(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return (getattr(err, "filename", None) is not None or _raised_in_lramlab(err)
                 or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS))
-    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+    if _out_of_memory(err):
         return True
     if isinstance(err, KeyError):
         return type(err) is not KeyError and _raised_in_lramlab(err)
@@ -223,13 +223,19 @@ def is_user_error(err: BaseException) -> bool:
     return False
 
 
+def _out_of_memory(err: BaseException) -> bool:
+    """MemoryError, torch's OutOfMemoryError, or torch's CPU allocator refusing a size (a RuntimeError)."""
+    return (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or (isinstance(err, RuntimeError) and "can't allocate memory" in str(err)))
+
+
 def one_line(err: BaseException) -> str:
     """The error's message on one line (OSError: its reason and file)."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         msg = f"{err.filename}: {err.strerror}"
         if err.filename2 is not None:
             msg += f" (-> {err.filename2})"
-    elif isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+    elif _out_of_memory(err):
         msg = f"out of memory ({type(err).__name__}: {err}); try a smaller batch, context or model"
     elif isinstance(err, KeyError) and type(err).__str__ is KeyError.__str__ and len(err.args) == 1:
         msg = str(err.args[0])
@@ -240,6 +246,21 @@ def one_line(err: BaseException) -> str:
 
 def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+_INTERRUPTED = [False]
+
+
+def _on_sigint(signum, frame):
+    _INTERRUPTED[0] = True  # remembered: a KeyboardInterrupt raised inside a finaliser is swallowed
+    raise KeyboardInterrupt
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came while a command ran but its KeyboardInterrupt was lost
+    (raised inside a `__del__` or a C callback, which print it and go on); long loops call this."""
+    if _INTERRUPTED[0]:
+        raise KeyboardInterrupt
 
 
 def command(prog: str) -> Callable:
@@ -256,8 +277,23 @@ def command(prog: str) -> Callable:
             if "--debug" in argv:
                 argv = [a for a in argv if a != "--debug"]
                 os.environ[DEBUG_ENV] = "1"
+            import signal
+            import threading
+
+            handler = None
+            # only over Python's own handler: a SIGINT the parent ignores (a background job) stays ignored
+            if (threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+                _INTERRUPTED[0] = False
+                try:
+                    handler = signal.signal(signal.SIGINT, _on_sigint)
+                except (ValueError, OSError):  # not allowed here (e.g. an embedded interpreter)
+                    handler = None
             try:
-                return main(argv)
+                rc = main(argv)
+                if _INTERRUPTED[0]:  # Ctrl-C came but something swallowed it: still an interrupted run
+                    raise KeyboardInterrupt
+                return rc
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return 130
@@ -269,6 +305,9 @@ def command(prog: str) -> Callable:
                 print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
                 return USER_ERROR_EXIT
             finally:
+                if handler is not None:
+                    signal.signal(signal.SIGINT, handler)
+                    _INTERRUPTED[0] = False
                 if saved is None:
                     os.environ.pop(DEBUG_ENV, None)
                 else:
@@ -278,6 +317,27 @@ def command(prog: str) -> Callable:
 
 
 # ----------------------------------------------------------------------------- --json [FILE|-]
+def strict_json(x: Any) -> Any:
+    """`x` made strict JSON: NaN / inf -> None, numpy scalars and arrays -> Python values, tuples ->
+    lists, paths -> strings, dict keys -> strings (`json.dumps` writes bare NaN, which JSON lacks)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if type(x).__module__ == "numpy" and hasattr(x, "tolist"):  # numpy scalars and arrays
+        return strict_json(x.tolist())
+    return x
+
+
+def json_dumps(obj: Any, **kw) -> str:
+    """`json.dumps` of `strict_json(obj)`: always valid JSON (a non-finite number is null)."""
+    return json.dumps(strict_json(obj), allow_nan=False, **kw)
+
+
 def add_json_option(p: argparse.ArgumentParser, what: str = "the result as JSON") -> None:
     """`--json` / `--json -`: JSON alone on stdout; `--json FILE`: JSON to FILE, text to stdout."""
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE|-",
@@ -326,7 +386,7 @@ class JsonOutput:
         self.obj = obj
 
     def text(self) -> str:
-        return json.dumps(self.obj, indent=1, default=str)
+        return json_dumps(self.obj, indent=1, default=str)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._stdout is not None:

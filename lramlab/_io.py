@@ -62,8 +62,25 @@ def tmp_path_for(path: Path) -> Path:
     """A fresh hidden temporary file beside `path` (created empty, closed), named
     ``.<name>.<pid>-<random>.tmp`` so `remove_stale_tmp` can tell a killed write from a live one."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
+    try:  # mkstemp makes 0600; a data or result file gets the usual permissions (0666 less the umask)
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     return Path(tmp)
+
+
+def _umask() -> int:
+    """The process umask (read from /proc on Linux: setting it to read it races with other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 _TMP_PID = re.compile(r"\.(\d+)-[a-z0-9_]+" + re.escape(TMP_SUFFIX) + "$")
@@ -88,8 +105,46 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+#: free bytes below which a failed write is taken for a full disk (libraries such as torch and
+#: HDF5 report ENOSPC in words of their own, or not at all)
+FULL_DISK_BYTES = 1 << 20
+
+
+def free_bytes(directory) -> int | None:
+    """Bytes an unprivileged writer may still use on `directory`'s filesystem (None: unknown)."""
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def disk_full_error(path, err: BaseException | None = None) -> OSError | None:
+    """An OSError(ENOSPC) naming `path` when `err` is one (or the disk holding `path` is full now),
+    else None: what a failed write becomes, so the user reads "No space left on device" and the
+    file, not a library's traceback."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(err.errno, os.strerror(err.errno), str(path))
+    text = str(err) if err is not None else ""
+    free = free_bytes(Path(path).parent)
+    low = free is not None and free < FULL_DISK_BYTES and isinstance(err, (RuntimeError, OSError, type(None)))
+    if "errno = 28" in text or "No space left" in text or low:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
+
+
+def check_free_space(path, need: int) -> None:
+    """OSError(ENOSPC) naming `path` before a write of about `need` bytes that cannot fit (HDF5 can
+    crash the process on a write that fails mid-file: better not to start it)."""
+    free = free_bytes(Path(path).parent)
+    if free is not None and free < need + (64 << 10):
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (about {need} bytes needed, {free} free)",
+                      str(path))
+
+
 def atomic_write(path, write: Callable[[Path], None], fsync: bool = True) -> Path:
-    """Call `write(tmp_path)` to fill a temporary file, then move it to `path` atomically."""
+    """Call `write(tmp_path)` to fill a temporary file, then move it to `path` atomically. A write
+    that fails on a full disk is an OSError(ENOSPC) naming `path` (the previous version is kept)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
@@ -98,6 +153,12 @@ def atomic_write(path, write: Callable[[Path], None], fsync: bool = True) -> Pat
         if fsync:
             fsync_file(tmp)
         os.replace(tmp, path)
+    except Exception as err:
+        full = disk_full_error(path, err)
+        tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -116,6 +177,50 @@ def atomic_torch_save(obj: Any, path) -> Path:
     import torch  # not needed by `import lramlab`
 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+class UnsafeCheckpointError(ValueError):
+    """A torch file holds pickled Python objects beyond tensors and plain values; not loaded."""
+
+
+def _numpy_safe_globals() -> list:
+    """numpy's array reconstructors: older lramlab training checkpoints hold numpy RNG state. They
+    rebuild plain arrays and run no other code, so `torch.load(weights_only=True)` may allow them."""
+    import numpy as np
+
+    out: list = [np.ndarray, np.dtype]
+    try:
+        from numpy.core.multiarray import _reconstruct
+    except ImportError:  # numpy >= 2 moved it
+        from numpy._core.multiarray import _reconstruct  # type: ignore[no-redef]
+    out.append(_reconstruct)
+    for name in ("UInt32DType", "Float64DType", "Int64DType"):
+        t = getattr(getattr(np, "dtypes", None), name, None)
+        if t is not None:
+            out.append(t)
+    return out
+
+
+def safe_torch_load(path, map_location: Any = "cpu") -> Any:
+    """`torch.load(path, weights_only=True)`: tensors, numbers, strings, lists, dicts (and numpy
+    arrays) only -- a file that would run code while loading (a crafted pickle) is refused before
+    any of it runs, with an `UnsafeCheckpointError` naming the file and the object it asked for.
+    Other read errors propagate as torch raises them."""
+    import pickle
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        m = re.search(r"GLOBAL ([\w.]+)", str(err)) or re.search(r"Unsupported global: ([^\s]+)", str(err))
+        if m is None:  # not a pickle of objects: a damaged file, or no torch file at all
+            raise
+        what = f"it asks for {m.group(1)}"
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: the file holds pickled Python objects, not only tensors and plain "
+            f"values ({what}); loading it could run code. lramlab checkpoints and model files never do") from None
 
 
 def remove_stale_tmp(directory, live_ok: bool = True) -> list[Path]:

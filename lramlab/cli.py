@@ -20,7 +20,8 @@ for `lramlab X`, `python -m lramlab.train`, torchrun and a direct `main([...])` 
 - `--debug` anywhere on the command line, or `LRAMLAB_DEBUG=1`, prints the traceback of a user
   error too. Ctrl-C: one line, exit 130.
 - `--json [FILE|-]` on every command: JSON to FILE, or alone on stdout (`--json` / `--json -`).
-- A command's own result that is not an error (e.g. `data check` finding invalid files) exits 1.
+- A command's own result that is not an error exits 1 (e.g. `eval` with a task that failed); `data check`
+  finding invalid files exits 2, as the user's data are at fault.
 """
 from __future__ import annotations
 
@@ -57,6 +58,15 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _group_usage(group: str) -> str:
+    lines = [f"usage: lramlab {group} COMMAND [options]", "", "commands:"]
+    for words, (_, help_) in COMMANDS.items():
+        if words[0] == group and len(words) > 1:
+            lines.append(f"  {' '.join(words):<16} {help_}")
+    lines += ["", f"`lramlab {group} COMMAND --help` shows a command's options."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from lramlab._dataclass_cli import command
 
@@ -82,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{prog}: internal error: this is a bug in lramlab, not in your input; please report it "
                       f"with the traceback above", file=sys.stderr)
                 return 1
+    groups = {cmd[0] for cmd in COMMANDS if len(cmd) > 1}
+    if words[0] in groups and (len(words) == 1 or words[1] in ("-h", "--help")):
+        # `lramlab data --help`: the group's commands; `lramlab data` alone is a usage error
+        text = _group_usage(words[0])
+        if len(words) > 1:
+            print(text)
+            return 0
+        print(f"lramlab {words[0]}: error: expected a command after {words[0]!r}\n\n{text}", file=sys.stderr)
+        return 2
     print(f"lramlab: error: unknown command {' '.join(words[:2])!r}\n", file=sys.stderr)
     print(_usage(), file=sys.stderr)
     return 2

@@ -41,6 +41,7 @@ exit 1 when a task failed (unless --on-failure skip), 2 when no task could run h
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import sys
@@ -52,7 +53,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lramlab._dataclass_cli import check_fields, command
+from lramlab._dataclass_cli import check_fields, command, json_dumps
 from lramlab._io import file_sha256
 
 ON_FAILURE = ("raise", "nan", "skip")
@@ -581,12 +582,16 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     if cfg.num_threads:  # tiny per-step ops on more threads than free cores wait on each other
         torch.set_num_threads(cfg.num_threads)
+    if cfg.record and Path(cfg.record).exists() and not Path(cfg.record).is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "--record: exists and is not a directory (expected a trajectory "
+                                 "store directory, created when missing)", cfg.record)
     path = resolve_checkpoint(cfg.checkpoint)
     model = load_model_from_checkpoint(cfg.checkpoint, map_location=cfg.device)
     tasks = list(cfg.tasks) or run_tasks_of(cfg.checkpoint)
     if not tasks:
         raise ValueError(f"no tasks given and no config.json with the run's tasks near {cfg.checkpoint}")
-    data = cfg.data or tuple((_run_config(cfg.checkpoint).get("train") or {}).get("data", ()))
+    run_cfg = _run_config(cfg.checkpoint)  # the run's data by resolved path: eval may run from another directory
+    data = cfg.data or tuple(run_cfg.get("data_resolved") or (run_cfg.get("train") or {}).get("data", ()))
     target: str | float = cfg.target if cfg.target in ("data", "manifest") else float(cfg.target)
     stamp = {"checkpoint": str(path), "checkpoint_sha256": file_sha256(path)}
     try:
@@ -656,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.out:
             from lramlab._io import atomic_write_text
 
-            atomic_write_text(Path(cfg.out), json.dumps(res.to_dict(), indent=1))
+            atomic_write_text(Path(cfg.out), json_dumps(res.to_dict(), indent=1))
         out.write(res.to_dict())
     if not out.to_stdout:
         print(format_table(res))

@@ -243,6 +243,45 @@ def check_overrides(params: Params, nb: str, declared: Mapping[str, dict]) -> No
                              f"default is {declared[name].get('default')})")
 
 
+#: notebook -> the config its parameters feed (same field names): values are checked by the config itself
+_CONFIG_OF = {"02_training": ("lramlab.train.config", "TrainConfig", {"data": ("x",), "out": "x"}),
+              "03_icl": ("lramlab.icl", "ICLConfig", {"data": "x"}),
+              "06_multitask": ("lramlab.multitask.config", "MultiTaskConfig", {})}
+
+
+def check_values(params: Params, nb: str, declared: Mapping[str, dict]) -> None:
+    """Values out of range, before any kernel starts: a number below zero where the notebook's default
+    is not, and every override the notebook hands to a config (02: TrainConfig, 03: ICLConfig, 06:
+    MultiTaskConfig) put through that config's own checks. A ValueError naming FILE:LINE."""
+    import dataclasses
+    import importlib
+
+    given = params.get(nb, {})
+    for name, v in given.items():
+        default = declared.get(name, {}).get("default")
+        try:
+            d = float(default)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v < 0 <= d:
+            raise ValueError(f"{params.where(nb, name)}: {nb}.{name}={v!r}: expected a number >= 0 (the "
+                             f"notebook's default is {default})")
+    if nb not in _CONFIG_OF:
+        return
+    module, cls_name, required = _CONFIG_OF[nb]
+    cls = getattr(importlib.import_module(module), cls_name)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: v for k, v in given.items() if k in names and (nb == "06_multitask" or not isinstance(v, (list, dict)))}
+    if not kw:
+        return
+    try:
+        cls(**{**required, **kw})
+    except (ValueError, TypeError) as err:
+        msg = str(err)
+        bad = next((k for k in kw if f"{k}=" in msg or f".{k}" in msg), next(iter(kw)))
+        raise ValueError(f"{params.where(nb, bad)}: parameters for {nb}: {msg}") from None
+
+
 def _notebook_key(name: str, where: str = "") -> str:
     """'02_training', '02', 'training' or '02_training.ipynb' -> '02_training'."""
     stem = Path(name).stem
@@ -363,6 +402,7 @@ def run_pipeline(out: str | Path = "runs/demo", params: Mapping[str, Mapping[str
     for nb in names:
         declared[nb] = notebook_parameters(notebook_dir / f"{nb}.ipynb")
         check_overrides(overrides, nb, declared[nb])
+        check_values(overrides, nb, declared[nb])
     kernel = kernel or ensure_kernel()
     png_ok, png_error = png_export_available()
     results: list[NotebookRun] = []
@@ -440,9 +480,17 @@ def build_parser() -> argparse.ArgumentParser:
 @command("lramlab pipeline")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cell_timeout is not None and args.cell_timeout < 1:
+        raise ValueError(f"--cell-timeout {args.cell_timeout}: expected seconds >= 1 (leave it out for no limit)")
+    only = [_notebook_key(n, "--only") for n in args.only] if args.only else None  # before any work, --list too
+    params = load_params(args.params) if args.params else None
     if args.list:
         with JsonOutput(args.json) as out:
-            listing = {nb: notebook_parameters(NOTEBOOK_DIR / f"{nb}.ipynb") for nb in NOTEBOOKS}
+            listing = {nb: notebook_parameters(NOTEBOOK_DIR / f"{nb}.ipynb") for nb in (only or NOTEBOOKS)}
+            for nb in (params or {}):  # a bad params file is refused here too, as a run would
+                if nb in listing:
+                    check_overrides(params, nb, listing[nb])
+                    check_values(params, nb, listing[nb])
             out.write(listing)
         if not out.to_stdout:
             for nb, params in listing.items():
@@ -453,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")  # headless MuJoCo for the kernels (inherited env)
     with JsonOutput(args.json) as out:
         try:
-            res = run_pipeline(args.out, args.params, only=args.only, force=args.force,
+            res = run_pipeline(args.out, params, only=only, force=args.force,
                                progress=not args.no_progress, cell_timeout=args.cell_timeout)
         except PipelineError as err:  # a notebook failed: its own exit status (1), named in one line
             print(f"lramlab pipeline: {err}", file=sys.stderr)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lramlab._dataclass_cli import check_interrupted
 from lramlab.manifests import model_rewards, reward_rule
 from lramlab.tokenizer import MAX_ACT_DIM, STATE_DIM, pad_state
 
@@ -263,6 +264,7 @@ def run_task(model: torch.nn.Module, task: Any, episodes: int = 3, n_envs: int =
                     for _ in range(B)] if record_dir is not None else None
             frs: list[list] = [[] for _ in range(B)]
             for _ in range(limit):
+                check_interrupted()  # a Ctrl-C that a finaliser (numba's) swallowed still stops the rollout
                 rtg_now = agent.rtg.cpu().numpy() * agent.scale
                 actions = agent.act(obs)
                 rewards = np.zeros(B, dtype=np.float32)

@@ -108,7 +108,7 @@ def test_every_bad_file_is_named_by_check_and_train_stops_before_the_first_updat
         assert got[name]["dataset"] == dataset and __import__("re").search(reason, got[name]["reason"]), got[name]
     by_task = {t.task: t for t in rep.tasks}
     assert by_task[DR].invalid == 5 and by_task[DR].episodes == 12 and by_task[MW].invalid == 2
-    assert check_main([str(root)]) == 1
+    assert check_main([str(root)]) == 2  # invalid data: a user error
     out = capsys.readouterr().out
     assert all(f"INVALID {root / (MW if n < 'episode_000012' else DR) / n}" in out for n in bad)
 
@@ -168,7 +168,7 @@ def test_stale_truncated_or_damaged_pack_is_reported(root, capsys):
     with pytest.warns(UserWarning, match="unreadable"):
         td = TaskData(d)  # reads the episode files, never past the end of the pack
     assert td.packed is None and np.array_equal(td.read(4)["states"], _ep(root, DR, 4)["states"])
-    assert check_main([str(root)]) == 1 and "UNREADABLE" in capsys.readouterr().out
+    assert check_main([str(root)]) == 2 and "UNREADABLE" in capsys.readouterr().out
     # a pack current by its sources' (name, size, mtime) but with damaged values
     pack_task(d, force=True)
     _h5_set(d / "packed.hdf5", "rewards", lambda r: np.where(np.arange(len(r)) == 150, np.inf, r))

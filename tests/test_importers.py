@@ -158,7 +158,7 @@ def test_robomimic_round_trip(tmp_path):
     eps = _gym_rollout("Pendulum-v1", 3, 40, seed=1)
     src = tmp_path / "low_dim.hdf5"
     _write_robomimic(src, eps)
-    d = import_dataset("robomimic", src, "mimicgen/pendulum-test", tmp_path / "out", progress=False)
+    d = import_dataset("robomimic", src, "mimicgen/pendulum-test", tmp_path / "out", progress=False, new_task=True)
     td = TaskData(d)
     assert len(td) == 3
     for i, (O, A, R, _, _) in enumerate(eps):
@@ -169,11 +169,11 @@ def test_robomimic_round_trip(tmp_path):
         assert got["dones"][-1] and not got["dones"][:-1].any()
         assert np.array_equal(got["success"], O[1:, 0] > 0.9)
     # chosen keys, in the given order
-    d2 = import_dataset("robomimic", src, "mimicgen/pendulum-test", tmp_path / "out2", progress=False,
+    d2 = import_dataset("robomimic", src, "mimicgen/pendulum-test", tmp_path / "out2", progress=False, new_task=True,
                         obs_keys=["joint_vel"])
     assert np.allclose(read_episode(d2 / "episode_000000.hdf5")["states"], eps[0][0][:-1, 2:])
     with pytest.raises(ImportFormatError, match="'nope' missing"):
-        import_dataset("robomimic", src, "mimicgen/pendulum-test", tmp_path / "out3", progress=False,
+        import_dataset("robomimic", src, "mimicgen/pendulum-test", tmp_path / "out3", progress=False, new_task=True,
                        obs_keys=["nope"])
     assert check_dataset(tmp_path / "out").ok
 

@@ -268,10 +268,10 @@ def test_check_lists_every_invalid_file(tmp_path, tiny_root, capsys):
     assert by_task["control/pendulum"].episodes == good_eps
     assert by_task["classic/cartpole"].transitions == int(TaskData(root / "classic/cartpole").lengths.sum())
 
-    assert check_main([str(root), "--json"]) == 1
+    assert check_main([str(root), "--json"]) == 2
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is False and len(out["invalid"]) == len(bad) and out["n_tasks"] == 5
-    assert check_main([str(root)]) == 1
+    assert check_main([str(root)]) == 2
     text = capsys.readouterr().out
     for name in bad:
         assert name in text

@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from lramlab._dataclass_cli import json_dumps
 
 DARKROOM_EPISODE_STEPS = 100
 SCALE_VERSION = 1  # bump when the recipe changes: a new cache sub-directory is used
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args)))
+        print(json_dumps(_child(args)))
         return 0
     from lramlab.data.store import check_dataset, find_tasks, pack_task
 
@@ -312,9 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.save is not None:
         from lramlab._io import atomic_write_text
 
-        atomic_write_text(args.save, json.dumps(out, indent=1))
+        atomic_write_text(args.save, json_dumps(out, indent=1))
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(json_dumps(out, indent=1))
         return 0
     print(f"lramlab bench data: {info['episode_files']} episode files of real Dark-Room learning histories in "
           f"{info['tasks']} task directories ({info['steps']} steps) in {root}")

@@ -40,7 +40,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command, json_dumps
 from lramlab.bench.latency import _ints, _strs
 
 ROW_KINDS = ("dt", "mamba", "xlstm[7:1]", "xlstm[1:0]")
@@ -221,7 +221,7 @@ def _worker(spec: dict) -> int:
     torch.set_num_threads(spec["threads"])
     if spec["malloc_tuning"]:
         _xlstm_train.tune_malloc()
-    emit = lambda obj: print(json.dumps(obj), flush=True)  # noqa: E731
+    emit = lambda obj: print(json_dumps(obj), flush=True)  # noqa: E731
     rows = [tuple(r) for r in spec["rows"]]
     try:
         batch = darkroom_batch(spec["batch_size"], spec["context_steps"], seed=spec["seed"])

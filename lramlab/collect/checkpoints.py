@@ -119,8 +119,13 @@ def load_checkpoint_policy(path: str | Path, task, greedy: bool = False) -> Poli
     if is_sb3_file(path):  # before torch.load: torch.save files are zip archives too
         return SB3Policy.load(path, _known_task(task), deterministic=greedy)
     torch = _torch()
+    from lramlab._io import UnsafeCheckpointError, safe_torch_load
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:  # tensors and plain values first: an lramlab model needs no unpickling
+            obj = safe_torch_load(path)
+        except UnsafeCheckpointError:  # a whole pickled nn.Module: the user named this file (trusted)
+            obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
         raise ValueError(f"checkpoint policy: {path} is not a torch checkpoint or SB3 model ({err})") from err
     if isinstance(obj, dict) and obj.get("format") == _OLD_PPO_FORMAT:

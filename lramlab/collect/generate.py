@@ -86,8 +86,15 @@ def _check_meta(task_dir: Path, meta: dict, keys: tuple[str, ...]) -> None:
         raise ValueError(f"{path}: not valid JSON ({err}); remove it or use another --out") from err
     for k in keys:
         if k in old and old[k] != meta.get(k):
+            if k == "policy_config" and "episodes" in old and old["episodes"] != meta.get("episodes"):
+                raise ValueError(
+                    f"{path}: --episodes {meta.get('episodes')}: this directory holds a run of --episodes "
+                    f"{old['episodes']}, and policy {meta.get('policy')!r} derives its settings from it "
+                    f"(policy_config {old[k]!r} then, {meta.get(k)!r} now). Give --episodes {old['episodes']} to "
+                    f"resume it, or another --out.")
+            flag = {"episodes": " (--episodes)", "policy": " (--policy)", "seed": " (--seed)"}.get(k, "")
             raise ValueError(
-                f"{path}: field {k!r} is {old[k]!r} but this run has {meta.get(k)!r}; the directory holds "
+                f"{path}: field {k!r}{flag} is {old[k]!r} but this run has {meta.get(k)!r}; the directory holds "
                 f"data generated with other settings. Use the same settings to resume, or another --out.")
 
 

@@ -21,7 +21,9 @@ Policy specs (the string given to ``--policy``; recorded in meta.json with the r
      actions ``(1,)``;
   3. an lramlab model checkpoint (``lramlab.models.load_model``), run recurrently with the task's
      target return as the first return-to-go, greedy decoding.
-  Loading uses ``torch.load(weights_only=False)`` (pickles): only load files you trust.
+  An lramlab model loads with ``torch.load(weights_only=True)``; an SB3 model or a whole pickled
+  ``nn.Module`` is unpickled, which can run code: name only files you trust (everywhere else --
+  eval, icl, fine-tuning, resume -- lramlab refuses such files).
 - ``ppo`` / ``sac`` / ``dqn`` with ``:steps=<n>,...`` options -- train a stable-baselines3 specialist
   from scratch (fields of :class:`PPOConfig`, :class:`SACConfig`, :class:`DQNConfig`), save it next
   to the data (``<algo>_specialist.zip``, reused on resume), then act with it

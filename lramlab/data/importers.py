@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command, json_dumps
 
 FORMATS = ("native", "robomimic", "minari", "dqn-replay")
 
@@ -93,18 +93,26 @@ def to_gray64(frames: np.ndarray, where: str = "frames") -> np.ndarray:
     return x[:, None]
 
 
-def _task_spec(task: str):
-    """TaskSpec from the manifests, or a bare namespace for an id not in them (no shape checks)."""
+def _task_spec(task: str, new_task: bool = False):
+    """TaskSpec from the manifests, or a bare namespace for an id not in them (no shape checks).
+    An id outside the manifests in a domain they know (darkroom/goal-42) is a probable typo: refused
+    unless `new_task`."""
     try:
-        from lramlab.manifests import UnknownTaskError, get_task
+        from lramlab.manifests import UnknownTaskError, get_task, load_manifests
     except ImportError:  # pragma: no cover - manifests are part of lramlab
         get_task, UnknownTaskError = None, KeyError
     if get_task is not None:
         try:
             return get_task(task)
-        except UnknownTaskError:
+        except UnknownTaskError as err:
             if "/" not in task:
                 raise
+            domain = task.split("/", 1)[0]
+            if not new_task and any(t.split("/", 1)[0] == domain for t in load_manifests()):
+                raise UnknownTaskError(f"{err.args[0] if err.args else err}; domain {domain!r} is in the manifests "
+                                       f"but this task is not (a typo?). Pass --new-task to import it under this "
+                                       f"id anyway (then give 'reward_scale' in its meta.json to train on it)"
+                                       ) from None
     if "/" not in task:
         raise ValueError(f"task {task!r}: expected '<domain>/<name>'")
     domain, name = task.split("/", 1)
@@ -508,7 +516,8 @@ def _clear_stale_stages(task_dir: Path) -> None:
 
 
 def import_dataset(fmt: str, src: str | Path, task: str, out: str | Path, overwrite: bool = False,
-                   max_episodes: int | None = None, progress: bool = True, **options: Any) -> Path:
+                   max_episodes: int | None = None, progress: bool = True, new_task: bool = False,
+                   **options: Any) -> Path:
     """Import `src` (in format `fmt`) as task `task` under `out`; returns the task directory.
 
     options: ``obs_keys`` (robomimic, minari), ``checkpoints`` (dqn-replay; its action mapping comes
@@ -524,13 +533,14 @@ def import_dataset(fmt: str, src: str | Path, task: str, out: str | Path, overwr
     import tempfile
 
     from lramlab._io import fsync_dir, fsync_file, swap_in_dir
-    from lramlab.data.store import atomic_write_text, list_episode_files, write_episode, write_stats
+    from lramlab.data.store import (TrajectoryFileError, atomic_write_text, list_episode_files, write_episode,
+                                    write_stats)
 
     if fmt not in ITERATORS:
         raise ValueError(f"unknown import format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if max_episodes is not None and int(max_episodes) < 1:
         raise ValueError(f"--max-episodes must be >= 1 (or left out for all), got {max_episodes}")
-    spec = _task_spec(task)
+    spec = _task_spec(task, new_task)
     task_dir = Path(out) / spec.domain / spec.name
     if task_dir.exists() and not task_dir.is_dir():
         raise NotADirectoryError(20, "task path exists and is not a directory", str(task_dir))
@@ -565,7 +575,11 @@ def import_dataset(fmt: str, src: str | Path, task: str, out: str | Path, overwr
             _check_against(spec, ep, where)
             image = ep["states"].dtype == np.uint8
             # durability comes once, for the whole directory, before the swap
-            write_episode(stage, n, ep, compress=image, task=spec.id, fsync=False)
+            try:
+                write_episode(stage, n, ep, compress=image, task=spec.id, fsync=False)
+            except TrajectoryFileError as err:  # name the source episode, not the staging copy
+                raise ImportFormatError(f"{where}: [{err.dataset}] {err.problem}" if err.dataset
+                                        else f"{where}: {err.problem}") from None
             n += 1
             if bar is not None:
                 bar.update(1)
@@ -582,7 +596,7 @@ def import_dataset(fmt: str, src: str | Path, task: str, out: str | Path, overwr
         if fmt == "dqn-replay":
             meta["actions"] = "minimal action set mapped to the full 18-action set (options.minimal_actions)"
             meta["rewards"] = "as released: clipped to [-1, 1] by Dopamine"
-        atomic_write_text(stage / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+        atomic_write_text(stage / "meta.json", json_dumps(meta, indent=1, sort_keys=True))
         write_stats(stage)  # reads every episode back, validated
         for p in stage.iterdir():
             fsync_file(p)
@@ -612,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-episodes", type=int, default=None)
     ap.add_argument("--overwrite", action="store_true",
                     help="replace the task's episodes (the new ones are built aside and swapped in when all are valid)")
+    ap.add_argument("--new-task", action="store_true",
+                    help="import under a task id the manifests lack, in a domain they know (default: refused as a "
+                         "probable typo)")
     ap.add_argument("--no-progress", action="store_true")
     add_json_option(ap, "the task's stats.json summary")
     args = ap.parse_args(argv)
@@ -622,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
         opts["checkpoints"] = args.ckpt
     with JsonOutput(args.json) as out:
         d = import_dataset(args.format, args.src, args.task, args.out, overwrite=args.overwrite,
-                           max_episodes=args.max_episodes, progress=not args.no_progress, **opts)
+                           max_episodes=args.max_episodes, progress=not args.no_progress, new_task=args.new_task,
+                           **opts)
         stats = json.loads((d / "stats.json").read_text())
         print(f"{stats['task']}: imported {stats['n_episodes']} episodes, {stats['n_transitions']} steps -> {d}")
         out.write({"dir": str(d), **{k: v for k, v in stats.items() if k != "episodes"}})

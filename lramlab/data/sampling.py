@@ -184,8 +184,11 @@ def resolve_task_info(data: TaskData, task_specs: Mapping[str, Any] | None = Non
     if scale is None:
         scale = _get(spec, "reward_scale", meta.get("reward_scale"))
     if scale is None:
-        raise ValueError(f"{task}: no reward scale: the task is not in lramlab.manifests and no "
-                         f"task_specs / reward_scale override was given")
+        meta_file = Path(data.task_dir) / "meta.json"
+        raise ValueError(f"{task} (in {data.task_dir}): no reward scale: the task is not in lramlab.manifests "
+                         f"(`lramlab tasks` lists them; a typo in the task name?) and "
+                         f"{meta_file if meta_file.exists() else 'its meta.json (missing)'} gives no 'reward_scale'; "
+                         f"add one there (Python: run(cfg, reward_scale=...))")
     spec_kind = _get(spec, "action_kind")
     if spec_kind is not None and spec_kind != data.action_kind:
         raise ValueError(f"{task}: manifest says {spec_kind} actions, the files in {data.task_dir} hold {data.action_kind}")

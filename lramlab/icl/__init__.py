@@ -23,7 +23,6 @@ Shape letters: G goals, N trials, C context timesteps, B windows.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lramlab._dataclass_cli import check_fields, command
+from lramlab._dataclass_cli import check_fields, command, json_dumps
 from lramlab.data.history import HistoryDataset
 
 EPISODE_LENGTH = 100
@@ -234,6 +233,9 @@ def run_icl(cfg: ICLConfig) -> ICLResult:
     if (run_dir / "icl.json").exists() and not cfg.overwrite:
         raise ValueError(f"{run_dir / 'icl.json'} exists (an earlier ICL run): pass --overwrite to replace it, "
                          f"or another --out")
+    goals = goals_of(cfg.eval_goals)  # a bad goal list is refused before minutes of training
+    if cfg.train_goals != "train":
+        goals_of(cfg.train_goals)
     if cfg.checkpoint:
         src = cfg.checkpoint
     else:
@@ -243,7 +245,6 @@ def run_icl(cfg: ICLConfig) -> ICLResult:
         metrics, src, run_dir = res.metrics, str(res.model_path), res.run_dir
     device = pick_device(cfg.device)
     model = load_model_from_checkpoint(src, map_location=device)
-    goals = goals_of(cfg.eval_goals)
     rets = icl_rollouts(model, goals, cfg.trials, target_return=cfg.target_return, greedy=cfg.greedy,
                         seed=cfg.seed, context_steps=cfg.context, progress=cfg.progress,
                         dt_window_mode=cfg.dt_window_mode)
@@ -252,7 +253,7 @@ def run_icl(cfg: ICLConfig) -> ICLResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     from lramlab.data.store import atomic_write_text
 
-    atomic_write_text(run_dir / "icl.json", json.dumps({"config": asdict(cfg), **result.to_dict()}, indent=1))
+    atomic_write_text(run_dir / "icl.json", json_dumps({"config": asdict(cfg), **result.to_dict()}, indent=1))
     return result
 
 

@@ -35,7 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lramlab._dataclass_cli import check_fields
+from lramlab._dataclass_cli import check_fields, json_dumps
 from lramlab._io import file_sha256
 
 EVAL_SETS = ("holdout", "train")
@@ -260,7 +260,7 @@ def run_agent(cfg, eval_sets: Sequence[str] = EVAL_SETS, max_goals: int = 0) -> 
                    "config": asdict(cfg), **res.to_dict()}
             from lramlab._io import atomic_write_text
 
-            atomic_write_text(path, json.dumps(old, indent=1))
+            atomic_write_text(path, json_dumps(old, indent=1))
         evals[name] = {"goals": old["goals"], "returns": old["returns"], "seconds": old["seconds"], "file": str(path)}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     bb = model.backbone

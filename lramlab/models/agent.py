@@ -266,8 +266,27 @@ class LRAM(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path, extra: Optional[dict] = None):
-        """Atomic checkpoint carrying the LRAMConfig and the state_dict (`checkpoint.load_model` reads it)."""
-        return atomic_torch_save(model_payload(self, extra), path)
+        """Atomic checkpoint carrying the LRAMConfig and the state_dict (`checkpoint.load_model` reads it);
+        non-finite weights are refused (a diverged model is never written)."""
+        payload = model_payload(self, extra)
+        check_finite_weights(payload["state_dict"], f"model file {path} (not written)")
+        return atomic_torch_save(payload, path)
+
+
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names of the floating-point tensors in a state dict holding NaN or an infinity."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def check_finite_weights(state: dict, where: str) -> None:
+    """ValueError naming `where` and the first tensors when weights hold NaN / inf (a run that
+    diverged wrote them: scoring or fine-tuning such a model only hides the failure)."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise ValueError(f"{where}: the weights are not finite (NaN or inf in {len(bad)} tensors: "
+                         f"{', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the run that wrote it diverged. "
+                         f"Use an earlier checkpoint, or retrain with a lower --lr")
 
 
 FORMAT = "lramlab.model"  # a model file: format tag, version, config dict, state_dict, extra

@@ -11,9 +11,9 @@ from typing import Optional, Union
 
 import torch
 
-from lramlab._io import atomic_torch_save
+from lramlab._io import UnsafeCheckpointError, safe_torch_load
 
-from .agent import FORMAT, LRAM, VERSION, model_payload
+from .agent import FORMAT, LRAM, VERSION, check_finite_weights, model_payload, nonfinite_tensors  # noqa: F401
 from .config import LRAMConfig
 
 
@@ -31,6 +31,8 @@ def model_from_payload(payload: dict, where: str = "checkpoint", map_location=No
         cfg = LRAMConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: bad model config: {err}") from err
+    if isinstance(payload["state_dict"], dict):
+        check_finite_weights(payload["state_dict"], where)
     model = LRAM(cfg)
     if map_location is not None:
         model.to(map_location)
@@ -42,8 +44,8 @@ def model_from_payload(payload: dict, where: str = "checkpoint", map_location=No
 
 
 def save_model(model, path: Union[str, Path], extra: Optional[dict] = None) -> Path:
-    """Write `model` (config + weights) to `path` atomically."""
-    return atomic_torch_save(model_payload(model, extra), path)
+    """Write `model` (config + weights) to `path` atomically; refuses non-finite weights."""
+    return LRAM.save(model, path, extra)
 
 
 def load_checkpoint_payload(path: Union[str, Path], map_location=None) -> dict:
@@ -51,7 +53,9 @@ def load_checkpoint_payload(path: Union[str, Path], map_location=None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return safe_torch_load(path, map_location=map_location or "cpu")
+    except UnsafeCheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001 - name the file whatever failed
         raise ValueError(f"{path}: cannot read model checkpoint: {err}") from err
 

@@ -9,7 +9,6 @@ and the settings it was made with (`args["stamp"]`).
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -17,22 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from lramlab._dataclass_cli import strict_json
 from lramlab._io import file_sha256
 
 
-def clean_json(x):
-    """NaN / inf -> None, numpy scalars and arrays -> Python, tuples -> lists (strict JSON)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): clean_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean_json(v) for v in x]
-    if hasattr(x, "tolist"):  # numpy
-        return clean_json(x.tolist())
-    if isinstance(x, Path):
-        return str(x)
-    return x
+#: NaN / inf -> None, numpy -> Python, tuples -> lists (strict JSON)
+clean_json = strict_json
 
 
 # ============================================================================ jobs

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lramlab._io import atomic_torch_save
+from lramlab._io import UnsafeCheckpointError, atomic_torch_save, safe_torch_load
+from lramlab.models.checkpoint import check_finite_weights
 
 FORMAT = "lramlab-train-checkpoint"
 VERSION = 1
@@ -44,9 +45,10 @@ class CheckpointError(ValueError, RuntimeError):
 
 def rng_state() -> dict:
     """The generators a training step draws from (python, numpy, torch, CUDA)."""
-    state = {
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {  # plain values and tensors only: checkpoints load with torch.load(weights_only=True)
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -55,8 +57,11 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]) if isinstance(py, (list, tuple)) else py)
+    kind, keys, *rest = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -87,12 +92,14 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, model: torch.nn.Modul
     """Write a training checkpoint atomically. `rng` / `sampler` are lists indexed by rank."""
     m = unwrap(model)
     mcfg = getattr(m, "config", None) or getattr(m, "cfg", None)
+    state = m.state_dict()
+    check_finite_weights(state, f"checkpoint {path} (not written)")
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
         "step": int(step),
         "model_config": config_to_dict(mcfg) if mcfg is not None else None,
-        "model": m.state_dict(),
+        "model": state,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "optimizer_param_names": optimizer_param_names,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -111,8 +118,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        # our own files hold numpy RNG state, which weights_only=True refuses
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = safe_torch_load(path, map_location=map_location)
+    except UnsafeCheckpointError as err:
+        raise CheckpointError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - report which file failed, with the cause
         raise CheckpointError(f"checkpoint {path} could not be read: {err}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -122,6 +130,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"expected {FORMAT!r})")
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r}, expected {VERSION}")
+    if isinstance(ckpt.get("model"), dict):
+        try:
+            check_finite_weights(ckpt["model"], f"checkpoint {path}")
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
     return ckpt
 
 
@@ -152,13 +165,20 @@ def load_model_from_checkpoint(path: str | os.PathLike,
     """Model from a run dir, a training checkpoint, or a `model.save` file (eval mode)."""
     p = resolve_checkpoint(path)
     try:
-        raw = torch.load(p, map_location=map_location, weights_only=False)
+        raw = safe_torch_load(p, map_location=map_location)
+    except UnsafeCheckpointError as err:
+        raise CheckpointError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - truncated, not a torch file, unpickling: name the file
         raise CheckpointError(f"checkpoint {p} could not be read (damaged, or not a checkpoint): "
                               f"{type(err).__name__}: {err}") from err
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         if raw.get("model_config") is None:
             raise CheckpointError(f"{p}: training checkpoint carries no model_config")
+        if isinstance(raw.get("model"), dict):
+            try:
+                check_finite_weights(raw["model"], f"checkpoint {p}")
+            except ValueError as err:
+                raise CheckpointError(str(err)) from None
         try:
             model = build_from_config_dict(raw["model_config"])
             model.load_state_dict(raw["model"])

@@ -108,6 +108,10 @@ def check_data(cfg: TrainConfig, tasks: Sequence[str] | None = None, task_specs=
             report = check_dataset(list(cfg.data), **kw)
     else:
         report = check_dataset(list(cfg.data), **kw)
+    if report.packs:
+        from lramlab.data.store.packed import ignore_packs
+
+        ignore_packs(pk["file"] for pk in report.packs)  # a damaged pack is never read, in any rank
     if report.packs and rank == 0:
         for pk in report.packs:
             print(f"lramlab train: warning: {pk['file']} is {pk['status']} ({pk['reason']}); its task reads "
@@ -163,7 +167,30 @@ def make_datasets(cfg: TrainConfig, task_specs=None, reward_scale=None):
                     d.keep_top(cfg.top_fraction)
     if val is not None and int(val.n_steps.sum()) == 0:
         val = None
+    train.data_fingerprint = data_fingerprint(cfg.data, files, tasks)
     return train, val
+
+
+def data_fingerprint(roots: Sequence[str], files: dict, tasks: Sequence[str] | None = None) -> dict:
+    """What a resume compares: the data roots' resolved paths and a digest of the episode files a
+    run reads (per task: file names and lengths), so the same data named another way resumes and
+    data that changed under the run (episodes deleted, added, rewritten to another length) does not."""
+    import hashlib
+    from pathlib import Path
+
+    from lramlab.data.store import task_id_of
+
+    per_task: dict[str, list] = {}
+    for task_dir, (names, lengths) in files.items():
+        tid = task_id_of(task_dir)
+        if tasks is not None and tid not in set(tasks):
+            continue
+        per_task.setdefault(tid, []).extend(f"{n}:{int(ln)}" for n, ln in zip(names, lengths))
+    h = hashlib.sha256()
+    for tid in sorted(per_task):
+        h.update(json.dumps([tid, sorted(per_task[tid])]).encode())
+    return {"resolved": [str(Path(d).resolve()) for d in roots], "digest": h.hexdigest(),
+            "episodes": {t: len(v) for t, v in sorted(per_task.items())}}
 
 
 def make_sampler(dataset, cfg: TrainConfig, info: DistInfo):

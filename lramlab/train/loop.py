@@ -25,11 +25,12 @@ from lramlab.train.data import (found_tasks, make_datasets, make_sampler, next_b
 from lramlab.train.distributed import (DistInfo, barrier, cleanup, env_world, gather_objects, init_distributed,
                                        pick_device)
 from lramlab.train.freeze import apply_freeze
-from lramlab.train.rundir import (check_finetune, check_fits_in_memory, claim_run_dir, resume_changes,
-                                  warn_long_warmup)
+from lramlab.train.rundir import (check_finetune, check_fits_in_memory, check_resume_data, claim_run_dir,
+                                  clear_earlier_run, resume_changes, warn_long_warmup)
 from lramlab.train.runlog import MetricLogger, versions, write_json
-from lramlab.train.step import (DOMAIN_KEY, batch_to, build_optimizer, build_scheduler, load_optimizer_state, lr_at,
-                                optimizer_param_names, target_count, train_step, validate, weight_decay_groups)
+from lramlab.train.step import (DOMAIN_KEY, TrainingDiverged, batch_to, build_optimizer, build_scheduler,
+                                load_optimizer_state, lr_at, optimizer_param_names, target_count, train_step, validate,
+                                weight_decay_groups)
 
 #: evaluate(model, tasks, step) -> metrics such as {"eval/<domain>/normalized_score": ...}; rank 0 calls it
 EvalCallback = Callable[[torch.nn.Module, list, int], dict]
@@ -93,14 +94,35 @@ def seed_everything(seed: int) -> None:
 
 
 
+def _kept(last: Path) -> str:
+    """What a diverged run leaves: its last good checkpoint, by name and step."""
+    if last.is_file():
+        try:
+            step = int(ckpt_mod.load_checkpoint(last)["step"])
+            return f"stopped; the last good checkpoint is {last} (step {step}), kept as it was"
+        except ValueError:
+            pass
+    return f"stopped; no checkpoint had been written yet ({last} comes every --ckpt-every steps)"
+
+
 def _save(path: Path, step: int, model, optimizer, scheduler, sampler, cfg: TrainConfig,
-          info: DistInfo, metrics: dict) -> None:
+          info: DistInfo, metrics: dict, fingerprint: dict | None = None) -> None:
+    from lramlab.models.checkpoint import nonfinite_tensors
+
+    bad = nonfinite_tensors(ckpt_mod.unwrap(model).state_dict())
+    if bad:  # finite loss, but the last update overflowed some weights: keep the previous checkpoint
+        raise TrainingDiverged(float(metrics.get("train/loss", float("nan"))),
+                               float(metrics.get("train/grad_norm", float("nan"))),
+                               float(metrics.get("train/lr", float("nan"))), step,
+                               f"weights became non-finite ({', '.join(bad[:3])}); {path} was not written; "
+                               + _kept(path.parent / "last.pt"))
     # every rank's RNG and sampler state, so a resumed DDP run continues each rank exactly
     rngs = gather_objects(ckpt_mod.rng_state(), info)
     samplers = gather_objects(sampler.state_dict(), info)
     if info.is_main:
         ckpt_mod.save_checkpoint(path, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
-                                 rng=rngs, sampler=samplers, train_config=cfg.to_dict(), metrics=metrics,
+                                 rng=rngs, sampler=samplers, metrics=metrics,
+                                 train_config={**cfg.to_dict(), "data_fingerprint": fingerprint},
                                  optimizer_param_names=optimizer_param_names(optimizer, model))
     barrier(info)
 
@@ -167,6 +189,9 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
 
     seed_everything(cfg.seed + info.rank)
     train_ds, val_ds = make_datasets(cfg, task_specs, reward_scale)
+    fingerprint = train_ds.data_fingerprint
+    if resume_ckpt is not None:
+        resumed["changed"].update(check_resume_data(resume_ckpt.get("train_config") or {}, cfg, fingerprint, last))
     sampler = make_sampler(train_ds, cfg, info)
     val_batches = validation_batch_list(val_ds, cfg, info) if val_ds is not None else []
 
@@ -179,6 +204,9 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
     else:
         model = build_model(make_model_config(cfg))
     frozen = apply_freeze(model, cfg.freeze) if cfg.freeze else []
+    if cfg.overwrite and info.is_main:
+        clear_earlier_run(run_dir)  # only now: the data, the tasks and the model have passed their checks
+    barrier(info)
     model.to(device)
     model.train()
     # every rank must start from rank 0's weights (model init draws from per-rank seeds)
@@ -222,7 +250,8 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
 
     logger = MetricLogger(run_dir, info.is_main, cfg.tensorboard, resume_step=step)
     if info.is_main:
-        write_json(run_dir / "config.json", {"train": cfg.to_dict(),
+        write_json(run_dir / "config.json", {"train": cfg.to_dict(), "data_resolved": fingerprint["resolved"],
+                                              "data_fingerprint": fingerprint,
                                               "model": ckpt_mod.config_to_dict(model.cfg),
                                               "tasks": train_ds.tasks, "domains": sampler.domains,
                                               "world_size": info.world_size, "device": str(device),
@@ -245,8 +274,11 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
     try:
         while step < cfg.steps:
             batches = next(stream) if stream is not None else next_batches(sampler, cfg)
-            m = train_step(train_model, batches, optimizer, scheduler, grad_clip=cfg.grad_clip,
-                           amp=cfg.amp, device=device, dist_info=info)
+            try:
+                m = train_step(train_model, batches, optimizer, scheduler, grad_clip=cfg.grad_clip,
+                               amp=cfg.amp, device=device, dist_info=info)
+            except TrainingDiverged as err:
+                raise TrainingDiverged(err.loss, err.grad_norm, err.lr, step + 1, _kept(last)) from None
             step += 1
             steps_since += 1
             last_metrics.update(m)
@@ -265,10 +297,10 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 logger.log(step, _periodic_eval(model, train_ds, evaluate, step, info))
             if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step != cfg.steps:
-                _save(last, step, model, optimizer, scheduler, source, cfg, info, last_metrics)
+                _save(last, step, model, optimizer, scheduler, source, cfg, info, last_metrics, fingerprint)
             if cfg.keep_every and step % cfg.keep_every == 0:
                 _save(ckpt_dir / f"step_{step:07d}.pt", step, model, optimizer, scheduler, source, cfg, info,
-                      last_metrics)
+                      last_metrics, fingerprint)
         # the end: validation, checkpoint, model file, final metrics
         final: dict[str, float] = {k: v for k, v in last_metrics.items()}
         if val_batches:
@@ -279,7 +311,7 @@ def _run(cfg, device, info, t0, evaluate, task_specs, reward_scale) -> RunResult
             ev = _periodic_eval(model, train_ds, evaluate, step, info)
             logger.log(step, ev)
             final.update(ev)
-        _save(last, step, model, optimizer, scheduler, source, cfg, info, final)
+        _save(last, step, model, optimizer, scheduler, source, cfg, info, final, fingerprint)
         model_path = run_dir / "model.pt"
         if info.is_main:
             _save_model_file(model, model_path)

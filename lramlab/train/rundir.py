@@ -1,7 +1,8 @@
 """What a training run may do to its run directory, and what a resume or fine-tune may change.
 
 - `claim_run_dir(cfg, info)`: refuses a directory that already holds a run unless `resume` or
-  `overwrite` (then that run's files -- and only those -- are deleted first), and holds an
+  `overwrite` (then `clear_earlier_run` deletes that run's files -- and only those -- once the new
+  run's data and model have passed their checks), and holds an
   exclusive lock (`OUT/.lock`, flock) while the run lives, so two runs never write one directory
   (the kernel drops the lock when a process dies, even by SIGKILL). Stale `.*.tmp` files of killed
   atomic writes are removed under the lock.
@@ -77,16 +78,6 @@ def claim_run_dir(cfg: TrainConfig, info) -> RunLock | None:
                              f"(resume=True) to continue it, --overwrite (overwrite=True) to replace it, or choose "
                              f"another --out")
         if info.is_main:
-            if cfg.overwrite and found:
-                for name in RUN_FILES:
-                    p = run_dir / name
-                    if p.is_dir():
-                        shutil.rmtree(p)
-                    elif p.exists():
-                        p.unlink()
-                fsync_dir(run_dir)
-                print(f"lramlab train: --overwrite: removed the earlier run in {run_dir} ({', '.join(found)})",
-                      file=sys.stderr)
             remove_stale_tmp(run_dir)  # killed atomic writes; safe: we hold the lock
             if (run_dir / "checkpoints").is_dir():
                 remove_stale_tmp(run_dir / "checkpoints")
@@ -95,6 +86,24 @@ def claim_run_dir(cfg: TrainConfig, info) -> RunLock | None:
             lock.release()
         raise
     return lock
+
+
+def clear_earlier_run(run_dir: Path) -> None:
+    """--overwrite: delete the earlier run's files (and only those). The loop calls it once the
+    data, the tasks and the model have passed their checks, so a run refused for its input leaves
+    the earlier one whole."""
+    found = existing_run(run_dir)
+    if not found:
+        return
+    for name in RUN_FILES:
+        p = run_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    fsync_dir(run_dir)
+    print(f"lramlab train: --overwrite: removed the earlier run in {run_dir} ({', '.join(found)})", file=sys.stderr)
 
 
 def check_fits_in_memory(cfg: TrainConfig, d_model: int) -> None:
@@ -106,6 +115,12 @@ def check_fits_in_memory(cfg: TrainConfig, d_model: int) -> None:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return
+    if cfg.backbone == "xlstm":  # the xlstm package builds a causal mask of (3 C)^2 bytes with the model
+        mask = (3 * cfg.context) ** 2
+        if mask > ram:
+            raise ValueError(f"context={cfg.context}: the xLSTM model alone needs at least {mask / 2**30:.1f} GiB "
+                             f"(its causal mask over {3 * cfg.context} tokens), more than this machine's "
+                             f"{ram / 2**30:.1f} GiB of memory; give a smaller --context")
     need = cfg.batch_size * cfg.context * (204 * 4 + 3 * d_model * 4)
     if need > ram:
         raise ValueError(f"batch_size={cfg.batch_size} x context={cfg.context}: one micro-batch needs at least "
@@ -133,6 +148,8 @@ def resume_changes(saved: dict, cfg: TrainConfig, ckpt_path: Path, ckpt_step: in
     for name, new in now.items():
         if name in RUN_MODE_FIELDS or name not in saved:  # a field newer than the checkpoint: nothing to compare
             continue
+        if name == "data":  # by content and resolved path, once the data are read: check_resume_data
+            continue
         old = saved[name]
         if _norm(old) == _norm(new):
             continue
@@ -153,6 +170,32 @@ def resume_changes(saved: dict, cfg: TrainConfig, ckpt_path: Path, ckpt_step: in
         raise ValueError(f"--resume: {ckpt_path} is at step {ckpt_step}, past steps={cfg.steps}: give --steps >= "
                          f"{ckpt_step} (or train a new run)")
     return allowed
+
+
+def check_resume_data(saved: dict, cfg: TrainConfig, now: dict, ckpt_path: Path) -> dict[str, list]:
+    """--resume: the data must be what the run read (`train.data.data_fingerprint`: resolved roots,
+    a digest of the episode files' names and lengths). The same data under another spelling or
+    path resumes (the change is returned for the record); changed data refuses, naming how."""
+    old = saved.get("data_fingerprint")
+    if not isinstance(old, dict):  # a checkpoint from before fingerprints: its paths, resolved here
+        then = [str(Path(d).resolve()) for d in saved.get("data", ())]
+        if then and then != now["resolved"]:
+            raise ValueError(f"--resume: {ckpt_path} was written with data={list(saved.get('data', ()))!r}, "
+                             f"this run has data={list(cfg.data)!r}; the data fix the order of the batches and "
+                             f"cannot change on resume")
+        return {}
+    if old.get("digest") != now["digest"]:
+        a, b = old.get("episodes", {}), now["episodes"]
+        diffs = [f"{t}: {a.get(t, 0)} -> {b.get(t, 0)} episodes" for t in sorted(set(a) | set(b))
+                 if a.get(t, 0) != b.get(t, 0)]
+        how = "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "") if diffs else \
+            "the same number of episodes, but other files or lengths"
+        raise ValueError(f"--resume: the data in {', '.join(now['resolved'])} changed since {ckpt_path} was "
+                         f"written ({how}); a resumed run must read the same episodes. Restore the data, or "
+                         f"train a new run (--out elsewhere, or --overwrite)")
+    if old.get("resolved") != now["resolved"]:
+        return {"data": [old.get("resolved"), now["resolved"]]}
+    return {}
 
 
 #: LRAMConfig fields a TrainConfig decides (make_model_config) and a fine-tune must match

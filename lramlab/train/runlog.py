@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lramlab._dataclass_cli import json_dumps
 from lramlab._io import atomic_write_text
 
 # ---------------------------------------------------------------------------------------
@@ -52,7 +53,7 @@ def _step_of(line: str) -> float:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+    atomic_write_text(path, json_dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 class MetricLogger:
@@ -86,7 +87,7 @@ class MetricLogger:
         if not self.enabled or not metrics:
             return
         rec = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
-        self.f.write(json.dumps(rec) + "\n")
+        self.f.write(json_dumps(rec) + "\n")
         self.f.flush()
         if self.tb is not None:
             for k, v in metrics.items():

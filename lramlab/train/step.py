@@ -185,6 +185,17 @@ def _loss(model, batch, amp: bool, device: torch.device):
         return model(batch, return_loss=True)
 
 
+class TrainingDiverged(ValueError):
+    """An update met a non-finite loss or gradient norm (the weights were left as they were)."""
+
+    def __init__(self, loss: float, grad_norm: float, lr: float, step: int | None = None, note: str = ""):
+        self.loss, self.grad_norm, self.lr, self.step = loss, grad_norm, lr, step
+        at = f" at step {step}" if step is not None else ""
+        super().__init__(f"training diverged{at}: train/loss={loss:.4g}, train/grad_norm={grad_norm:.4g} "
+                         f"(lr={lr:.4g}); {note or 'the update was not applied'}. Lower --lr, lengthen --warmup, "
+                         f"or check the data (`lramlab data check`)")
+
+
 def train_step(model: torch.nn.Module, batches: Sequence[dict], optimizer: torch.optim.Optimizer,
                scheduler=None, *, grad_clip: float = 0.25, amp: bool = True,
                device: torch.device | str = "cpu", dist_info: DistInfo | None = None) -> dict[str, float]:
@@ -224,6 +235,9 @@ def train_step(model: torch.nn.Module, batches: Sequence[dict], optimizer: torch
     else:
         gn = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None]))
     lr = optimizer.param_groups[0]["lr"]
+    if not (math.isfinite(total) and math.isfinite(float(gn))):
+        # before the update: the weights stay those of the last finite step
+        raise TrainingDiverged(total, float(gn), float(lr))
     optimizer.step()
     if scheduler is not None:
         scheduler.step()

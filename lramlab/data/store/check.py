@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, USER_ERROR_EXIT, add_json_option, command, json_dumps
 from lramlab._io import atomic_write_text, remove_stale_tmp
 from lramlab.data.store.episodes import (PACKED_NAME, TrajectoryFileError, _read_json, _read_open, _summary,
                                          _task_id_of, find_tasks, list_episode_files, read_episode)
 from lramlab.data.store.handles import POOL
 from lramlab.data.store.packed import _PackedIndex, pack_task
-from lramlab.data.store.validate import inspect_file, judge, load_cache, save_cache, stat_key, task_expect
+from lramlab.data.store.validate import (inspect_file, judge, load_cache, manifest_spec, save_cache, stat_key,
+                                         task_expect)
 from lramlab.manifests import reward_rule
 
 # ----------------------------------------------------------------------------- stats and check
@@ -73,7 +75,7 @@ def write_stats(task_dir, require_complete: bool = True, summaries: Mapping[str,
     the caller has just written and validated, so those files are not read again.
     """
     stats = task_stats(task_dir, require_complete, summaries)
-    atomic_write_text(Path(task_dir) / "stats.json", json.dumps(stats, indent=1))
+    atomic_write_text(Path(task_dir) / "stats.json", json_dumps(stats, indent=1))
     return stats
 
 
@@ -128,6 +130,7 @@ class TaskReport:
     packed: str = "absent"  # packed.hdf5: absent | current | stale | unreadable | corrupt
     read: int = 0  # files read by this check (the others' results came from the cache)
     tmp_removed: int = 0  # leftover tmp files of killed writes removed
+    note: str = ""  # why training cannot use the task as it is (e.g. no reward scale), else ""
 
 
 @dataclass
@@ -164,8 +167,9 @@ class DatasetReport:
                 "files_read": sum(t.read for t in self.tasks)}
 
 
-def _pack_problem(index, names: list[str], recs: list[dict]) -> str | None:
-    """Validate every episode stored in a current pack (values, lengths); None if all are whole."""
+def _pack_problem(index, names: list[str], recs: list[dict], expect=None) -> str | None:
+    """Validate every episode stored in a current pack (values, lengths, and the task's spec: discrete
+    ids < n_actions, continuous dims); None if all are whole."""
     by_name = {n: r for n, r in zip(names, recs)}
     cols = index.columns()
     with POOL.lock:
@@ -175,10 +179,19 @@ def _pack_problem(index, names: list[str], recs: list[dict]) -> str | None:
                 rec = by_name.get(name, {})
                 if "T" in rec and rec["T"] != b - a:
                     return f"episode {name}: {b - a} steps packed, the file has {rec['T']}"
+                where = f"{index.path} (its copy of {name})"
                 try:
-                    _read_open(f"{index.path} (episode {name})", cols, None, None, None, b - a, base=a)
+                    ep = _read_open(where, cols, None, None, None, b - a, base=a)
                 except TrajectoryFileError as err:
                     return str(err)
+                act = ep["actions"]
+                if expect is not None and expect.action_dim is not None:
+                    if act.ndim == 1 and len(act) and int(act.max()) >= expect.action_dim:
+                        return (f"{where}: [actions] expected ids < {expect.action_dim} (task {expect.task}'s "
+                                f"n_actions), got {int(act.max())}")
+                    if act.ndim == 2 and act.shape[1] != expect.action_dim:
+                        return (f"{where}: [actions] expected {expect.action_dim} continuous dims (task "
+                                f"{expect.task}), got {act.shape[1]}")
         finally:
             index.drop_handles()
     return None
@@ -193,7 +206,8 @@ def check_task(task_dir, task_specs: Mapping | None = None, full: bool = False, 
     removed = remove_stale_tmp(task_dir)  # only tmp files whose writer is dead
     paths = list_episode_files(task_dir)
     task = _task_id_of(task_dir)
-    expect = task_expect(task, _read_json(task_dir / "meta.json"), task_specs, manifests)
+    expect = task_expect(task, _read_json(task_dir / "meta.json"), task_specs, manifests,
+                         meta_path=str(task_dir / "meta.json"))
     use_cache = cache and require_complete  # facts of unfinished files differ with require_complete
     stored = load_cache(task_dir) if use_cache else {"files": {}}
     old = {} if full else stored["files"]
@@ -201,7 +215,11 @@ def check_task(task_dir, task_specs: Mapping | None = None, full: bool = False, 
     for p in paths:
         try:
             key = stat_key(p.stat())
-        except FileNotFoundError:  # removed since it was listed
+        except FileNotFoundError:  # removed since it was listed, or a dangling symbolic link
+            if p.is_symlink():
+                names.append(p.name)
+                recs.append({"error": [None, f"a dangling symbolic link (-> {os.readlink(p)}): its target does "
+                                             f"not exist"]})
             continue
         c = old.get(p.name)
         if isinstance(c, list) and len(c) == 3 and c[:2] == key:
@@ -217,6 +235,20 @@ def check_task(task_dir, task_specs: Mapping | None = None, full: bool = False, 
     verdicts = judge(recs, expect)
     tr = TaskReport(task=task, dir=str(task_dir), read=n_read, tmp_removed=len(removed))
     invalid, good, lengths, rets, succ = [], [], [], [], []
+    meta_path = task_dir / "meta.json"
+    meta = _read_json(meta_path)
+    scaled = isinstance(meta, dict) and meta.get("reward_scale") is not None
+    if manifest_spec(task, manifests) is None and not scaled and not (task_specs and task_specs.get(task) is not None):
+        tr.note = (f"not in lramlab.manifests (a typo?) and {meta_path} gives no 'reward_scale': training cannot "
+                   f"scale its rewards")
+    if meta_path.exists() and not isinstance(meta, dict):
+        try:
+            json.loads(meta_path.read_text())
+            why = "expected a JSON object"
+        except (OSError, ValueError) as err:
+            why = f"not valid JSON ({err})"
+        invalid.append({"file": str(meta_path), "dataset": None,
+                        "reason": f"{why}; the task's id, specs and reward scale come from it"})
     for name, rec, v in zip(names, recs, verdicts):
         if v is not None:
             tr.invalid += 1
@@ -241,13 +273,13 @@ def check_task(task_dir, task_specs: Mapping | None = None, full: bool = False, 
     except FileNotFoundError:
         tr.packed, pack_cache = "absent", None
     if pkey is not None:
-        sources = hashlib.sha1(json.dumps([[n] + files[n][:2] for n in names]).encode()).hexdigest()
+        sources = hashlib.sha1(json.dumps([[n] + files[n][:2] for n in names if n in files]).encode()).hexdigest()
         if isinstance(pack_cache, list) and len(pack_cache) == 5 and pack_cache[:2] == pkey and pack_cache[4] == sources:
             tr.packed, reason = pack_cache[2], pack_cache[3]
         else:
             index, tr.packed, reason = _PackedIndex.status(task_dir, paths)
             if index is not None:
-                reason = _pack_problem(index, names, recs) or ""
+                reason = _pack_problem(index, names, recs, expect) or ""
                 n_read += 1
                 if reason:
                     tr.packed = "corrupt"
@@ -340,6 +372,9 @@ def check_main(argv: list[str]) -> int:
             print(f"  {t.task:<32} {t.episodes:>6} eps {t.transitions:>9} steps  {ret}{sr}{bad}{pk}")
         if not rep.tasks:
             print("  no task directories with episode files found")
+        for t in rep.tasks:
+            if t.note:
+                print(f"NOTE {t.task}: {t.note}")
         removed = sum(t.tmp_removed for t in rep.tasks)
         if removed:
             print(f"removed {removed} leftover tmp files of killed writes")
@@ -349,7 +384,7 @@ def check_main(argv: list[str]) -> int:
         for pk in rep.packs:
             what = {"stale": "STALE", "unreadable": "UNREADABLE", "corrupt": "DAMAGED"}[pk["status"]]
             print(f"{what} {pk['file']}: {pk['reason']} (run `lramlab data pack --force` on its task, or delete it)")
-    return 0 if rep.ok else 1
+    return 0 if rep.ok else USER_ERROR_EXIT  # invalid files: the user's data (2), as every user error
 
 
 @command("lramlab data pack")

@@ -6,6 +6,7 @@ naming the file, the dataset and what was expected. Reading a window reads only 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -14,7 +15,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from lramlab._io import fsync_dir, fsync_file, tmp_path_for
+from lramlab._io import check_free_space, disk_full_error, fsync_dir, fsync_file, tmp_path_for
 from lramlab.manifests import model_rewards
 
 REQUIRED_KEYS = ("states", "actions", "rewards", "returns_to_go", "dones")
@@ -95,6 +96,10 @@ def _check_shapes(path, shapes: Mapping[str, tuple], dtypes: Mapping[str, np.dty
         if not np.issubdtype(a_dtype, np.integer):
             raise TrajectoryFileError(path, "actions", f"expected integer dtype for discrete (T,) actions, got {a_dtype}")
     elif len(a_shape) == 2:
+        if not np.issubdtype(a_dtype, np.floating) and np.issubdtype(a_dtype, np.integer):
+            raise TrajectoryFileError(path, "actions", f"got integer actions of shape {a_shape}: expected discrete "
+                                                       f"actions as (T,) integer ids (drop the last axis of size "
+                                                       f"{a_shape[1]}), or continuous actions as (T, A) floats")
         if not np.issubdtype(a_dtype, np.floating):
             raise TrajectoryFileError(path, "actions", f"expected a float dtype for continuous (T, A) actions, got {a_dtype}")
         if not 1 <= a_shape[1] <= MAX_ACT_DIM:
@@ -110,6 +115,10 @@ def _check_shapes(path, shapes: Mapping[str, tuple], dtypes: Mapping[str, np.dty
     return int(T)
 
 
+#: states, rewards and returns-to-go beyond this magnitude are refused (float32 training overflows)
+VALUE_LIMIT = 1e9
+
+
 def _check_values(path, data: Mapping[str, np.ndarray], start: int, T: int) -> None:
     """Validate values of a (possibly partial) read that starts at timestep `start`."""
     for key in ("rewards", "returns_to_go", "states"):
@@ -119,6 +128,14 @@ def _check_values(path, data: Mapping[str, np.ndarray], start: int, T: int) -> N
             t = int(np.flatnonzero(rows.any(axis=1))[0])
             value = x.reshape(len(x), -1)[t][rows[t]][0]
             raise TrajectoryFileError(path, key, f"expected finite values, got {value} at timestep {t + start}")
+        if x is not None and x.dtype != np.uint8 and x.size:
+            big = np.abs(x.reshape(len(x), -1)) >= VALUE_LIMIT
+            if big.any():  # finite, but a float32 network overflows on it (3e38 gave a NaN loss)
+                t = int(np.flatnonzero(big.any(axis=1))[0])
+                value = x.reshape(len(x), -1)[t][big[t]][0]
+                raise TrajectoryFileError(path, key, f"expected values of magnitude < {VALUE_LIMIT:.0e} (larger ones "
+                                                     f"overflow float32 in training), got {value:.4g} at timestep "
+                                                     f"{t + start}")
     a = data.get("actions")
     if a is not None:
         if a.ndim == 2:
@@ -209,6 +226,7 @@ def _write_file(task_dir: Path, final: Path, index: int, ep: Mapping[str, np.nda
                 task: str, fsync: bool) -> None:
     """tmp file -> datasets -> `complete` -> (fsync) -> os.replace -> (fsync dir)."""
     h5py = _h5py()
+    check_free_space(final, sum(int(a.nbytes) for a in ep.values()) + (16 << 10))
     tmp = tmp_path_for(final)
     try:
         with h5py.File(tmp, "w") as f:
@@ -226,6 +244,12 @@ def _write_file(task_dir: Path, final: Path, index: int, ep: Mapping[str, np.nda
         if fsync:
             fsync_file(tmp)
         os.replace(tmp, final)
+    except Exception as err:
+        full = disk_full_error(final, err)
+        Path(tmp).unlink(missing_ok=True)
+        if full is not None:
+            raise full from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -456,8 +480,10 @@ def _natural_key(p: Path):
 def list_episode_files(task_dir) -> list[Path]:
     """Episode files of a task dir in natural order (hidden tmp files and packed.hdf5 skipped)."""
     task_dir = Path(task_dir)
+    # a dangling symbolic link is listed (the check reports it by name), not skipped in silence
     files = {p for pat in EPISODE_GLOB for p in task_dir.glob(pat)
-             if p.is_file() and not p.name.startswith(".") and p.name != PACKED_NAME}
+             if (p.is_file() or (p.is_symlink() and not p.exists()))
+             and not p.name.startswith(".") and p.name != PACKED_NAME}
     return sorted(files, key=_natural_key)
 
 
@@ -465,11 +491,31 @@ def find_tasks(root) -> list[Path]:
     """Task directories under `root` (any directory holding episode files); `root` itself if it is one."""
     root = Path(root)
     if not root.is_dir():
+        if root.exists():
+            raise NotADirectoryError(errno.ENOTDIR, "expected a dataset directory (DIR/<domain>/<name>/episode_*.hdf5) "
+                                     "or one task directory, got a file", str(root))
+        if root.is_symlink():
+            raise FileNotFoundError(errno.ENOENT, f"dataset directory is a dangling symbolic link (-> "
+                                    f"{os.readlink(root)})", str(root))
         raise FileNotFoundError(f"dataset directory {root} does not exist")
     if list_episode_files(root):
         return [root]
     found = []
-    for dirpath, dirnames, _ in os.walk(root):
+    seen = {os.path.realpath(root)}
+    # symbolic links to task (or domain) directories are followed -- each real directory once, so a
+    # link cycle ends -- and a dangling one is an error naming it, never a task skipped in silence
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        for d in list(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                dirnames.remove(d)
+            seen.add(real)
+        for f in filenames:
+            link = os.path.join(dirpath, f)
+            if not f.startswith(".") and "." not in f and os.path.islink(link) and not os.path.exists(link):
+                # a dangling link named like a task or domain directory (episode files: the check lists them)
+                    raise FileNotFoundError(errno.ENOENT, f"a dangling symbolic link in the dataset (-> "
+                                            f"{os.readlink(link)}); remove it or restore its target", link)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if list_episode_files(dirpath):
             found.append(Path(dirpath))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lramlab._io import fsync_dir as _fsync_dir, fsync_file as _fsync_file, tmp_path_for
+from lramlab._io import (check_free_space, disk_full_error, fsync_dir as _fsync_dir, fsync_file as _fsync_file,
+                         tmp_path_for)
 from lramlab.data.store.episodes import (_H5_ERRORS, PACKED_NAME, TrajectoryFileError, _file_meta, _h5py, _open,
                                          _task_id_of, list_episode_files, os_error_of, read_episode)
 from lramlab.data.store.handles import POOL, new_owner
@@ -32,6 +33,25 @@ def use_packed(enabled: bool):
         _USE_PACKED.pop()
 
 
+#: packs found damaged in this process (`ignore_packs`), by (resolved path, size, mtime): readers use
+#: the episode files; a pack written again since is read again
+_IGNORED: set[tuple] = set()
+
+
+def _pack_key(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def ignore_packs(paths) -> None:
+    """Never read these packed.hdf5 files, as they are now, in this process (and the worker processes
+    it forks): the data check found them damaged, so a reader takes the episode files instead."""
+    _IGNORED.update(k for k in (_pack_key(Path(p)) for p in paths) if k is not None)
+
+
 def _source_stat(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     st = [p.stat() for p in paths]
     return (np.asarray([x.st_size for x in st], dtype=np.int64),
@@ -52,7 +72,10 @@ class _PackedIndex:
     @classmethod
     def load(cls, task_dir: Path, episode_paths, warn: bool = False) -> "_PackedIndex | None":
         """The index if task_dir/packed.hdf5 exists and is current for `episode_paths`, else None
-        (with a warning naming why when `warn`)."""
+        (with a warning naming why when `warn`). A pack `ignore_packs` named (the data check found
+        it damaged) is never read."""
+        if _pack_key(Path(task_dir) / PACKED_NAME) in _IGNORED:
+            return None
         index, status, reason = cls.status(task_dir, episode_paths)
         if index is None and status != "absent" and warn:
             if status == "stale":
@@ -200,6 +223,9 @@ def pack_task(task_dir, compress: bool = False, force: bool = False,
     lengths = np.asarray([m[0] for m in metas], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     N = int(offsets[-1])
+    need = sum(N * int(np.prod(shp[1:], dtype=np.int64)) * dtypes0[k].itemsize for k, shp in shapes0.items())
+    if not compress:  # HDF5 can crash the process on a full disk: refuse a pack that cannot fit
+        check_free_space(final, need + 64 * len(paths) + (64 << 10))
     tmp = tmp_path_for(final)
     try:
         with h5py.File(tmp, "w") as f:
@@ -233,6 +259,9 @@ def pack_task(task_dir, compress: bool = False, force: bool = False,
         os_err = os_error_of(err, final)  # e.g. ENOSPC inside h5py (no file name on it): name the pack
         if os_err is not None and getattr(err, "filename", None) is None:
             raise os_err from err
+        full = disk_full_error(final, err) if isinstance(err, Exception) else None
+        if full is not None:
+            raise full from None
         raise
     _fsync_dir(task_dir)
     return final, True

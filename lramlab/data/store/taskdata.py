@@ -149,7 +149,7 @@ class TaskData:
             if self._pk is not None:
                 if self._cols is None:
                     self._cols = self._pk.columns()
-                where = f"{self._pk.path} (episode {self.names[i]})"
+                where = f"{self._pk.path} (its copy of {self.names[i]}; the episode file itself was not read)"
                 return _read_open(where, self._cols, start, stop, keys, int(self.lengths[i]),
                                   base=int(self._pk.offsets[self._pk_rows[i]]))
             h = self._file(i)

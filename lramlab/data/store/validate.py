@@ -30,7 +30,7 @@ from lramlab._io import atomic_write
 from lramlab.data.store.episodes import (LRAMLAB_ATTRS, TrajectoryFileError, _check_shapes, _check_values,
                                          _datasets, _open, _slice)
 
-CHECK_VERSION = 1  # bump when inspect_file's facts change: older caches are ignored
+CHECK_VERSION = 2  # bump when inspect_file's facts change: older caches are ignored
 CACHE_NAME = ".lramlab-check.json"
 
 
@@ -96,8 +96,15 @@ def manifest_spec(task: str, manifests: Mapping | None = None):
     return manifests.get(task)
 
 
+def _strict_int(x) -> int:
+    """int(x) for an integer or a whole number; ValueError for anything else ("two", 2.5, True)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or int(x) != x:
+        raise ValueError(x)
+    return int(x)
+
+
 def task_expect(task: str, meta: Mapping | None = None, task_specs: Mapping | None = None,
-                manifests: Mapping | None = None) -> TaskExpect:
+                manifests: Mapping | None = None, meta_path: str | None = None) -> TaskExpect:
     """Merge, field by field, `task_specs[task]` > the manifest (`lramlab.manifests`) >
     meta.json (`obs_shape`, `action_kind`, `action_dim` or `n_actions`)."""
     sources = []
@@ -117,7 +124,19 @@ def task_expect(task: str, meta: Mapping | None = None, task_specs: Mapping | No
         for src, spec in sources:
             v = _field(spec, name)
             if v is not None:
-                out[name] = tuple(int(x) for x in v) if name == "obs_shape" else (str(v) if name == "action_kind" else int(v))
+                try:
+                    if name == "obs_shape":
+                        if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+                            raise TypeError
+                        out[name] = tuple(_strict_int(x) for x in v)
+                    else:
+                        out[name] = str(v) if name == "action_kind" else _strict_int(v)
+                except (TypeError, ValueError):
+                    want = "a list of integers such as [2]" if name == "obs_shape" else "an integer"
+                    if name == "action_kind":
+                        want = "'discrete' or 'continuous'"
+                    where = f"{meta_path or 'meta.json'}" if src == "meta.json" else f"{src} of task {task}"
+                    raise ValueError(f"{where}: field {name!r} is {v!r}: expected {want}") from None
                 used.append(src)
                 break
     return TaskExpect(task=task, source=", ".join(dict.fromkeys(used)) or "no spec", **out)
