@@ -42,6 +42,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval",): ("lramlab.evaluate:main", "evaluate a checkpoint in environments"),
     ("icl",): ("lramlab.icl:main", "in-context learning evaluation on Dark-Room"),
     ("pipeline",): ("lramlab.pipeline:main", "run the study notebooks headlessly"),
+    ("report",): ("lramlab.analysis.report:main", "render docs/results.md from the committed JSON (--check: stale?)"),
 }
 
 

@@ -19,6 +19,15 @@ Per domain: mean and IQM (interquartile mean, Agarwal et al. 2021) of the scores
 domain's (`manifests.domain_score_kind`: Atari "human"); tasks of another kind (Carnival, Pooyan:
 "raw") are aggregated beside it under "other_kinds", never averaged in. Likewise the data-
 normalised scores and success rates. A NaN score makes its mean and IQM NaN (listed in "nan_tasks").
+Scores of different kinds are never averaged together: per domain "normalized" holds the domain's
+0..1-type score (its normalised kind; a "raw" domain with a known best return, Dark-Room, as
+return / best return), and the cross-domain headline (`EvalResult.metrics`: eval/normalized_score)
+averages only those -- never a raw return.
+
+Caps: an episode cut below the task's whole episode (`max_steps` < the manifest's episode_length)
+is never normalised against whole-episode constants: such a task keeps its raw return (and its
+success rate), its normalised and data-normalised scores are None, `capped` is True and
+`score_note` says why. Whole episodes are the default everywhere.
 
 Failures are never hidden: a task whose rollout raises is recorded with its error (NaN scores);
 `on_failure="raise"` (default) raises `EvaluationFailed` (carrying the whole result) after every task
@@ -74,7 +83,7 @@ class TaskScore:
     episodes: int
     returns: list[float]
     mean_return: float
-    normalized_score: float
+    normalized_score: float | None               # None: not normalisable here (capped; see score_note)
     success_rate: float | None = None
     score_kind: str = ""
     available: bool = True
@@ -84,6 +93,8 @@ class TaskScore:
     target_source: str = ""                      # where target_return came from
     reward_rule: str = ""                        # manifests.reward_rule of the task
     episode_cap: int = 0                         # agent steps
+    capped: bool = False                         # episode_cap < the task's whole episode (scores: see score_note)
+    score_note: str = ""                         # why a score is None (a capped evaluation)
     seeds: list[int] = field(default_factory=list)  # env seeds, one per episode
     error: str = ""                              # "Type: message" when the rollout raised
     error_traceback: str = ""
@@ -107,25 +118,41 @@ class EvalResult:
     protocol: dict[str, Any] = field(default_factory=dict)  # what conditioned the rollouts (see evaluate_model)
 
     def metrics(self, prefix: str = "eval") -> dict[str, float]:
-        """Flat, namespaced numbers for metric logs: eval/<domain>/normalized_score, ..."""
+        """Flat, namespaced numbers for metric logs, one kind per key (never a raw return averaged
+        with normalised scores):
+
+        - eval/<task>/return (raw), eval/<task>/normalized_score (normalised kinds only),
+          eval/<task>/data_normalized_score;
+        - eval/<domain>/return: mean raw return over the domain's tasks;
+          eval/<domain>/normalized_score, /iqm: the domain's normalised mean and IQM (`aggregate`'s
+          "normalized": its kind, or return / best return for Dark-Room); absent when the domain
+          has none (a raw domain without a best return, or every task capped);
+          eval/<domain>/data_normalized_score, /success_rate;
+        - eval/normalized_score: the mean of the domains' normalised means (a NaN domain makes it
+          NaN); eval/data_normalized_score likewise; eval/n_failed.
+        """
         out: dict[str, float] = {}
         for t in self.tasks:
             out[f"{prefix}/{t.task}/return"] = t.mean_return
-            out[f"{prefix}/{t.task}/normalized_score"] = t.normalized_score
+            if t.normalized_score is not None and t.score_kind != "raw":
+                out[f"{prefix}/{t.task}/normalized_score"] = t.normalized_score
             if t.data_normalized_score is not None:
                 out[f"{prefix}/{t.task}/data_normalized_score"] = t.data_normalized_score
         for dom, d in self.domains.items():
-            if d["n_tasks"]:  # no task of the domain's kind ran: nothing to report (NaN scores are reported)
-                out[f"{prefix}/{dom}/normalized_score"] = d["mean"]
-                out[f"{prefix}/{dom}/iqm"] = d["iqm"]
+            if d.get("return", {}).get("n_tasks"):
+                out[f"{prefix}/{dom}/return"] = d["return"]["mean"]
+            nz = d.get("normalized", {})
+            if nz.get("n_tasks"):  # NaN scores are reported (a failed task), never hidden
+                out[f"{prefix}/{dom}/normalized_score"] = nz["mean"]
+                out[f"{prefix}/{dom}/iqm"] = nz["iqm"]
             dn = d.get("data_normalized", {})
             if dn.get("n_tasks"):
                 out[f"{prefix}/{dom}/data_normalized_score"] = dn["mean"]
                 out[f"{prefix}/{dom}/data_normalized_iqm"] = dn["iqm"]
-            if "success_rate" in d:
+            if d.get("success_rate", {}).get("n_tasks"):
                 out[f"{prefix}/{dom}/success_rate"] = d["success_rate"]["mean"]
-        # across domains: domains with tasks of their kind; a NaN domain makes the average NaN
-        means = [d["mean"] for d in self.domains.values() if d["n_tasks"]]
+        # across domains: normalised means only; a NaN domain makes the average NaN
+        means = [d["normalized"]["mean"] for d in self.domains.values() if d.get("normalized", {}).get("n_tasks")]
         if means:
             out[f"{prefix}/normalized_score"] = float(np.mean(means))
         dns = [d["data_normalized"]["mean"] for d in self.domains.values()
@@ -143,7 +170,9 @@ class EvalResult:
 
 def score_task(spec, returns: Sequence[float], success_rate: float | None, **record: Any) -> TaskScore:
     """Scores of a task from its episodes' raw returns (manifest constants). `record`: TaskScore
-    fields saying what conditioned the rollouts (target_return, target_source, episode_cap, ...)."""
+    fields saying what conditioned the rollouts (target_return, target_source, episode_cap, ...).
+    An `episode_cap` below the task's whole episode leaves the normalised and data-normalised
+    scores None (module docstring: caps)."""
     from lramlab.manifests import data_normalize, normalize_score, reward_rule
 
     rets = [float(r) for r in returns]
@@ -151,13 +180,24 @@ def score_task(spec, returns: Sequence[float], success_rate: float | None, **rec
     if spec.score_kind == "success":
         if success_rate is None:
             raise ValueError(f"task {spec.id}: score_kind 'success' but the env reported no success flag")
-        norm = float(normalize_score(spec, success_rate))
+        norm: float | None = float(normalize_score(spec, success_rate))
     else:
         norm = float(normalize_score(spec, mean))
+    dn = data_normalize(spec, mean)
     record.setdefault("reward_rule", reward_rule(spec))
+    cap = int(record.get("episode_cap") or 0)
+    if cap and spec.episode_length and cap < int(spec.episode_length):
+        record["capped"] = True
+        kept = {"success": "the success rate within the cap and the raw return",
+                "raw": "the raw return (no return / best return)"}.get(spec.score_kind, "the raw return only")
+        record["score_note"] = (f"capped at {cap} of {int(spec.episode_length)} steps: {kept}; no normalised score "
+                                f"against whole-episode constants")
+        if spec.score_kind not in ("success", "raw"):
+            norm = None
+        dn = None
     return TaskScore(task=spec.id, domain=spec.domain, episodes=len(rets), returns=rets, mean_return=mean,
                      normalized_score=norm, success_rate=success_rate, score_kind=spec.score_kind,
-                     data_normalized_score=data_normalize(spec, mean), **record)
+                     data_normalized_score=dn, **record)
 
 
 def failed_score(spec, error: str, error_traceback: str = "", **record: Any) -> TaskScore:
@@ -196,13 +236,30 @@ def _domain_kind(domain: str, scores: Sequence[TaskScore]) -> str:
         return Counter(s.score_kind for s in scores).most_common(1)[0][0]
 
 
+def best_return(task: str) -> float | None:
+    """The best possible return of a raw-scored task when known (Dark-Room: `extra.max_return`)."""
+    from lramlab.manifests import get_task
+
+    try:
+        best = (get_task(task).extra or {}).get("max_return")
+    except (KeyError, ValueError):
+        return None
+    return float(best) if best else None
+
+
 def aggregate(scores: Sequence[TaskScore], exclude_failed: bool = False) -> dict[str, dict]:
     """Per domain: mean and IQM of the normalised scores of the domain's score kind (see the module
     docstring), the same for the data-normalised scores and success rates, other kinds beside.
 
     {domain: {"score_kind", "mean", "iqm", "n_tasks"[, "nan_tasks"],
+              "return": {"mean", "iqm", "n_tasks"}  (raw returns),
+              "normalized": {"kind", "mean", "iqm", "n_tasks"}  (the 0..1-type score; absent for a raw
+                            domain without a best return),
               "data_normalized": {"mean", "iqm", "n_tasks"[, "nan_tasks"], "without_constants": [...]},
-              ["success_rate": {...}], ["other_kinds": {kind: {..., "tasks": [...]}}], ["failed": [...]]}}
+              ["success_rate": {...}], ["other_kinds": {kind: {..., "tasks": [...]}}], ["failed": [...]],
+              ["capped": {"tasks": [...], "note": ...}]}}
+    "mean"/"iqm" are the domain's own kind (for a raw domain: raw returns); capped tasks of a
+    normalised kind (score None) are left out of them and listed under "capped".
     exclude_failed: tasks with an error are left out of every mean and listed under "failed".
     """
     by: dict[str, list[TaskScore]] = {}
@@ -214,18 +271,32 @@ def aggregate(scores: Sequence[TaskScore], exclude_failed: bool = False) -> dict
         failed = [s.task for s in ss if s.error] if exclude_failed else []
         use = [s for s in ss if s.task not in failed]
         kind = _domain_kind(dom, ss)
-        d: dict[str, Any] = {"score_kind": kind, **_summary([(s.task, s.normalized_score) for s in use
-                                                             if s.score_kind == kind])}
+        mine = [s for s in use if s.score_kind == kind and s.normalized_score is not None]
+        d: dict[str, Any] = {"score_kind": kind, **_summary([(s.task, s.normalized_score) for s in mine])}
+        d["return"] = _summary([(s.task, s.mean_return) for s in use])
+        if kind != "raw":
+            d["normalized"] = {"kind": kind, **_summary([(s.task, s.normalized_score) for s in mine])}
+        else:
+            best = {s.task: best_return(s.task) for s in use if s.score_kind == "raw"}
+            frac = [s for s in use if s.score_kind == "raw" and not s.capped]
+            if best and all(best.values()) and frac:
+                d["normalized"] = {"kind": "return / best return",
+                                   **_summary([(s.task, s.mean_return / best[s.task]) for s in frac])}
         with_dn = [s for s in use if s.data_normalized_score is not None]
         d["data_normalized"] = {**_summary([(s.task, s.data_normalized_score) for s in with_dn]),
-                                "without_constants": [s.task for s in use if s.data_normalized_score is None]}
+                                "without_constants": [s.task for s in use if s.data_normalized_score is None
+                                                      and not s.capped]}
         succ = [(s.task, s.success_rate) for s in use if s.success_rate is not None]
         if succ:
             d["success_rate"] = _summary(succ)
         others = sorted({s.score_kind for s in use} - {kind})
         if others:
-            d["other_kinds"] = {k: {**_summary([(s.task, s.normalized_score) for s in use if s.score_kind == k]),
+            d["other_kinds"] = {k: {**_summary([(s.task, s.normalized_score) for s in use if s.score_kind == k
+                                                and s.normalized_score is not None]),
                                     "tasks": [s.task for s in use if s.score_kind == k]} for k in others}
+        capped = [s for s in use if s.capped]
+        if capped:
+            d["capped"] = {"tasks": [s.task for s in capped], "note": capped[0].score_note}
         if failed:
             d["failed"] = failed
         out[dom] = d
@@ -330,7 +401,8 @@ def evaluate_model(model: torch.nn.Module, tasks: Sequence[Any], episodes: int =
     workers > 1: tasks spread over that many spawned processes (CPU), each with its own model copy.
     skip_unavailable: a task whose domain's simulator is missing here is listed in `skipped`
     instead of raising. target / data: R̂_1 (see `resolve_target`). on_failure: "raise" | "nan" |
-    "skip" (module docstring). max_steps: cap episodes below the manifest's episode_length.
+    "skip" (module docstring). max_steps: cap episodes below the manifest's episode_length (None / 0:
+    whole episodes, the default; a capped task's normalised scores are None, see the module docstring).
     record_dir: rollouts are written there as episode_000000.hdf5, ...; a task directory there that
     already holds episodes is refused (they would be overwritten).
     """
@@ -404,7 +476,7 @@ def evaluate_model(model: torch.nn.Module, tasks: Sequence[Any], episodes: int =
         status, out = outcomes[s.id]
         cap = int(min(max_steps, s.episode_length) if max_steps else s.episode_length)
         record = dict(target_return=targets[s.id][0], target_source=targets[s.id][1], episode_cap=cap,
-                      seeds=list(seeds))
+                      seeds=list(seeds))  # score_task: a cap below the whole episode -> no normalised scores
         if status == "error":
             res.failed[s.id] = out[0]
             res.tasks.append(failed_score(s, out[0], out[1], **record))
@@ -537,9 +609,10 @@ def format_table(res: EvalResult) -> str:
     lines = [f"{'task':<36} {'kind':>7} {'return':>10} {'score':>8} {'data-n':>8} {'success':>8} {'target':>9}"]
     for t in res.tasks:
         sr = "" if t.success_rate is None else f"{t.success_rate:.2f}"
-        lines.append(f"{t.task:<36} {t.score_kind:>7} {t.mean_return:>10.3f} {t.normalized_score:>8.3f} "
+        sc = "-" if t.normalized_score is None else f"{t.normalized_score:.3f}"
+        lines.append(f"{t.task:<36} {t.score_kind:>7} {t.mean_return:>10.3f} {sc:>8} "
                      f"{_fmt(t.data_normalized_score):>8} {sr:>8} {_fmt(t.target_return):>9}"
-                     + (f"  FAILED {t.error}" if t.error else ""))
+                     + (f"  FAILED {t.error}" if t.error else "") + (f"  ({t.score_note})" if t.capped else ""))
     lines.append("")
     lines.append(f"{'domain':<16} {'kind':>7} {'mean':>8} {'iqm':>8} {'tasks':>6} "
                  f"{'data-n mean':>12} {'data-n iqm':>11}")
@@ -547,11 +620,20 @@ def format_table(res: EvalResult) -> str:
         dn = v.get("data_normalized", {})
         dn_txt = f"{dn['mean']:>12.3f} {dn['iqm']:>11.3f}" if dn.get("n_tasks") else f"{'-':>12} {'-':>11}"
         lines.append(f"{d:<16} {v['score_kind']:>7} {v['mean']:>8.3f} {v['iqm']:>8.3f} {v['n_tasks']:>6} {dn_txt}")
+        nz = v.get("normalized", {})
+        if v["score_kind"] == "raw" and nz.get("n_tasks"):
+            lines.append(f"{'  as ' + nz['kind']:<24} {nz['mean']:>8.3f} {nz['iqm']:>8.3f} {nz['n_tasks']:>6}")
         for k, o in v.get("other_kinds", {}).items():
             lines.append(f"{'  beside: ' + k:<16} {k:>7} {o['mean']:>8.3f} {o['iqm']:>8.3f} {o['n_tasks']:>6}  "
                          f"({', '.join(o['tasks'])}; not averaged in)")
+        if v.get("capped"):
+            lines.append(f"  {len(v['capped']['tasks'])} task(s) {v['capped']['note']}")
         if v.get("failed"):
             lines.append(f"  left out (failed, --on-failure skip): {', '.join(v['failed'])}")
+    head = res.metrics()
+    if "eval/normalized_score" in head:
+        lines.append(f"headline (mean of the domains' normalised scores; Dark-Room as return / best): "
+                     f"{head['eval/normalized_score']:.3f}")
     for t, why in res.skipped.items():
         lines.append(f"unavailable {t}: {why}")
     for t, err in res.failed.items():
@@ -588,4 +670,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["iqm", "TaskScore", "EvalResult", "EvalConfig", "EvaluationFailed", "score_task", "failed_score",
-           "aggregate", "resolve_target", "resolve_targets", "evaluate_model", "evaluate", "eval_callback", "main"]
+           "aggregate", "best_return", "resolve_target", "resolve_targets", "evaluate_model", "evaluate", "eval_callback", "main"]

@@ -294,6 +294,11 @@ def _cell_error(err, nb: str, src: Path, output: Path) -> PipelineError:
     return PipelineError(nb, msg, cell_index=src_idx, ename=ename, evalue=evalue, output=str(output))
 
 
+#: the kernel's own log at ERROR: its "Kernel is running over TCP without encryption" warning, once
+#: per notebook, is noise for a local papermill kernel (cells' warnings and errors are unaffected)
+KERNEL_QUIET = ["--IPKernelApp.log_level=ERROR"]
+
+
 def run_notebook(name: str, out: Path, parameters: Mapping[str, Any], kernel: str,
                  cell_timeout: int | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
     """Execute one notebook into `out/<name>/<name>.ipynb`; raise PipelineError on a failing cell."""
@@ -308,7 +313,7 @@ def run_notebook(name: str, out: Path, parameters: Mapping[str, Any], kernel: st
         # widgets render only live; their saved state would embed plotly.js (~5 MB) per FigureWidget
         pm.execute_notebook(str(src), str(dst), parameters=dict(parameters), kernel_name=kernel,
                             progress_bar=False, cwd=str(run_dir), execution_timeout=cell_timeout,
-                            store_widget_state=False)
+                            store_widget_state=False, extra_arguments=KERNEL_QUIET)
     except pm.PapermillExecutionError as err:
         raise _cell_error(err, name, src, dst) from err
     except Exception as err:  # noqa: BLE001 - kernel death, timeouts: name the notebook

@@ -106,11 +106,12 @@ def test_domain_scores_from_an_eval_result(tiny_model):
     fig = plots.domain_scores({"dt": res})
     assert [t.name for t in fig.data] == ["dt"]
     assert list(fig.data[0].x) == ["darkroom"]
-    assert fig.data[0].y[0] == pytest.approx(res.domains["darkroom"]["mean"])
+    frac = np.mean(ro.returns) / spec.extra["max_return"]  # Dark-Room on the normalised axis: return / best
+    assert fig.data[0].y[0] == pytest.approx(frac) and res.domains["darkroom"]["mean"] == pytest.approx(np.mean(ro.returns))
     rows = plots.domain_scores([{"backbone": "a", "domain": "atari", "score": 0.5},
                                 {"backbone": "b", "domain": "atari", "score": 0.7}])
     assert [t.y[0] for t in rows.data] == [0.5, 0.7]
-    assert plots.scores_from_metrics(res.metrics()) == {"darkroom": pytest.approx(res.domains["darkroom"]["mean"])}
+    assert plots.scores_from_metrics(res.metrics()) == {"darkroom": pytest.approx(frac)}
     with pytest.raises(ValueError, match="lacks"):
         plots.domain_scores([{"backbone": "a", "score": 1.0}])
 

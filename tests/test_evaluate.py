@@ -79,6 +79,47 @@ def test_aggregate_mean_and_iqm_per_domain():
     assert m["eval/a/iqm"] == pytest.approx(3.5) and m["eval/normalized_score"] == pytest.approx((121 / 8 + 0.6) / 2)
 
 
+def test_headline_averages_normalised_scores_only_never_a_raw_return():
+    """Dark-Room (raw return 0..99) + Meta-World (success) + Atari (human-normalised): the
+    cross-domain headline is the mean of normalised scores, Dark-Room entering as return / best."""
+    from lramlab.manifests import get_task, normalize_score
+
+    dr, mw, at = get_task("darkroom/goal-2-0"), get_task("metaworld/reach-v2"), get_task("atari/amidar")
+    scores = [score_task(dr, [50.0, 50.0], None, episode_cap=dr.episode_length),
+              score_task(mw, [300.0], 0.5, episode_cap=mw.episode_length),
+              score_task(at, [1000.0], None, episode_cap=at.episode_length)]
+    res = EvalResult(tasks=scores, domains=aggregate(scores))
+    m = res.metrics()
+    atari = normalize_score(at, 1000.0)
+    assert res.domains["darkroom"]["normalized"]["mean"] == pytest.approx(50.0 / 99.0)
+    assert m["eval/normalized_score"] == pytest.approx((50.0 / 99.0 + 0.5 + atari) / 3)
+    # the mix the old metrics made (raw 50 averaged with 0.5 and 0.59) is gone
+    assert m["eval/normalized_score"] < 1.0
+    assert m["eval/darkroom/normalized_score"] == pytest.approx(50.0 / 99.0) and m["eval/darkroom/return"] == 50.0
+    assert "eval/darkroom/goal-2-0/normalized_score" not in m and m["eval/darkroom/goal-2-0/return"] == 50.0
+    assert res.domains["darkroom"]["mean"] == 50.0  # the domain's own kind (raw) stays a return, apart
+
+
+def test_a_capped_evaluation_is_never_normalised_against_whole_episode_constants():
+    from lramlab.manifests import get_task
+
+    at, dr = get_task("atari/amidar"), get_task("darkroom/goal-2-0")
+    capped = score_task(at, [120.0], None, episode_cap=200)
+    assert capped.capped and capped.normalized_score is None and capped.data_normalized_score is None
+    assert capped.mean_return == 120.0 and "capped at 200 of 6750 steps" in capped.score_note
+    whole = score_task(at, [120.0], None, episode_cap=at.episode_length)
+    assert not whole.capped and whole.normalized_score is not None
+    dr_capped = score_task(dr, [10.0], None, episode_cap=50)  # raw kind: the return stays, no return / best
+    res = EvalResult(tasks=[capped, dr_capped], domains=aggregate([capped, dr_capped]))
+    m = res.metrics()
+    assert res.domains["atari"]["capped"]["tasks"] == ["atari/amidar"] and res.domains["atari"]["n_tasks"] == 0
+    assert "normalized" not in res.domains["darkroom"] and m["eval/atari/return"] == 120.0
+    assert "eval/normalized_score" not in m and "eval/atari/normalized_score" not in m
+    from lramlab.evaluate import format_table
+
+    assert "capped at 200 of 6750 steps" in format_table(res)
+
+
 # ---------------------------------------------------------------------------------- rollouts
 def test_darkroom_rollouts_vectorised_workers_and_recording(model_dir, tmp_path):
     from lramlab.data.store import TaskData, read_episode

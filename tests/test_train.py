@@ -185,3 +185,9 @@ def test_periodic_rollout_evaluation(data_root, tmp_path):
     lines = [ln for ln in _lines(res.run_dir) if "eval/darkroom/normalized_score" in ln]
     assert [ln["step"] for ln in lines] == [1, 2]
     assert "eval/darkroom/iqm" in res.metrics and "eval/darkroom/goal-6-9/return" in res.metrics
+    # the log's domain score and headline are normalised (Dark-Room: return / best), never the raw return
+    from lramlab.manifests import get_task
+
+    frac = res.metrics["eval/darkroom/goal-6-9/return"] / get_task("darkroom/goal-6-9").extra["max_return"]
+    assert res.metrics["eval/darkroom/normalized_score"] == pytest.approx(frac)
+    assert res.metrics["eval/normalized_score"] == pytest.approx(frac)

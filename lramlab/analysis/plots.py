@@ -211,8 +211,10 @@ def _score_rows(scores, stat: str = "mean") -> list[dict]:
     if isinstance(scores, Mapping):
         rows = []
         for backbone, per_domain in scores.items():
-            if hasattr(per_domain, "domains"):  # EvalResult: {domain: {"mean", "iqm", "n_tasks"}}
-                per_domain = per_domain.domains
+            if hasattr(per_domain, "domains"):  # EvalResult: each domain's normalised score only (its kind;
+                # Dark-Room as return / best return); raw returns never share the normalised axis
+                per_domain = {d: v["normalized"] for d, v in per_domain.domains.items()
+                              if v.get("normalized", {}).get("n_tasks")}
             per_domain = {d: (v[stat] if isinstance(v, Mapping) else v) for d, v in per_domain.items()} \
                 if isinstance(per_domain, Mapping) else per_domain
             if not isinstance(per_domain, Mapping):
@@ -233,8 +235,8 @@ def domain_scores(scores, title: str = "Normalised score per domain", error: Map
                   stat: str = "mean"):
     """Grouped bars: one trace per backbone, x = domain, y = normalised score.
 
-    `scores`: backbone -> {domain: score}, backbone -> `EvalResult` (its per-domain `stat`,
-    "mean" or "iqm"), one EvalResult, or rows {backbone, domain, score}. `error` (optional)
+    `scores`: backbone -> {domain: score}, backbone -> `EvalResult` (its per-domain normalised
+    `stat`, "mean" or "iqm"; Dark-Room as return / best return, a domain without one left out), one EvalResult, or rows {backbone, domain, score}. `error` (optional)
     mirrors `scores` with a spread (e.g. std over seeds) shown as error bars.
     """
     go = _go()

@@ -5,11 +5,13 @@ learning order, `lramlab data generate --task 'darkroom/*' --policy history`), c
 of C = 2 episodes = 200 timesteps that span consecutive episodes of one history (`HistoryDataset`),
 so the model sees how returns improve from one episode to the next.
 Evaluation: on the 20 hold-out goals, 40 consecutive episodes ("ICL trials") per goal with the
-recurrent state / KV cache carried across episodes and no weight update; R̂ restarts at the target
-return (80, the paper's value) at every trial. The Transformer attends to the last 2 episodes
-(its KV window is set to the training context), by default in the DT's "hop" window mode
-(re-encode the last episode once per episode instead of the last 2 episodes every step;
-backbones/dt.py). All goals step together in one `DarkRoomVec`.
+recurrent state / KV cache carried across episodes and no weight update. Token sets with a
+return-to-go ("srr", "srra") restart R̂ at `target_return` (80, the paper's value) every trial; the
+CPU recipe's "ad" tokens (s_t, a_{t-1}, r_{t-1}) carry no R̂ at all -- and they include the
+previous action, which the paper removes from its agents' context (§4, "Removing Actions").
+The Transformer attends to the last 2 episodes (its KV window is set to the training context), by
+default in the DT's "hop" window mode (re-encode the last episode once per episode instead of the
+last 2 episodes every step; backbones/dt.py). All goals step together in one `DarkRoomVec`.
 
     res = run_icl(ICLConfig(data="data/", backbone="xlstm", size="16M", steps=20_000, out="runs/icl-xlstm"))
     res.returns        # (G, trials) return per hold-out goal and trial
@@ -132,7 +134,8 @@ class ICLConfig:
     backbone: str = "xlstm"               # xlstm | mamba | dt
     size: str = "16M"                     # paper: 16M agents
     slstm_at: str | None = None           # xLSTM ratio/positions (None: [7:1])
-    tokens: str = "srr"                   # "srr" (s, R̂, r): the paper; "sr" (s, r): Algorithm Distillation, no R̂
+    tokens: str = "srr"                   # "srr" (s, R̂, r): the paper; "sr" (s, r): no R̂; "ad" (s, a_prev, r_prev) summed
+    #                                       into one token: no R̂, previous action included (the paper removes actions)
     train_goals: str = "train"            # "train" (the 80 goals found in data) or a comma list of tasks
     eval_goals: str = "holdout"           # "holdout" (20 goals), "train", or a comma list
     context_episodes: int = 2             # context = 2 episodes = 200 timesteps
@@ -143,7 +146,7 @@ class ICLConfig:
     history_start: float = 0.0            # skip this leading fraction of each history in training
     val_fraction: float = 0.025
     trials: int = 40                      # consecutive in-context episodes per goal
-    target_return: float = 80.0           # R̂ at the start of every trial (raw units)
+    target_return: float = 80.0           # R̂ at the start of every trial (raw units; unused by "sr" / "ad" tokens)
     greedy: bool = False                  # paper samples (deterministic: false)
     dt_window_mode: str = "hop"           # DT step past its window: "hop" (fast) | "exact" (backbones/dt.py)
     seed: int = 0

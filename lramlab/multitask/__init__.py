@@ -44,7 +44,8 @@ min-max, DMControl data-normalised, success rates; Dark-Room return / best retur
 """
 from lramlab.multitask.config import MultiTaskConfig, find_study_tasks, parse_backbone
 from lramlab.multitask.jobs import Job, load_embedding, run_jobs
-from lramlab.multitask.study import MultiTaskResult, collect_results, domain_table, plan_jobs, run_multitask
+from lramlab.multitask.study import (MultiTaskResult, collect_results, domain_table, per_task_rows, plan_jobs,
+                                     run_multitask)
 
 __all__ = ["MultiTaskConfig", "parse_backbone", "find_study_tasks", "Job", "run_jobs", "load_embedding",
-           "plan_jobs", "collect_results", "domain_table", "MultiTaskResult", "run_multitask"]
+           "plan_jobs", "collect_results", "domain_table", "per_task_rows", "MultiTaskResult", "run_multitask"]

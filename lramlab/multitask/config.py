@@ -67,7 +67,8 @@ class MultiTaskConfig:
     finetune_steps: int = 50               # fine-tuning updates on the hold-out tasks (0: none; paper: 25K)
     top_fraction: float = 0.05             # fine-tuning data: each hold-out task's best trajectories (paper: 5 %)
     eval_episodes: int = 1                 # episodes per task (paper: 3 seeds)
-    eval_max_steps: int = 200              # cap on steps per evaluation episode (0: the task's episode length, the study)
+    eval_max_steps: int = 0                # cap on steps per evaluation episode (0: whole episodes; a cap
+                                           # leaves the capped tasks' normalised scores None, raw returns only)
     greedy: bool = True                    # argmax actions (False: sample from the head)
     on_failure: str = "nan"                # a task whose rollout raises: nan (kept, NaN means) | skip | raise
     embeddings: bool = True                # UMAP + silhouette of each trained agent's hidden states (App. F)

@@ -4,7 +4,6 @@ found: per backbone and phase, per-domain scores; embeddings), `run_multitask` (
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -95,41 +94,28 @@ def plan_jobs(cfg: MultiTaskConfig, train_tasks: Sequence[str], holdout_tasks: S
 
 
 # ============================================================================ results
-def _fraction_of_best(tasks: Sequence[Mapping[str, Any]]) -> dict | None:
-    """Raw-scored tasks with a known best return (Dark-Room: `extra.max_return`): mean / IQM of
-    return / best, so the domain sits on the same 0..1 axis as the others in the figures."""
-    from lramlab.evaluate import iqm
-    from lramlab.manifests import get_task
-
-    vals = []
-    for t in tasks:
-        best = (get_task(t["task"]).extra or {}).get("max_return")
-        if t["score_kind"] != "raw" or not best:
-            return None
-        vals.append(float(t["mean_return"]) / float(best))
-    if not vals or any(math.isnan(v) for v in vals):
-        return None
-    return {"mean": sum(vals) / len(vals), "iqm": iqm(vals), "n_tasks": len(vals)}
-
-
 def domain_table(ev: Mapping[str, Any]) -> dict[str, dict]:
     """Per domain of one evaluation (`EvalResult.to_dict()`): the normalised score's kind, mean, IQM,
     n_tasks; the data-normalised mean / IQM (paper Fig. 3); success rate; "score" (the figures'
-    0..1 number: the normalised mean, Dark-Room's return / best return); failed tasks."""
+    0..1 number: `aggregate`'s "normalized" -- the normalised mean, Dark-Room's return / best return;
+    None when the domain has none, e.g. every task capped); the episode cap when the evaluation
+    cut episodes ("capped": its note); failed tasks."""
     out = {}
     for dom, d in ev["domains"].items():
         dn = d.get("data_normalized", {})
+        nz = d.get("normalized", {})
         row = {"score_kind": d["score_kind"], "mean": d["mean"], "iqm": d["iqm"], "n_tasks": d["n_tasks"],
                "data_normalized_mean": dn.get("mean") if dn.get("n_tasks") else None,
                "data_normalized_iqm": dn.get("iqm") if dn.get("n_tasks") else None,
                "success_rate": d.get("success_rate", {}).get("mean"),
+               "score": nz.get("mean") if nz.get("n_tasks") else None,
+               "score_iqm": nz.get("iqm") if nz.get("n_tasks") else None,
+               "score_as": nz.get("kind"),
                "failed": [t for t in ev.get("failed", {}) if t.split("/")[0] == dom]}
-        row["score"], row["score_iqm"] = row["mean"], row["iqm"]
-        if d["score_kind"] == "raw":
-            frac = _fraction_of_best([t for t in ev["tasks"] if t["domain"] == dom])
-            if frac is not None:
-                row["return_fraction"] = frac
-                row["score"], row["score_iqm"] = frac["mean"], frac["iqm"]
+        if d["score_kind"] == "raw" and nz.get("n_tasks"):
+            row["return_fraction"] = {k: nz[k] for k in ("mean", "iqm", "n_tasks")}
+        if d.get("capped"):
+            row["capped"] = d["capped"]["note"]
         out[dom] = row
     return out
 
@@ -162,6 +148,27 @@ def data_reference(data_dir: str | Path, tasks: Sequence[str]) -> dict[str, dict
     from dataclasses import asdict
 
     return domain_table({"domains": aggregate(scores), "tasks": [asdict(s) for s in scores]})
+
+
+def per_task_rows(ev: Mapping[str, Any]) -> list[dict]:
+    """One row per task of an evaluation (`EvalResult.to_dict()`), the results JSON's "per_task":
+    task, score_kind, mean_return (raw), success_rate, normalized (the task's score of its kind; None
+    when capped), data_normalized (paper Fig. 3 constants; None without constants or when capped),
+    score (the figures' 0..1 number: normalized, or return / best return for Dark-Room), episode_cap,
+    capped and score_note (why a score is None)."""
+    from lramlab.evaluate import best_return
+
+    rows = []
+    for t in ev["tasks"]:
+        best = best_return(t["task"]) if t["score_kind"] == "raw" else None
+        frac = None if not best or t.get("capped") else t["mean_return"] / best
+        rows.append({"task": t["task"], "score_kind": t["score_kind"], "mean_return": t["mean_return"],
+                     "success_rate": t.get("success_rate"), "normalized": t.get("normalized_score"),
+                     "data_normalized": t.get("data_normalized_score"),
+                     "score": frac if t["score_kind"] == "raw" else t.get("normalized_score"),
+                     "episode_cap": t.get("episode_cap"), "capped": bool(t.get("capped")),
+                     "score_note": t.get("score_note", "")})
+    return rows
 
 
 @dataclass
@@ -223,6 +230,7 @@ class MultiTaskResult:
             figs["scores"] = F.score_bars(self.scores("train"), self.scores("train", "score_iqm"),
                                           ytitle="normalised score (Dark-Room: return / best return)",
                                           seeds=self.seed_scores("train"), reference=self.reference)
+            # (a domain without a normalised score -- every task capped -- shows no bar: None)
         zs, ft = self.scores("zeroshot"), self.scores("finetuned")
         if zs or ft:
             figs["holdout"] = F.holdout_bars(zs, ft)
@@ -366,7 +374,9 @@ def run_multitask(cfg: MultiTaskConfig, progress: bool = True) -> MultiTaskResul
     run_jobs(jobs, cfg.workers, out / "logs", progress=progress)
     res = collect_results(cfg, jobs, train_tasks, holdout_tasks, time.perf_counter() - t0)
     res.reference = _reference(cfg, jobs, train_tasks)
-    atomic_json(out / "results.json", {**res.metrics(), "evals": res.evals, "config": cfg.to_dict()})
+    per_task = {n: {ph: per_task_rows(ev) for ph, ev in phases.items()} for n, phases in res.evals.items()}
+    atomic_json(out / "results.json", {**res.metrics(), "per_task": per_task, "evals": res.evals,
+                                       "config": cfg.to_dict()})
     atomic_json(out / "summary.json", res.summary())
     bad = [j for j in jobs if j.status in ("failed", "blocked")]
     if bad:

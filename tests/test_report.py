@@ -1,0 +1,97 @@
+"""`lramlab report`: docs/results.md is what the committed JSON gives (the check CI runs), a changed
+number in a JSON fails the check naming the page's line, and the sections other studies fill render
+from their JSON or say "not run yet" with the command."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lramlab.analysis import report as R
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_committed_page_is_what_the_json_gives(capsys):
+    from lramlab.cli import main
+
+    rc = main(["report", "--check", "--root", str(ROOT)])  # `lramlab report --check`
+    assert rc == 0, capsys.readouterr().err
+
+
+@pytest.fixture
+def copy_root(tmp_path):
+    """The template, the page and every committed JSON under docs/results/, in a scratch root."""
+    for rel in (R.TEMPLATE, R.PAGE):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    for p in (ROOT / R.RESULTS).rglob("*.json"):
+        dst = tmp_path / p.relative_to(ROOT)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dst)
+    return tmp_path
+
+
+def test_a_changed_json_number_fails_the_check_naming_the_line(copy_root, capsys):
+    p = copy_root / R.RESULTS / "icl" / "results.json"
+    d = json.loads(p.read_text())
+    row = next(r for r in d["metrics"]["table"] if r["variant"] == "Mamba" and r["goals"].startswith("holdout"))
+    row["first"] = 12.3456
+    p.write_text(json.dumps(d))
+    assert R.main(["--check", "--root", str(copy_root)]) == 2
+    err = capsys.readouterr().err
+    page = (copy_root / R.PAGE).read_text().splitlines()
+    want = next(i for i, ln in enumerate(page, 1) if ln.startswith("| Mamba | 443,314 |"))
+    assert f"line {want}:" in err and "| Mamba | 443,314 | 12.3 |" in err and "| Mamba | 443,314 | 28.5 |" in err
+    # re-rendering makes the page agree again
+    assert R.main(["--root", str(copy_root)]) == 0
+    assert R.main(["--check", "--root", str(copy_root)]) == 0
+    assert "| Mamba | 443,314 | 12.3 |" in (copy_root / R.PAGE).read_text()
+
+
+def test_one_rounding_rule():
+    assert R.num(0.2849, 2) == "0.28" and R.num(1.0548, 2) == "1.05" and R.num(None) == "-"
+    assert R.num(float("nan"), 2) == "-" and R.count(1308506) == "1,308,506" and R.minutes(2212.6) == "36.9 min"
+
+
+def test_an_unknown_placeholder_names_the_template_line(copy_root):
+    tpl = copy_root / R.TEMPLATE
+    lines = tpl.read_text().splitlines(keepends=True)
+    lines.insert(3, "the {{icl.no_such_number}} here\n")
+    with pytest.raises(ValueError, match=r"results.template.md:4: unknown placeholder \{\{icl.no_such_number\}\}"):
+        R.render(copy_root, "".join(lines))
+
+
+def test_studies_not_run_yet_say_so_with_their_command(copy_root):
+    for rel in ("six-domain-cpu/summary.json", "data6-cpu/quality.json"):
+        (copy_root / R.RESULTS / rel).unlink(missing_ok=True)
+    v = R.values(copy_root)
+    assert v["six.section"].startswith("*Not run yet*") and "studies/six-domain-cpu.yaml" in v["six.section"]
+    assert "docs/results/data6-cpu/quality.json" in v["quality.section"] and "Not run yet" in v["quality.section"]
+
+
+def test_six_domain_and_quality_sections_render_from_their_schema(copy_root):
+    six = {"domains": {"metaworld": {"random": 0.0, "data": 0.98, "backbones": {
+        "dt": {"params": 1452978, "seeds": [0.4, 0.5]}, "xlstm": {"params": 1308506, "seeds": [0.6]}}},
+        "darkroom": {"random": 0.02, "data": 0.7, "backbones": {"dt": {"params": 1452978, "seeds": [0.1, 0.3]}}}}}
+    (copy_root / R.RESULTS / "six-domain-cpu").mkdir(parents=True, exist_ok=True)
+    (copy_root / R.RESULTS / "six-domain-cpu" / "summary.json").write_text(json.dumps(six))
+    q = [{"task": "atari/pong", "domain": "atari", "policy": "dqn", "episodes": 20, "transitions": 41234,
+          "data_return": 15.25, "random_return": -20.5, "data_score": 1.01, "random_score": 0.0}]
+    (copy_root / R.RESULTS / "data6-cpu").mkdir(parents=True, exist_ok=True)
+    (copy_root / R.RESULTS / "data6-cpu" / "quality.json").write_text(json.dumps(q))
+    v = R.values(copy_root)
+    sec = v["six.section"].splitlines()
+    assert "| domain | random | data | dt (1,452,978 params) | xlstm (1,308,506 params) |" in sec
+    assert "| metaworld | 0.00 | 0.98 | 0.45 ± 0.05 | 0.60 |" in sec and "| darkroom | 0.02 | 0.70 | 0.20 ± 0.10 | - |" in sec
+    assert "| atari/pong | atari | dqn | 20 | 41,234 | 15.2 | -20.5 | 1.01 | 0.00 |" in v["quality.section"]
+    page = R.render(copy_root)
+    assert "0.45 ± 0.05" in page and "41,234" in page
+
+
+def test_a_missing_committed_study_is_named(copy_root, capsys):
+    (copy_root / R.RESULTS / "throughput-cpu" / "results.json").unlink()
+    assert R.main(["--check", "--root", str(copy_root)]) == 2
+    assert "throughput-cpu/results.json" in capsys.readouterr().err
