@@ -147,11 +147,11 @@ def test_pipeline_outputs_are_real(pipeline_run):
     assert m5["all_latency_positive"] is True and m5["min_latency_ms"] > 0
     assert len(m5["rows"]) == 2 * 2 * (2 + 2)  # backbones x modes x (contexts + throughput batches)
     m6 = _metrics(out, "06_multitask")  # chained from 01: trained on its tasks, evaluated in their simulators
-    run6 = Path(m6["backbones"]["dt"]["train"]["run_dir"])
+    run6 = Path(m6["agents"]["dt"]["train"]["run_dir"])
     assert sorted(json.loads((run6 / "config.json").read_text())["tasks"]) == m6["train_tasks"]
     assert set(m6["train_tasks"]) == {"darkroom/goal-2-0", "darkroom/goal-0-2", "metaworld/reach-v2", "atari/freeway"}
     ev6 = json.loads((out / "06_multitask" / "evals" / "dt-train.json").read_text())
-    assert m6["backbones"]["dt"]["scores"]["train"]["metaworld"]["success_rate"] == ev6["tasks"][
+    assert m6["agents"]["dt"]["scores"]["train"]["metaworld"]["success_rate"] == ev6["tasks"][
         [t["task"] for t in ev6["tasks"]].index("metaworld/reach-v2")]["success_rate"]
     assert all(t["episode_cap"] == 5 for t in ev6["tasks"]) and m6["holdout_tasks"] == []
     for nb, names in (("01_data_prep", ["dataset", "returns", "quality"]), ("03_icl", ["icl_holdout", "icl_train"]), ("04_embeddings_umap", ["umap"]),

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from lramlab.analysis.plots import DOMAIN_ORDER, _go, color_of
 
@@ -26,19 +26,42 @@ def _num(v) -> float | None:
 
 def score_bars(mean: Mapping[str, Mapping[str, float]], iqm: Mapping[str, Mapping[str, float]] | None = None,
                title: str = "Multi-task agent: score per domain (bars: mean over tasks, diamonds: IQM)",
-               ytitle: str = "normalised score"):
-    """Grouped bars (x = domain, one per backbone) of `mean`, with `iqm` as diamonds on them."""
+               ytitle: str = "normalised score", seeds: Mapping[str, Mapping[str, Sequence]] | None = None,
+               reference: Mapping[str, Mapping[str, float]] | None = None):
+    """Grouped bars (x = domain, one per backbone) of `mean`, with `iqm` as diamonds on them;
+    `seeds` ({backbone: {domain: [score per training seed]}}): the bar is then the seeds' mean, with
+    an error bar from the lowest to the highest seed and a dot per seed; `reference` ({domain:
+    {"random", "data"}}): dashed markers at the random policy's and the data's scores."""
     go = _go()
     domains = _domains(mean, iqm or {})
     fig = go.Figure()
     for b, per in mean.items():
         x = [d for d in domains if d in per]
-        fig.add_trace(go.Bar(x=x, y=[_num(per[d]) for d in x], name=b, offsetgroup=b, marker_color=color_of(b)))
+        y = [_num(per[d]) for d in x]
+        err = None
+        if seeds and b in seeds:
+            lo = [min((v for v in seeds[b].get(d, []) if v is not None), default=None) for d in x]
+            hi = [max((v for v in seeds[b].get(d, []) if v is not None), default=None) for d in x]
+            err = {"type": "data", "symmetric": False,
+                   "array": [None if h is None or m is None else h - m for h, m in zip(hi, y)],
+                   "arrayminus": [None if v is None or m is None else m - v for v, m in zip(lo, y)]}
+        fig.add_trace(go.Bar(x=x, y=y, name=b, offsetgroup=b, marker_color=color_of(b), error_y=err))
+        if seeds and b in seeds:
+            xs = [d for d in x for v in seeds[b].get(d, []) if v is not None]
+            ys = [v for d in x for v in seeds[b].get(d, []) if v is not None]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"{b} seeds", offsetgroup=b, showlegend=False,
+                                     marker={"size": 6, "color": "white", "line": {"width": 1, "color": "black"}}))
         if iqm and b in iqm:
             xi = [d for d in domains if d in iqm[b]]
             fig.add_trace(go.Scatter(x=xi, y=[_num(iqm[b][d]) for d in xi], mode="markers", name=f"{b} IQM",
                                      offsetgroup=b, showlegend=False, marker={"symbol": "diamond", "size": 9,
                                                                               "color": "black"}))
+    for key, sym in (("random", "line-ew"), ("data", "line-ew-open")):
+        xr = [d for d in domains if reference and _num((reference.get(d) or {}).get(key)) is not None]
+        if xr:
+            fig.add_trace(go.Scatter(x=xr, y=[_num(reference[d][key]) for d in xr], mode="markers", name=key,
+                                     marker={"symbol": sym, "size": 40, "line": {"width": 2, "dash": "dash"},
+                                             "color": "grey" if key == "random" else "green"}))
     fig.update_layout(title=title, barmode="group", scattermode="group", xaxis_title="domain", yaxis_title=ytitle,
                       template="plotly_white", legend_title_text="backbone")
     return fig

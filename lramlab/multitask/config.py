@@ -20,20 +20,30 @@ def _tuple(v) -> tuple[str, ...]:
 
 # ============================================================================ backbone specs
 def parse_backbone(spec: str) -> dict[str, Any]:
-    """`"dt"`, `"mamba"`, `"xlstm"` (the size's [7:1]) or `"xlstm:a:b"` (mLSTM:sLSTM ratio) ->
-    {"name", "backbone", "slstm_at"}; the name ("xlstm-7-1") names the run directory."""
-    parts = str(spec).strip().split(":")
+    """`"dt"`, `"mamba"`, `"xlstm"` (the size's [7:1]) or `"xlstm:a:b"` (mLSTM:sLSTM ratio), each
+    optionally with `@W` (its own width, e.g. `"xlstm:7:1@256"`, `"dt@256"`: the scaling variants)
+    -> {"name", "backbone", "slstm_at", "width"}; the name ("xlstm-7-1", "dt-w256") names its runs."""
+    text = str(spec).strip()
+    width = None
+    if "@" in text:
+        text, w = text.split("@", 1)
+        if not w.isdigit() or int(w) < 1:
+            raise ValueError(f"backbone spec {spec!r}: the width after '@' must be an integer >= 1 (e.g. dt@256)")
+        width = int(w)
+    suffix = "" if width is None else f"-w{width}"
+    parts = text.split(":")
     kind = parts[0]
     if kind in ("dt", "mamba") and len(parts) == 1:
-        return {"name": kind, "backbone": kind, "slstm_at": None}
+        return {"name": kind + suffix, "backbone": kind, "slstm_at": None, "width": width}
     if kind == "xlstm" and len(parts) in (1, 3):
         if len(parts) == 1:
-            return {"name": "xlstm", "backbone": "xlstm", "slstm_at": None}
+            return {"name": "xlstm" + suffix, "backbone": "xlstm", "slstm_at": None, "width": width}
         a, b = parts[1], parts[2]
         if a.isdigit() and b.isdigit() and int(a) + int(b) > 0:
-            return {"name": f"xlstm-{int(a)}-{int(b)}", "backbone": "xlstm", "slstm_at": f"{int(a)}:{int(b)}"}
+            return {"name": f"xlstm-{int(a)}-{int(b)}{suffix}", "backbone": "xlstm", "slstm_at": f"{int(a)}:{int(b)}",
+                    "width": width}
     raise ValueError(f"backbone spec {spec!r} is not one of: dt, mamba, xlstm, xlstm:<mLSTM>:<sLSTM> "
-                     f"(e.g. xlstm:7:1, xlstm:1:0)")
+                     f"(e.g. xlstm:7:1, xlstm:1:0), each optionally @<width> (e.g. dt@256)")
 
 
 # ============================================================================ config
@@ -67,7 +77,13 @@ class MultiTaskConfig:
     workers: int = 2                       # jobs (training, evaluation, embedding) at once, one process each
     eval_workers: int = 1                  # processes inside one evaluation job (GPU machines: more)
     threads: int = 1                       # torch threads per process
-    seed: int = 0                          # training seed and first evaluation env seed
+    seed: int = 0                          # first evaluation env seed (and the training seed when seeds is empty)
+    seeds: tuple[int, ...] = ()            # training seeds: one agent per (variant, seed), runs "<name>-s<seed>"
+                                           # (empty: one agent per variant trained with `seed`; paper: 3)
+    dt_match: bool = True                  # choose DT's blocks (width if needed) to match the recurrent
+                                           # variants' parameters (lramlab.multitask.params; False: n_layers)
+    param_tolerance: float = 0.10          # fail up front unless each width's variants are within this
+                                           # fraction of each other in parameters (0: no check)
     device: str = "cpu"                    # cpu | cuda | cuda:N (training; evaluation steps on it too)
     out_dir: str = "runs/notebooks/06_multitask"  # runs, evaluations, figures and metrics.json
     save_png: bool = True                  # also write PNG figures (needs kaleido + Chromium)
@@ -75,6 +91,10 @@ class MultiTaskConfig:
     def __post_init__(self):
         self.tasks, self.holdout_tasks = _tuple(self.tasks), _tuple(self.holdout_tasks)
         self.backbones = _tuple(self.backbones)
+        seeds = () if self.seeds is None else ((self.seeds,) if isinstance(self.seeds, int) else tuple(self.seeds))
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
+            raise ValueError(f"MultiTaskConfig.seeds={list(seeds)!r}: expected distinct integers >= 0")
+        self.seeds = seeds
         if not self.backbones:
             raise ValueError("MultiTaskConfig.backbones is empty: expected specs such as xlstm:7:1, mamba, dt")
         names = [parse_backbone(b)["name"] for b in self.backbones]
@@ -92,6 +112,10 @@ class MultiTaskConfig:
                 raise ValueError(f"MultiTaskConfig.{n}={v!r}: expected an integer >= 0")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < -1:
             raise ValueError(f"MultiTaskConfig.warmup={self.warmup!r}: expected an integer >= 0, or -1 (a tenth)")
+        if (isinstance(self.param_tolerance, bool) or not isinstance(self.param_tolerance, (int, float))
+                or not math.isfinite(self.param_tolerance) or not 0 <= self.param_tolerance < 1):
+            raise ValueError(f"MultiTaskConfig.param_tolerance={self.param_tolerance!r}: expected 0 <= value < 1 "
+                             f"(0: no check)")
         for n in ("lr", "top_fraction"):
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -110,14 +134,87 @@ class MultiTaskConfig:
             raise ValueError("MultiTaskConfig.data_dir='': expected the dataset root")
         from lramlab.train.loop import make_model_config
 
-        for spec in self.specs():  # a model that cannot be built fails here, not in a job's log
+        self._shapes: dict[str, dict] = {}
+        self._match: dict[str, dict] = {}
+        for spec in self.specs():  # a model that cannot be built fails here, not in a job's log (DT: before matching)
             try:
                 make_model_config(self.train_config(spec, (), Path(self.out_dir) / "runs" / spec["name"]))
             except ValueError as err:
                 raise ValueError(f"MultiTaskConfig: backbone {spec['name']!r}: {err}") from None
+        if self.dt_match:
+            self._match_dts()
+        from lramlab.multitask.params import check_param_match
+
+        self.param_ratios = check_param_match(self.param_groups(), self.param_tolerance)
+
+    def _match_dts(self) -> None:
+        from lramlab.models.config import preset
+        from lramlab.multitask.params import count_params, match_dt
+        from lramlab.train.loop import make_model_config
+
+        for spec in self.specs():
+            if spec["backbone"] != "dt":
+                continue
+            width = self.width_of(spec)
+            ref = [s for s in self.specs() if s["backbone"] != "dt" and self.width_of(s) == width]
+            if not ref:  # no recurrent variant at this width: match xLSTM [7:1] at it (the paper's model)
+                ref = [parse_backbone(f"xlstm:7:1@{width}")]
+            targets = [count_params(make_model_config(self.train_config(s, (), Path(".")))) for s in ref]
+            rec_layers = 2 * self.n_layers if self.n_layers else preset("xlstm", self.size)["n_layers"]
+            m = match_dt(targets, width, rec_layers, {"size": self.size, "context_steps": self.context},
+                         self.param_tolerance or 0.10)
+            self._shapes[spec["name"]] = {"d_model": m["d_model"], "n_layers": m["n_layers"]}
+            self._match[spec["name"]] = {**m, "matched_to": {s["name"]: n for s, n in zip(ref, targets)}}
+            try:
+                make_model_config(self.train_config(spec, (), Path(".")))
+            except ValueError as err:
+                raise ValueError(f"MultiTaskConfig: backbone {spec['name']!r}: {err}") from None
+
+    # -------------------------------------------------------------------- widths and parameters
+    def width_of(self, spec: Mapping[str, Any]) -> int:
+        """A variant's nominal width: its `@W`, else d_model, else the size preset's."""
+        from lramlab.models.config import preset
+
+        return int(spec.get("width") or self.d_model or preset(spec["backbone"], self.size)["d_model"])
+
+    def param_counts(self) -> dict[str, int]:
+        """variant name -> parameters of the model it trains (counted on the meta device)."""
+        from lramlab.multitask.params import count_params
+        from lramlab.train.loop import make_model_config
+
+        if not hasattr(self, "_counts"):
+            self._counts = {s["name"]: count_params(make_model_config(self.train_config(s, (), Path("."))))
+                            for s in self.specs()}
+        return dict(self._counts)
+
+    def param_groups(self) -> dict[str, dict[str, int]]:
+        """{nominal width (str): {variant: parameters}}: the variants compared with each other."""
+        counts = self.param_counts()
+        out: dict[str, dict[str, int]] = {}
+        for s in self.specs():
+            out.setdefault(str(self.width_of(s)), {})[s["name"]] = counts[s["name"]]
+        return out
+
+    def param_match(self) -> dict[str, Any]:
+        """What the parameter matching did: per width the counts and largest/smallest ratio, and per
+        matched DT its chosen blocks / width and the counts it was matched to."""
+        groups = self.param_groups()
+        return {"tolerance": self.param_tolerance, "dt_match": self.dt_match,
+                "groups": {g: {"params": c, "ratio": self.param_ratios[g]} for g, c in groups.items()},
+                "dt": {n: dict(m) for n, m in self._match.items()}}
+
+    def training_seeds(self) -> tuple[int, ...]:
+        return self.seeds or (self.seed,)
+
+    def agents(self) -> list[dict[str, Any]]:
+        """One per (variant, training seed): {"name" (its runs), "variant", "seed", "spec"}."""
+        return [{"name": f"{s['name']}-s{seed}" if self.seeds else s["name"], "variant": s["name"], "seed": seed,
+                 "spec": s} for s in self.specs() for seed in self.training_seeds()]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["seeds"] = list(self.seeds)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "MultiTaskConfig":
@@ -132,8 +229,9 @@ class MultiTaskConfig:
         return [parse_backbone(b) for b in self.backbones]
 
     def train_config(self, spec: Mapping[str, Any], tasks: Sequence[str], run_dir: Path,
-                     finetune_from: str | None = None):
-        """The TrainConfig of one backbone: pretraining on `tasks`, or fine-tuning from a model file."""
+                     finetune_from: str | None = None, seed: int | None = None):
+        """The TrainConfig of one variant: pretraining on `tasks`, or fine-tuning from a model file;
+        `seed`: the training seed (None: `seed`)."""
         from lramlab.train import TrainConfig
 
         ft = finetune_from is not None
@@ -141,15 +239,19 @@ class MultiTaskConfig:
         layers = None
         if self.n_layers:
             layers = self.n_layers * (1 if spec["backbone"] == "dt" else 2)
+        width = spec.get("width") or self.d_model or None
+        shape = getattr(self, "_shapes", {}).get(spec["name"])
+        if shape:  # a parameter-matched DT
+            width, layers = shape["d_model"], shape["n_layers"]
         return TrainConfig(
             data=(self.data_dir,), tasks=tuple(tasks), backbone=spec["backbone"], size=self.size,
-            slstm_at=spec["slstm_at"], d_model=self.d_model or None, n_layers=layers, steps=steps,
+            slstm_at=spec["slstm_at"], d_model=width, n_layers=layers, steps=steps,
             batch_size=self.batch_size, context=self.context, lr=self.lr,
             warmup=None if self.warmup < 0 else min(self.warmup, max(0, steps - 1)), amp=self.amp,
             top_fraction=self.top_fraction if ft else 1.0, finetune_from=finetune_from, out=str(run_dir),
-            resume=True, seed=self.seed, device=self.device, num_threads=self.threads, log_every=max(1, steps // 50),
-            val_every=0, val_batches=4, ckpt_every=max(1, steps // 5), eval_every=0, progress=False,
-            tensorboard=False)
+            resume=True, seed=self.seed if seed is None else int(seed), device=self.device, num_threads=self.threads,
+            log_every=max(1, steps // 50), val_every=0, val_batches=4, ckpt_every=max(1, steps // 5), eval_every=0,
+            progress=False, tensorboard=False)
 
 
 # ============================================================================ tasks under the data
