@@ -197,7 +197,7 @@ SAC_NET = "hidden=64,batch_size=128"
 DMC_DEFAULT_SPECS: dict[str, str] = {
     "ball_in_cup-catch": f"sac:steps=30000,{SAC_NET},deterministic=1",
     "walker-stand": f"sac:steps=15000,{SAC_NET},action_repeat=4,deterministic=1",
-    "cartpole-swingup": f"sac:steps=10000,{SAC_NET},action_repeat=8,deterministic=1",
+    "cartpole-swingup": f"sac:steps=10000,{SAC_NET},action_repeat=8",
     "reacher-easy": f"sac:steps=15000,{SAC_NET},action_repeat=4,deterministic=1",
     "finger-spin": f"sac:steps=15000,{SAC_NET},action_repeat=2,deterministic=1",
     "point_mass-easy": f"sac:steps=10000,{SAC_NET},action_repeat=4,deterministic=1",
