@@ -265,8 +265,17 @@ def run_data_prep(cfg: DataPrepConfig, progress: bool = True) -> DataSummary:
             continue
         jobs.append((task, n, policy, max_steps, cfg.data_dir, cfg.seed, progress and cfg.workers == 1))
     if cfg.workers == 1 or len(jobs) < 2:
-        for job in jobs:
-            _generate_task(job)
+        if len(jobs) < 2:
+            for job in jobs:
+                _generate_task(job)
+        else:  # one bar for the whole job (80 goals would be 80 bars), the task being generated beside it
+            from tqdm.auto import tqdm
+
+            jobs = [j[:6] + (False,) for j in jobs]
+            with tqdm(jobs, desc="data prep", unit="task", disable=not progress) as bar:
+                for job in bar:
+                    bar.set_postfix_str(job[0], refresh=False)
+                    _generate_task(job)
     else:
         import concurrent.futures as cf
         import multiprocessing as mp

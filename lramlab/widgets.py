@@ -41,13 +41,69 @@ def replace_figure(fw, fig) -> None:
     fw.layout = fig.layout
 
 
+def static_html(widget, pngs: dict | None = None) -> str:
+    """A static picture of a widget tree as HTML: boxes as rows / columns, every plotly figure as a
+    PNG (kaleido), HTML widgets as themselves, controls as "description: value". What an executed
+    notebook keeps of a widget once no kernel runs it (nbconvert, viewers, a re-opened notebook)."""
+    import base64
+
+    w = _w()
+    go = _go()
+    from lramlab.analysis.display import figure_pngs
+
+    figs = []
+
+    def walk(x) -> str:
+        if isinstance(x, go.FigureWidget):
+            figs.append(go.Figure(x))
+            return f"<!--fig{len(figs) - 1}-->"
+        if getattr(getattr(x, "layout", None), "display", None) == "none":
+            return ""
+        if isinstance(x, w.Image):
+            if not x.value:
+                return ""
+            return f"<img alt='frame' src='data:image/{x.format};base64,{base64.b64encode(x.value).decode()}'/>"
+        if isinstance(x, w.Box):
+            direction = "row" if isinstance(x, w.HBox) else "column"
+            inner = "".join(walk(c) for c in x.children)
+            return f"<div style='display:flex;flex-direction:{direction};gap:8px;align-items:flex-start'>{inner}</div>"
+        if isinstance(x, w.HTML):
+            return f"<div>{x.value}</div>"
+        if isinstance(x, w.Button):
+            return ""
+        if hasattr(x, "value") and hasattr(x, "description"):
+            v = x.value
+            if hasattr(x, "options") and isinstance(v, tuple) and len(v) > 6:
+                v = f"{len(v)} of {len(x.options)} selected"
+            elif hasattr(x, "options") and not isinstance(v, tuple):
+                # a Dropdown of (label, value) pairs shows the label
+                v = next((o[0] for o in x.options if isinstance(o, tuple) and o[1] == v), v)
+            return f"<div><b>{html.escape(str(x.description))}</b>: {html.escape(str(v))}</div>"
+        return ""
+
+    body = walk(widget)
+    images, why = figure_pngs(figs)
+
+    for i, (fig, png) in enumerate(zip(figs, images)):
+        title = html.escape(fig.layout.title.text or "figure")
+        tag = (f"<img alt='{title}' src='data:image/png;base64,{base64.b64encode(png).decode()}'/>" if png else
+               f"<i>[{title}: no static image: {html.escape(str(why))}]</i>")
+        body = body.replace(f"<!--fig{i}-->", tag)
+    note = ("<div style='color:#777;font-size:small'>Static snapshot of an interactive widget (run the "
+            "cell in a live kernel to use it).</div>")
+    return f"<div class='lram-widget-snapshot'>{note}{body}</div>"
+
+
 class _Displayable:
     widget: Any
 
-    def _ipython_display_(self):  # a widget object as a cell's last value shows its UI
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """The live widget (a running kernel's front end shows it) plus a static snapshot (HTML with
+        PNGs) that an exported or re-opened executed notebook shows instead."""
+        bundle = dict(self.widget._repr_mimebundle_() or {})
+        bundle["text/html"] = static_html(self.widget)
+        bundle["text/plain"] = f"<{type(self).__name__}: interactive widget; static snapshot in text/html>"
+        return bundle
 
 
 # ============================================================================ rollouts
@@ -173,16 +229,31 @@ def timeline_figure(ep: Mapping[str, np.ndarray], t: int):
     return fig
 
 
+def png_bytes(frame: np.ndarray, max_side: int = 400) -> bytes:
+    """A frame (H, W, 3) uint8 as PNG bytes, downscaled (by striding) to at most `max_side` pixels."""
+    iio = require("imageio.v3", "showing rendered frames")
+    frame = np.asarray(frame, dtype=np.uint8)
+    step = max(1, int(np.ceil(max(frame.shape[:2]) / max_side)))
+    return iio.imwrite("<bytes>", frame[::step, ::step, :3], extension=".png")
+
+
 class RolloutViewer(_Displayable):
     """Play or scrub a recorded episode frame by frame.
 
     `sources`: a store root, or a mapping label -> root (e.g. {"step 5000": run/rollouts/5000,
     "data": data_dir}); each root holds DIR/<domain>/<name>/episode_*.hdf5 (`rollout.run_task(...,
     record_dir=...)` writes these, with `.extra.npz` frames when recorded with frames=True).
+
+    The scene: recorded frames when the episode has them; otherwise, for a state-based task (Meta-World,
+    DMControl, robosuite, ...), frames re-rendered by replaying the stored actions from the episode's
+    seeds (`rollout.replay_frames`, every k-th step so that at most `max_frames` are rendered; the
+    replay is checked against the stored states and a divergence is said under the frame). Dark-Room
+    is drawn as its grid, image observations as themselves; a state task without a known seed (or
+    `render=False`) shows its state vector.
     """
 
     def __init__(self, sources: str | Path | Mapping[str, str | Path], task: str | None = None,
-                 episode: int = 0, interval_ms: int = 150):
+                 episode: int = 0, interval_ms: int = 150, render: bool = True, max_frames: int = 60):
         w = _w()
         go = _go()
         if isinstance(sources, (str, Path)):
@@ -190,20 +261,29 @@ class RolloutViewer(_Displayable):
         self.sources = {str(k): Path(v) for k, v in sources.items()}
         if not self.sources:
             raise ValueError("RolloutViewer: no sources given")
+        self.render, self.max_frames = bool(render), int(max_frames)
         self._tasks_cache: dict[str, dict[str, list[Path]]] = {}
+        self._replays: dict[Path, Any] = {}
         self.ep: dict[str, np.ndarray] | None = None
-        self.source = w.Dropdown(options=list(self.sources), description="checkpoint")
+        self.replay = None  # rollout.Replay of the episode shown, when its scene was re-rendered
+        self.source = w.Dropdown(options=list(self.sources), description="source",
+                                 tooltip="where the episodes come from: a dataset or an agent's recorded rollouts")
         self.task = w.Dropdown(options=[], description="task")
         self.episode = w.Dropdown(options=[], description="episode")
         self.step = w.IntSlider(value=0, min=0, max=0, description="step", continuous_update=True,
                                 layout={"width": "420px"})
         self.play = w.Play(value=0, min=0, max=0, interval=interval_ms, description="play")
         w.jslink((self.play, "value"), (self.step, "value"))
+        self.header = w.HTML()
+        self.scene = w.Image(format="png", layout={"width": "400px", "display": "none"})
+        self.scene_note = w.HTML()
         self.info = w.HTML()
         self.figure = go.FigureWidget()
         self.timeline = go.FigureWidget()
+        self.figure_box = w.Box([self.figure])
         self.widget = w.VBox([w.HBox([self.source, self.task, self.episode]), w.HBox([self.play, self.step]),
-                              w.HBox([self.figure, w.VBox([self.info, self.timeline])])])
+                              w.HBox([w.VBox([self.header, self.scene, self.figure_box, self.scene_note]),
+                                      w.VBox([self.info, self.timeline])])])
         self._quiet = False  # True while this object sets widget values itself
         self.source.observe(lambda _: self._unless_quiet(self._on_source), "value")
         self.task.observe(lambda _: self._unless_quiet(self._on_task), "value")
@@ -248,32 +328,82 @@ class RolloutViewer(_Displayable):
                   episode__value=min(episode, len(paths) - 1))
         self.load()
 
+    def _replay(self, path: Path):
+        """The episode's scene re-rendered from its seeds (cached), or None with the reason."""
+        from lramlab.rollout import episode_seed_of, replay_frames
+
+        if path in self._replays:
+            return self._replays[path]
+        seeds = episode_seed_of(path)
+        if seeds is None:
+            out = (None, "no seed recorded for this episode: its state vector is shown")
+        else:
+            T = len(self.ep["actions"])
+            every = max(1, int(np.ceil(T / self.max_frames)))
+            try:
+                rep = replay_frames(self.task.value, self.ep, seeds, every=every)
+                out = (rep, rep.note)
+            except Exception as err:  # noqa: BLE001 - a simulator that cannot render here: say so, show states
+                out = (None, f"could not re-render the scene ({type(err).__name__}: {err}): its state vector is shown")
+        self._replays[path] = out
+        return out
+
     def load(self):
-        """Read the selected episode and show its first step."""
+        """Read the selected episode (re-render its scene when needed) and show its first step."""
         path = self.tasks_of(self.source.value)[self.task.value][self.episode.value]
         self.ep = load_episode(path)
+        self.replay, note = None, ""
+        kind = _frame_kind(self.task.value, self.ep)
+        if kind == "frames":
+            note = "frames recorded with the episode"
+        elif kind == "state" and self.render:
+            self.replay, note = self._replay(path)
+        elif kind == "state":
+            note = "state vector (scene rendering off)"
         T = len(self.ep["rewards"])
         self._set(step__value=0, step__max=T - 1, play__value=0, play__max=T - 1)
-        replace_figure(self.figure, frame_figure(self.task.value, self.ep, 0))
+        as_image = kind == "frames" or self.replay is not None
+        self.scene.layout.display = None if as_image else "none"
+        self.figure_box.layout.display = "none" if as_image else None
+        if not as_image:
+            fig = frame_figure(self.task.value, self.ep, 0)
+            fig.update_layout(title=None, margin={"t": 10})
+            replace_figure(self.figure, fig)
+        self.scene_note.value = f"<span style='color:#666;font-size:small'>{html.escape(note)}</span>" if note else ""
         replace_figure(self.timeline, timeline_figure(self.ep, 0))
         self.show_step(0)
+
+    def frame(self, t: int) -> np.ndarray | None:
+        """The scene at step t (recorded or re-rendered), None when the figure draws the step."""
+        if self.replay is not None:
+            return self.replay.frame_at(t)
+        if _frame_kind(self.task.value, self.ep) == "frames":
+            return self.ep["frames"][t]
+        return None
 
     # -- callback
     def show_step(self, t: int):
         """Update the frame, the info table and the timeline marker to step t (the slider's callback)."""
         ep = self.ep
         t = int(t)
-        new = frame_figure(self.task.value, ep, t)
         names = None
         if self.task.value.startswith("darkroom/"):
             from lramlab.envs.darkroom import ACTION_NAMES as names
-        with self.figure.batch_update():
-            for old, fresh in zip(self.figure.data, new.data):
-                for prop in ("x", "y", "z"):
-                    if prop in fresh and fresh[prop] is not None:
-                        old[prop] = fresh[prop]
-            self.figure.layout.title.text = new.layout.title.text
-            self.figure.layout.meta = new.layout.meta
+        fr = self.frame(t)
+        if fr is not None:
+            self.scene.value = png_bytes(fr)
+        else:
+            new = frame_figure(self.task.value, ep, t)
+            with self.figure.batch_update():
+                for old, fresh in zip(self.figure.data, new.data):
+                    for prop in ("x", "y", "z"):
+                        if prop in fresh and fresh[prop] is not None:
+                            old[prop] = fresh[prop]
+                self.figure.layout.meta = new.layout.meta
+        # the title is an HTML widget set in the same callback as the slider's value (a plotly title
+        # changed in a batch update was drawn one step late while playing)
+        self.header.value = (f"<div class='lram-frame-title'><b>{html.escape(self.task.value)}</b>: "
+                             f"step {t}</div>")
         with self.timeline.batch_update():
             self.timeline.layout.shapes[0].x0 = t
             self.timeline.layout.shapes[0].x1 = t

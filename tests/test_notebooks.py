@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -157,6 +158,45 @@ def test_pipeline_outputs_are_real(pipeline_run):
             assert (out / nb / f"{n}.html").stat().st_size > 1000
 
 
+_FROZEN_BAR = re.compile(r"(?<![\d.])0%\||\|\s*0/\d+\s*\[")  # tqdm at its first state: " 0%|" or "| 0/30 ["
+
+
+def test_executed_notebooks_stand_on_their_own_as_html(pipeline_run):
+    """Exported to HTML (nbconvert, no kernel, no widget state): every plotly figure carries a PNG,
+    every widget a static snapshot with its figures as PNGs, and no progress bar is saved at 0 %."""
+    from nbconvert import HTMLExporter
+
+    out, _ = pipeline_run
+    exporter = HTMLExporter()
+    for nb in P.NOTEBOOKS:
+        executed = nbformat.read(out / nb / f"{nb}.ipynb", as_version=4)
+        n_figures = n_widgets = 0
+        for i, cell in enumerate(executed.cells):
+            for o in cell.get("outputs", []):
+                data = o.get("data", {})
+                if "application/vnd.plotly.v1+json" in data:
+                    n_figures += 1
+                    assert data.get("image/png"), f"{nb} cell {i}: a plotly figure without a static PNG"
+                if "Static snapshot of an interactive widget" in "".join(data.get("text/html", "")):
+                    n_widgets += 1
+                    assert "application/vnd.jupyter.widget-view+json" not in data  # no state: the snapshot shows
+                assert not "".join(data.get("text/plain", "")).startswith(("VBox(", "HBox(")), f"{nb} cell {i}"
+                if o.get("output_type") == "stream":
+                    assert not _FROZEN_BAR.search(o["text"]), f"{nb} cell {i}: frozen bar {o['text'][:200]!r}"
+        assert n_figures >= 1, f"{nb}: no figure shown"
+        html, _ = exporter.from_notebook_node(executed)
+        text = re.sub(r"<[^>]+>", " ", html)
+        assert not _FROZEN_BAR.search(text), f"{nb}: a progress bar frozen at its first state in the HTML export"
+        assert "cdn.plot.ly" not in html
+        imgs = re.findall(r"<img[^>]+src=.data:image/png;base64,([A-Za-z0-9+/=]{200,})", html)
+        assert len(imgs) >= n_figures + n_widgets, f"{nb}: {len(imgs)} PNGs for {n_figures} figures, {n_widgets} widgets"
+        if nb in ("01_data_prep", "02_training", "04_embeddings_umap", "05_latency"):
+            assert n_widgets == 1, f"{nb}: expected its widget's static snapshot"
+    for nb, name in (("01_data_prep", "returns"), ("05_latency", "memory")):  # saved figures open offline
+        page = (out / nb / f"{name}.html").read_text()
+        assert "cdn.plot.ly" not in page and "plotly.js v" in page
+
+
 def test_pipeline_resumes_and_forces(pipeline_run):
     out, _ = pipeline_run
     again = P.run_pipeline(out, TINY, progress=False)
@@ -167,6 +207,10 @@ def test_pipeline_resumes_and_forces(pipeline_run):
     assert [(r.name, r.status) for r in forced.runs] == [("05_latency", "ran")]
     after = _metrics(out, "05_latency")["rows"]
     assert len(after) == 1 * 1 * (2 + 2) and len(before) == 2 * 2 * (2 + 2)
+    # an --only run keeps the other notebooks' records in pipeline.json
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert [r["name"] for r in summary["runs"]] == list(P.NOTEBOOKS) and summary["this_run"] == ["05_latency"]
+    assert {r["name"]: r["status"] for r in summary["runs"]}["05_latency"] == "ran"
 
 
 def test_bad_parameters_fail_before_running(tmp_path):

@@ -519,12 +519,16 @@ def latency_figures(table) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- export
-def save_figures(figures: Mapping[str, Any], out_dir: str | Path, png: bool = True) -> dict[str, dict]:
+def save_figures(figures: Mapping[str, Any], out_dir: str | Path, png: bool = True,
+                 rendered: Mapping[str, bytes | None] | None = None) -> dict[str, dict]:
     """Write each figure as `out_dir/<name>.html`, and `.png` when kaleido finds a Chromium.
 
-    PNGs are rendered in one batch (one browser start, ~2-3 s per figure on 2 cores). Returns
-    {name: {"html": file, "png": file or None}} plus "_png_error": why PNGs are missing (None if
-    they were written) so notebooks and the pipeline can report it.
+    The HTML embeds plotly.js (~4.6 MB a file): it opens offline and on its own, no CDN. PNGs
+    are `png_size` (the layout's size, else 1000 x 560; kaleido's 700 x 500 cut titles),
+    taken from `rendered` ({name: PNG bytes}, as `display.show_figures` made them) or rendered in
+    one batch (one browser start, ~2-3 s per figure on 2 cores). Returns {name: {"html": file,
+    "png": file or None}} plus "_png_error": why PNGs are missing (None if they were written) so
+    notebooks and the pipeline can report it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -532,21 +536,27 @@ def save_figures(figures: Mapping[str, Any], out_dir: str | Path, png: bool = Tr
     for name, fig in figures.items():
         html = out_dir / f"{name}.html"
         tmp = html.with_name(html.name + ".tmp")
-        fig.write_html(str(tmp), include_plotlyjs="cdn", full_html=True)
+        fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
         os.replace(tmp, html)
         out[name] = {"html": str(html), "png": None}
     png_error = None
     if png and figures:
         ok, png_error = png_export_available()
-        if ok:
+        if ok and rendered is not None and all(rendered.get(n) for n in figures):
+            for n in figures:
+                p = out_dir / f"{n}.png"
+                tmp = p.with_name(p.name + ".tmp")
+                tmp.write_bytes(rendered[n])
+                os.replace(tmp, p)
+                out[n]["png"] = str(p)
+        elif ok:
             pio = require("plotly.io", "PNG export")
             names = list(figures)
             paths = [str(out_dir / f"{n}.png") for n in names]
             try:
                 figs = [figures[n] for n in names]
-                # kaleido renders at 700x500 unless told: a figure's own layout size wins
-                pio.write_images(figs, paths, width=[f.layout.width for f in figs],
-                                 height=[f.layout.height for f in figs])
+                sizes = [png_size(f) for f in figs]
+                pio.write_images(figs, paths, width=[w for w, _ in sizes], height=[h for _, h in sizes])
                 for n, p in zip(names, paths):
                     out[n]["png"] = p
                 png_error = None
@@ -556,6 +566,15 @@ def save_figures(figures: Mapping[str, Any], out_dir: str | Path, png: bool = Tr
         png_error = "PNG export turned off"
     out["_png_error"] = png_error
     return out
+
+
+#: PNG size of a figure whose layout sets none (kaleido's own default, 700 x 500, cuts long titles)
+DEFAULT_PNG_SIZE = (1000, 560)
+
+
+def png_size(fig) -> tuple[int, int]:
+    """(width, height) in pixels of a figure's static image: its layout's size, else 1000 x 560."""
+    return int(fig.layout.width or DEFAULT_PNG_SIZE[0]), int(fig.layout.height or DEFAULT_PNG_SIZE[1])
 
 
 _PNG_STATUS: tuple[bool, str | None] | None = None
