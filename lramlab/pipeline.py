@@ -402,7 +402,8 @@ def _coalesce_streams(outputs: list) -> list:
             if merged and merged[-1].get("output_type") == "stream" and merged[-1].get("name") == out.get("name"):
                 prev = merged[-1]["text"]
                 # a bar's refresh has no newline: whatever follows it starts a line of its own
-                sep = "\n" if prev and not prev.endswith("\n") and _bar_desc(prev.rsplit("\n", 1)[-1]) else ""
+                sep = "\n" if prev and not prev.endswith("\n") and not text.startswith("\n") \
+                    and _bar_desc(prev.rsplit("\n", 1)[-1]) else ""
                 merged[-1]["text"] = prev + sep + text
                 continue
             out["text"] = text

@@ -2,9 +2,11 @@
 
 - `RolloutViewer(sources)`: pick a source (a checkpoint's recorded rollouts, or a dataset),
   a task and an episode, then play/scrub it frame by frame; action, reward and RTG beside the frame.
-- `EmbeddingExplorer(checkpoints, data_dir)`: backbone, layer and tasks -> UMAP scatter.
+- `EmbeddingExplorer(checkpoints, data_dir)`: backbone, layer and tasks (picked by domain or one by
+  one) -> UMAP scatter.
 - `LatencyExplorer(table)`: backbones, sizes, batch size, mode -> latency and throughput curves
-  (a "measure" button runs the missing grid points with `lramlab.analysis.latency`).
+  (a "measure" button measures any batch size B at any contexts C with `lramlab.analysis.latency`;
+  a point measured again is merged with the earlier measurement).
 - `TrainingMonitor(run_dir)`: live learning curves from a run's metrics.jsonl (button / timer).
 
 Widgets only display: every number comes from a package function (`lramlab.data.store`,
@@ -439,9 +441,15 @@ class EmbeddingExplorer(_Displayable):
         self.layer = w.IntSlider(description="layer", min=0, max=0, value=0, continuous_update=False)
         self.tasks = w.SelectMultiple(options=list(self.dataset.tasks), value=tuple(self.dataset.tasks),
                                       description="tasks", rows=min(8, len(self.dataset.tasks)))
+        # the task picker by domain (80 Dark-Room goals are tedious to pick one by one)
+        doms = list(dict.fromkeys(t.split("/")[0] for t in self.dataset.tasks))
+        self.domains = w.SelectMultiple(options=doms, value=tuple(doms), description="domains",
+                                        rows=min(6, max(2, len(doms))))
         self.status = w.HTML()
         self.figure = go.FigureWidget()
-        self.widget = w.VBox([w.HBox([self.backbone, self.layer]), self.tasks, self.status, self.figure])
+        self.widget = w.VBox([w.HBox([self.backbone, self.layer]), w.HBox([self.domains, self.tasks]), self.status,
+                              self.figure])
+        self.domains.observe(lambda ch: self.select_domains(ch["new"]), "value")
         self._quiet = False
         self._set_layer_range()
         self.backbone.observe(lambda _: (self._set_layer_range(), self.update()), "value")
@@ -456,6 +464,12 @@ class EmbeddingExplorer(_Displayable):
             self.layer.value = idx
             self._quiet = False
         self.update()
+
+    def select_domains(self, domains: Sequence[str]) -> None:
+        """Select every task of these domains (and only those); the scatter redraws."""
+        chosen = tuple(t for t in self.dataset.tasks if t.split("/")[0] in set(domains))
+        if chosen != tuple(self.tasks.value):
+            self.tasks.value = chosen
 
     @classmethod
     def from_result(cls, result, cfg) -> "EmbeddingExplorer":
@@ -544,12 +558,19 @@ class LatencyExplorer(_Displayable):
         self.sizes = w.SelectMultiple(options=sizes, value=tuple(sizes), description="sizes", rows=max(2, len(sizes)))
         self.batch = w.Dropdown(options=batches, value=batches[0], description="batch")
         self.mode = w.ToggleButtons(options=modes, value=modes[0], description="mode")
+        contexts = sorted({r["context"] for r in rows if r["kind"] == "latency"} | set(getattr(config, "contexts", ())))
+        # what *measure* measures: any batch size and contexts, not only the grid's
+        self.measure_batch = w.BoundedIntText(value=batches[0], min=1, max=1 << 16, description="measure B",
+                                              layout={"width": "170px"})
+        self.measure_contexts = w.Text(value=", ".join(map(str, contexts or [50])), description="at C",
+                                       placeholder="e.g. 50, 400, 1600", layout={"width": "260px"})
         self.measure = w.Button(description="measure", disabled=config is None,
-                                tooltip="measure the selection at this batch size (analysis.latency)")
+                                tooltip="measure the selected backbones and sizes at B and these C (analysis.latency)")
         self.status = w.HTML()
         self.latency = go.FigureWidget()
         self.throughput = go.FigureWidget()
-        self.widget = w.VBox([w.HBox([self.backbones, self.sizes, w.VBox([self.batch, self.mode, self.measure])]),
+        self.widget = w.VBox([w.HBox([self.backbones, self.sizes, w.VBox([self.batch, self.mode]),
+                                      w.VBox([self.measure_batch, self.measure_contexts, self.measure])]),
                               self.status, w.HBox([self.latency, self.throughput])])
         for c in (self.backbones, self.sizes, self.batch, self.mode):
             c.observe(lambda _: self.update(), "value")
@@ -557,10 +578,26 @@ class LatencyExplorer(_Displayable):
         self.update()
 
     def selected(self):
-        from lramlab.analysis.latency import LatencyTable
+        """The selected backbones' and sizes' records, a point measured more than once merged into one
+        (`analysis.latency.merge_repeats`)."""
+        from lramlab.analysis.latency import LatencyTable, merge_repeats
 
         keep = [r for r in self.table.records if r.backbone in self.backbones.value and r.size in self.sizes.value]
-        return LatencyTable(keep)
+        return LatencyTable(merge_repeats(keep))
+
+    def parse_contexts(self) -> tuple[int, ...]:
+        """The contexts typed in "at C" (comma-separated positive integers); ValueError naming a bad one."""
+        out = []
+        for tok in self.measure_contexts.value.replace(";", ",").split(","):
+            tok = tok.strip()
+            if not tok:
+                continue
+            if not tok.isdigit() or int(tok) < 1:
+                raise ValueError(f"LatencyExplorer: context {tok!r} is not a positive integer (e.g. 50, 400, 1600)")
+            out.append(int(tok))
+        if not out:
+            raise ValueError("LatencyExplorer: no context given (e.g. 50, 400, 1600)")
+        return tuple(sorted(set(out)))
 
     def update(self):
         """Redraw both figures for the current selection."""
@@ -573,7 +610,9 @@ class LatencyExplorer(_Displayable):
         thr.update_layout(width=520, height=380)
         replace_figure(self.latency, lat)
         replace_figure(self.throughput, thr)
-        self.status.value = f"{len(sel.records)} measurements selected"
+        merged = sum(r.note.startswith("merged") for r in sel.records)
+        self.status.value = (f"{len(sel.records)} grid points selected"
+                             + (f" ({merged} measured more than once, merged)" if merged else ""))
 
     def measure_selection(self):
         """Measure the selected backbones/sizes at the chosen batch size and mode, then redraw."""
@@ -583,12 +622,23 @@ class LatencyExplorer(_Displayable):
 
         if self.config is None:
             raise ValueError("LatencyExplorer: measuring needs a LatencyStudyConfig (config=...)")
-        self.status.value = "measuring ..."
+        try:
+            contexts = self.parse_contexts()
+        except ValueError as err:
+            self.status.value = f"<b style='color:#d62728'>{html.escape(str(err))}</b>"
+            return
+        B = int(self.measure_batch.value)
+        self.status.value = f"measuring B={B} at C={', '.join(map(str, contexts))} ..."
         for size in self.sizes.value:
-            cfg = replace(self.config, backbones=tuple(self.backbones.value), size=size,
-                          batch_sizes=(int(self.batch.value),), modes=(self.mode.value,), throughput_batches=())
+            cfg = replace(self.config, backbones=tuple(self.backbones.value), size=size, contexts=contexts,
+                          batch_sizes=(B,), modes=(self.mode.value,), throughput_batches=())
             self.table.extend(run_latency_study(cfg, progress=False).records)
-        self.update()
+        if B not in self.batch.options:
+            self.batch.options = sorted({*self.batch.options, B})
+        if self.batch.value == B:
+            self.update()
+        else:
+            self.batch.value = B  # redraws
 
 
 # ============================================================================ training

@@ -81,7 +81,7 @@ TINY = {
     "01_data_prep": {"darkroom_goals": 2, "darkroom_episodes": 4, "metaworld_episodes": 1, "atari_episodes": 1,
                      "atari_max_steps": 30},
     "02_training": {"backbone": "dt", "steps": 10, "batch_size": 2, "context": 10, "lr": 0.003, "warmup": 2,
-                    "log_every": 1, "val_batches": 1, "device": "cpu"},
+                    "log_every": 1, "val_batches": 1, "device": "cpu", "video_steps": 6},
     "03_icl": {"backbones": ["dt", "xlstm"], "steps": 2, "batch_size": 1, "warmup": 1, "context_episodes": 1,
                "trials": 2, "eval_max_goals": 2, "workers": 1, "device": "cpu"},
     "04_embeddings_umap": {"n_per_task": 4, "context": 10},
@@ -130,6 +130,12 @@ def test_pipeline_outputs_are_real(pipeline_run):
     assert m2["step"] == 10 and m2["loss_decreased"] is True and m2["loss_last"] < m2["loss_first"]
     assert Path(m2["checkpoint"]).is_file() and m2["val/perplexity_domain_mean"] > 1
     assert (out / "02_training" / "loss.html").exists()
+    video = m2["video"]  # the trained agent in the simulator, as a GIF the notebook shows
+    assert video["task"] == "metaworld/reach-v2" and video["steps"] == 6
+    import imageio.v3 as iio
+
+    frames = iio.imread(video["video"], index=None)
+    assert frames.shape[0] == 6 and frames.std() > 10
     m3 = _metrics(out, "03_icl")["variants"]
     assert set(m3) == {"dt", "xlstm:7:1"}
     for v, b in m3.items():
@@ -243,3 +249,40 @@ def test_failing_cell_stops_the_pipeline_naming_notebook_cell_and_error(tmp_path
     assert e.notebook == "05_latency" and e.ename == "UnknownTaskError"
     assert "run_latency_study" in _cells("05_latency")[e.cell_index].source  # the index in notebooks/05_latency.ipynb
     assert f"failed in cell {e.cell_index} of " in str(e) and Path(e.output).exists()
+
+
+def test_finalize_outputs_keeps_each_bar_in_its_final_state_and_the_widget_snapshot(tmp_path):
+    """The kernel sends each bar refresh as its own stream message (no carriage return left): the
+    executed notebook keeps the last state of each bar, other stderr lines, and a widget's static
+    snapshot instead of a live view that has no saved state."""
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    bar = "train dt/tiny: {:>3}%|{}| {}/30 [00:01<00:02, 9.9it/s]"
+    outs = [new_output("stream", name="stderr", text=bar.format(0, " " * 10, 0)),
+            new_output("stream", name="stderr", text="a warning line\n"),
+            new_output("stream", name="stderr", text=bar.format(40, "####" + " " * 6, 12)),
+            new_output("stream", name="stderr", text="\r" + bar.format(100, "#" * 10, 30)),
+            new_output("stream", name="stderr", text="\n"),
+            new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"},
+                                             "text/html": "<div>snapshot</div>", "text/plain": "w"})]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("run()", outputs=outs)]), str(path))
+    assert P.finalize_outputs(path) == 1
+    cell = nbformat.read(path, as_version=4).cells[0]
+    stream, widget = cell.outputs
+    assert stream.text == "a warning line\n" + bar.format(100, "#" * 10, 30) + "\n"
+    assert set(widget.data) == {"text/html", "text/plain"}
+    assert P.finalize_outputs(path) == 0  # nothing left to change
+
+
+def test_progress_watcher_reports_the_kernels_latest_bar(tmp_path):
+    log = tmp_path / "stderr.log"
+    log.write_text("starting\ntrain dt/tiny:  10%|#         | 3/30 [00:01<00:09, 2.9it/s, loss=3.1]")
+    seen = []
+    w = P._ProgressWatcher(log, seen.append)
+    w.poll()
+    with log.open("a") as f:
+        f.write("train dt/tiny:  50%|#####     | 15/30 [00:05<00:05, 3.0it/s, loss=2.7]")
+    w.poll()
+    w.poll()  # no new line: no new report
+    assert seen == ["train dt/tiny 10% 3/30 [00:01<00:09]", "train dt/tiny 50% 15/30 [00:05<00:05]"]

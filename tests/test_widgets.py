@@ -165,6 +165,9 @@ def test_embedding_explorer_layer_backbone_and_tasks(two_models, tiny_root):
     assert ("dt", 0) in ex._hidden
     ex.backbone.value = "xlstm"
     assert _title(ex.figure) == f"xlstm, layer {ex.n_layers('xlstm') - 1}"
+    ex.domains.value = ("classic", "control")  # the task picker by domain
+    assert set(ex.tasks.value) == {"classic/cartpole", "classic/acrobot", "control/pendulum", "control/mountaincar"}
+    assert {t.name for t in ex.figure.data} == {"classic", "control"} and sum(len(t.x) for t in ex.figure.data) == 16
     ex.tasks.value = ("classic/cartpole", "atari/pong")
     assert sum(len(t.x) for t in ex.figure.data) == 8
     assert {t.name for t in ex.figure.data} == {"classic", "atari"}
@@ -208,9 +211,20 @@ def test_latency_explorer_filters_and_measures(lat_table):
     ex.batch.value = 2
     assert ex.latency.data[0].meta["batch_size"] == 2 and tuple(ex.latency.data[0].y) != y1
     n = len(ex.table.records)
-    ex.measure.click()  # measures dt at B=2 over the config's contexts
-    assert len(ex.table.records) == n + len(cfg.contexts)
-    assert "measurements selected" in ex.status.value
+    ex.measure_batch.value, ex.measure_contexts.value = 3, "7, 5"  # any B and C, not only the grid's
+    ex.measure.click()
+    assert len(ex.table.records) == n + 2 and ex.batch.value == 3 and 3 in ex.batch.options
+    assert [t.meta["backbone"] for t in ex.latency.data] == ["dt"] and sorted(ex.latency.data[0].x) == [5, 7]
+    points = len(ex.selected().records)
+    ex.measure_contexts.value = "5"
+    ex.measure.click()  # the same point again: merged into one, not drawn twice
+    assert len(ex.table.records) == n + 3 and len(ex.selected().records) == points
+    merged = [r for r in ex.selected().records if r.batch_size == 3 and r.context == 5]
+    assert len(merged) == 1 and merged[0].note == "merged 2 measurements" and merged[0].reps == 2 * cfg.reps
+    assert "measured more than once, merged" in ex.status.value
+    ex.measure_contexts.value = "5, x"
+    ex.measure.click()
+    assert "context &#x27;x&#x27; is not a positive integer" in ex.status.value and len(ex.table.records) == n + 3
 
 
 def test_training_monitor_refreshes_from_metrics_jsonl(tmp_path, tiny_root):

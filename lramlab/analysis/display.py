@@ -127,7 +127,9 @@ class Table:
             return f"{v:.{self.digits}g}" if abs(v) >= 10 ** self.digits or (v and abs(v) < 1e-3) else \
                 f"{round(v, self.digits):g}"
         if isinstance(v, (list, tuple)):
-            return ", ".join(self._cell(x) for x in v)
+            return ", ".join(self._cell(x) for x in v) if len(v) <= 4 else f"{len(v)} values"
+        if isinstance(v, Mapping):
+            return "; ".join(f"{k}: {self._cell(x)}" for k, x in v.items()) if len(v) <= 4 else f"{len(v)} entries"
         return str(v)
 
     def markdown(self) -> str:
