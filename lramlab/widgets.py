@@ -57,7 +57,7 @@ def static_html(widget, pngs: dict | None = None) -> str:
 
     def walk(x) -> str:
         if isinstance(x, go.FigureWidget):
-            figs.append(go.Figure(x))
+            figs.append(go.Figure(x.to_dict()))  # a copy: the live widget keeps its traces
             return f"<!--fig{len(figs) - 1}-->"
         if getattr(getattr(x, "layout", None), "display", None) == "none":
             return ""
@@ -100,11 +100,15 @@ class _Displayable:
     widget: Any
 
     def _repr_mimebundle_(self, include=None, exclude=None):
-        """The live widget (a running kernel's front end shows it) plus a static snapshot (HTML with
-        PNGs) that an exported or re-opened executed notebook shows instead."""
+        """The live widget; executed headless (`lramlab pipeline`: LRAMLAB_HEADLESS=1, no front end),
+        also a static snapshot (HTML with PNGs) that the exported or re-opened notebook shows instead
+        (the pipeline drops the live view, whose state is not saved)."""
+        import os
+
         bundle = dict(self.widget._repr_mimebundle_() or {})
-        bundle["text/html"] = static_html(self.widget)
-        bundle["text/plain"] = f"<{type(self).__name__}: interactive widget; static snapshot in text/html>"
+        if os.environ.get("LRAMLAB_HEADLESS") == "1":
+            bundle["text/html"] = static_html(self.widget)
+            bundle["text/plain"] = f"<{type(self).__name__}: interactive widget; static snapshot in text/html>"
         return bundle
 
 

@@ -109,7 +109,7 @@ def metaworld_root(tmp_path_factory):
     return root
 
 
-def test_rollout_viewer_rerenders_a_state_task_from_its_seed(metaworld_root, tmp_path):
+def test_rollout_viewer_rerenders_a_state_task_from_its_seed(metaworld_root, tmp_path, monkeypatch):
     """A Meta-World episode (states only) is shown as the arm: frames re-rendered by replaying the
     stored actions from the episode's seeds, checked against the stored states; a tampered episode
     is said to diverge. The scene plays as a GIF too."""
@@ -124,7 +124,9 @@ def test_rollout_viewer_rerenders_a_state_task_from_its_seed(metaworld_root, tmp
     assert v.scene.value != first and "step 11<" in v.header.value
     frame = v.replay.frame_at(11)
     assert frame.std() > 10  # a rendered scene, not a blank image
-    # the snapshot an executed notebook keeps: the frame as an embedded PNG, the live view beside it
+    # executed headless, the snapshot the notebook keeps: the frame as an embedded PNG, the live view beside it
+    assert "text/html" not in v._repr_mimebundle_()  # live: the widget alone
+    monkeypatch.setenv("LRAMLAB_HEADLESS", "1")
     bundle = v._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert bundle["text/html"].count("data:image/png;base64,") >= 2  # the frame + the timeline figure

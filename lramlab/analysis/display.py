@@ -155,10 +155,14 @@ class Table:
 
 def show_table(rows, columns: Sequence[str] | None = None, index: str | None = None, digits: int = 3,
                title: str = "") -> Table:
-    """Rows (dicts, or a mapping key -> dict, the key becoming column `index`) as a `Table`."""
+    """Rows (dicts; a mapping key -> dict, the key becoming column `index`; or a flat mapping
+    key -> value, shown as two columns `index` / value) as a `Table`."""
     if isinstance(rows, Mapping):
         key = index or "name"
-        rows = [{key: k, **(dict(v) if isinstance(v, Mapping) else {"value": v})} for k, v in rows.items()]
+        if all(isinstance(v, Mapping) for v in rows.values()):
+            rows = [{key: k, **dict(v)} for k, v in rows.items()]
+        else:
+            rows = [{key: k, "value": v} for k, v in rows.items()]
     return Table(list(rows), columns, digits, title)
 
 
