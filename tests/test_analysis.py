@@ -293,6 +293,30 @@ def test_save_figures_html_and_png_or_reason(emb, tmp_path):
     assert off["_png_error"] == "PNG export turned off"
 
 
+def test_episode_returns_one_panel_per_domain(tiny_root):
+    """Each domain on its own axes (their returns differ by orders of magnitude), a bold mean where a
+    domain has several tasks, one legend entry per mean instead of one per task."""
+    from lramlab.studies import summarize_data
+
+    summary = summarize_data(tiny_root)
+    fig = plots.episode_returns(summary)
+    by_dom: dict = {}
+    for t in fig.data:
+        by_dom.setdefault(t.meta["domain"], set()).add(t.yaxis or "y")
+    assert set(by_dom) == {"classic", "control", "atari"}
+    assert all(len(v) == 1 for v in by_dom.values()) and len(set.union(*by_dom.values())) == 3  # own y axis each
+    means = [t for t in fig.data if t.meta["task"] == "mean"]
+    assert {t.meta["domain"] for t in means} == {"classic", "control"}  # atari has one task: no mean line
+    rows = {r["task"]: r for r in summary.tasks}
+    cart = [t for t in fig.data if t.meta["task"] == "classic/cartpole"][0]
+    assert list(cart.y) == pytest.approx(rows["classic/cartpole"]["returns"]) and not cart.showlegend
+    n = min(len(rows["classic/cartpole"]["returns"]), len(rows["classic/acrobot"]["returns"]))
+    mean = [t for t in means if t.meta["domain"] == "classic"][0]
+    assert mean.y[0] == pytest.approx((rows["classic/cartpole"]["returns"][0] + rows["classic/acrobot"]["returns"][0]) / 2)
+    assert n >= 1 and [a.text for a in fig.layout.annotations] == ["atari (1 task)", "classic (2 tasks)",
+                                                                    "control (2 tasks)"]
+
+
 def test_show_figures_displays_a_png_beside_the_plotly_json_and_saves_it(emb, tmp_path, monkeypatch):
     """What an executed notebook keeps of a figure: one output with the plotly JSON and a PNG of it
     (the size of the figure, not kaleido's 700 x 500); the saved files are the same PNG and an HTML

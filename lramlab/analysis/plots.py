@@ -197,7 +197,7 @@ def episode_returns(summary, domains: Sequence[str] | None = None):
     from plotly.subplots import make_subplots
 
     rows = [r for r in _summary_rows(summary) if (domains is None or r["domain"] in domains) and r.get("returns")]
-    doms = sorted({r["domain"] for r in rows}, key=lambda d: (DOMAIN_ORDER + (d,)).index(d))
+    doms = sorted({r["domain"] for r in rows}, key=lambda d: ((DOMAIN_ORDER + (d,)).index(d), d))
     n = max(1, len(doms))
     titles = []
     for d in doms:
