@@ -13,7 +13,13 @@ the chain) unless `--force`. A re-run sets the earlier attempt aside (`OUT/.NN_n
 except for the notebooks in `RESUMES_IN_PLACE` (06: its jobs continue from what they left
 there; delete the directory to start over). A failing cell stops the pipeline with the notebook, the cell and
 the error named, and a non-zero exit status. `OUT/pipeline.json` records what ran, how long it
-took, and whether PNGs could be written.
+took, and whether PNGs could be written; an `--only` run updates its notebooks' records and keeps
+the others'.
+
+Executed notebooks read right without a kernel: every figure carries a PNG beside its plotly JSON
+(`analysis.display.show_figures`), each widget a static snapshot, and progress bars end in their
+final state (the kernels run with LRAMLAB_HEADLESS=1: plain-text bars, folded by
+`finalize_outputs`). While a notebook runs, the pipeline's bar shows its latest progress line.
 
 The kernel is the `python3` kernelspec when it resolves to this interpreter (jupyter_client maps
 a bare `python` argv to `sys.executable`); otherwise a kernelspec for this interpreter is
@@ -26,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -339,8 +346,11 @@ KERNEL_QUIET = ["--IPKernelApp.log_level=ERROR"]
 
 
 def run_notebook(name: str, out: Path, parameters: Mapping[str, Any], kernel: str,
-                 cell_timeout: int | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> Path:
-    """Execute one notebook into `out/<name>/<name>.ipynb`; raise PipelineError on a failing cell."""
+                 cell_timeout: int | None = None, notebook_dir: Path = NOTEBOOK_DIR,
+                 on_progress=None) -> Path:
+    """Execute one notebook into `out/<name>/<name>.ipynb`; raise PipelineError on a failing cell.
+
+    `on_progress(line)` (optional) gets the kernel's latest progress-bar line while it runs."""
     pm = require("papermill", "running notebooks")
     src = Path(notebook_dir) / f"{name}.ipynb"
     if not src.exists():
@@ -348,17 +358,188 @@ def run_notebook(name: str, out: Path, parameters: Mapping[str, Any], kernel: st
     run_dir = out / name
     run_dir.mkdir(parents=True, exist_ok=True)
     dst = run_dir / f"{name}.ipynb"
+    stderr_log = run_dir / f".{name}.stderr.log"
+    watcher = _ProgressWatcher(stderr_log, on_progress) if on_progress is not None else None
     try:
         # widgets render only live; their saved state would embed plotly.js (~5 MB) per FigureWidget
-        pm.execute_notebook(str(src), str(dst), parameters=dict(parameters), kernel_name=kernel,
-                            progress_bar=False, cwd=str(run_dir), execution_timeout=cell_timeout,
-                            store_widget_state=False, extra_arguments=KERNEL_QUIET)
+        # (each widget leaves a static snapshot instead, see widgets.static_html); the kernel
+        # inherits HEADLESS_ENV: plain-text progress bars (lramlab/__init__.py), one line a second
+        with _environ(HEADLESS_ENV), open(stderr_log, "w") as err_file:
+            if watcher is not None:
+                watcher.start()
+            pm.execute_notebook(str(src), str(dst), parameters=dict(parameters), kernel_name=kernel,
+                                progress_bar=False, cwd=str(run_dir), execution_timeout=cell_timeout,
+                                store_widget_state=False, stderr_file=err_file,
+                                extra_arguments=KERNEL_QUIET)
     except pm.PapermillExecutionError as err:
         raise _cell_error(err, name, src, dst) from err
     except Exception as err:  # noqa: BLE001 - kernel death, timeouts: name the notebook
         raise PipelineError(name, f"notebook {name} could not run ({dst}): {type(err).__name__}: {err}",
                             ename=type(err).__name__, evalue=str(err), output=str(dst)) from err
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        if dst.exists():
+            finalize_outputs(dst)
     return dst
+
+
+#: environment of the notebooks' kernels (and the job processes they start)
+HEADLESS_ENV = {"LRAMLAB_HEADLESS": "1", "TQDM_MININTERVAL": "1"}
+
+
+class _environ:
+    """Set environment variables for a block (the kernel papermill starts inherits them)."""
+
+    def __init__(self, values: Mapping[str, str]):
+        self.values, self.saved = dict(values), {}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_CR = re.compile(r"[^\n]*\r(?=[^\n])")
+_WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _fold_stream(text: str) -> str:
+    """A stream's text as a terminal shows it: what a carriage return overwrote is gone."""
+    return _CR.sub("", text.replace("\r\n", "\n")).replace("\r", "")
+
+
+def _bar_desc(line: str) -> str | None:
+    m = _TQDM_LINE.search(line)
+    return line[: m.start()].split(":")[0].strip() if m else None
+
+
+def _final_bars(text: str) -> str:
+    """Only the last state of each progress bar: a bar line followed later by the same bar (same
+    description, no other bar in between) is an earlier state the terminal would have overwritten."""
+    lines = text.split("\n")
+    keep = [True] * len(lines)
+    last_bar: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        desc = _bar_desc(line)
+        if desc is None:
+            continue
+        j = last_bar.get(desc)
+        if j is not None and all(_bar_desc(x) in (None, desc) for x in lines[j + 1: i]):
+            keep[j] = False
+        last_bar[desc] = i
+    return "\n".join(x for x, k in zip(lines, keep) if k)
+
+
+def _coalesce_streams(outputs: list) -> list:
+    """Consecutive stream outputs of one name merged (the kernel sends each bar refresh as its own
+    message, its carriage return dropped), carriage returns folded, each bar in its last state."""
+    merged: list = []
+    for out in outputs:
+        if out.get("output_type") == "stream":
+            text = _fold_stream(out["text"])
+            if merged and merged[-1].get("output_type") == "stream" and merged[-1].get("name") == out.get("name"):
+                prev = merged[-1]["text"]
+                # a bar's refresh has no newline: whatever follows it starts a line of its own
+                sep = "\n" if prev and not prev.endswith("\n") and not text.startswith("\n") \
+                    and _bar_desc(prev.rsplit("\n", 1)[-1]) else ""
+                merged[-1]["text"] = prev + sep + text
+                continue
+            out["text"] = text
+        merged.append(out)
+    for out in merged:
+        if out.get("output_type") == "stream":
+            out["text"] = _final_bars(out["text"])
+    return merged
+
+
+def finalize_outputs(path: str | Path) -> int:
+    """Make an executed notebook read right without a kernel: a cell's stream outputs merged, each
+    progress bar kept in its final state only (no bar saved at "0%"), and a widget's live view
+    dropped where the output carries a static snapshot (no widget state is saved, so the view could
+    only show "model not found"). Returns the number of cells changed; rewrites the file atomically."""
+    import json
+
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(str(path), as_version=4)
+    changed = 0
+    for cell in nb.cells:
+        outputs = cell.get("outputs", [])
+        if not outputs:
+            continue
+        before = json.dumps(outputs, sort_keys=True)
+        outputs = _coalesce_streams(outputs)
+        for out in outputs:
+            data = out.get("data", {})
+            if _WIDGET_MIME in data and ("text/html" in data or "image/png" in data):
+                del data[_WIDGET_MIME]
+        if json.dumps(outputs, sort_keys=True) != before:
+            cell["outputs"] = outputs
+            changed += 1
+    if changed:
+        tmp = path.with_name(f".{path.name}.tmp")
+        nbformat.write(nb, str(tmp))
+        os.replace(tmp, path)
+    return changed
+
+
+_TQDM_LINE = re.compile(r"(\d+)%\|")
+
+
+class _ProgressWatcher:
+    """Follows a running kernel's stderr (papermill's stderr_file) and reports its latest progress
+    bar line to `callback(line)`, so that the pipeline's bar shows the progress inside a notebook."""
+
+    def __init__(self, path: Path, callback, interval_s: float = 1.0):
+        import threading
+
+        self.path, self.callback, self.interval_s = Path(path), callback, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pipeline-progress")
+        self._pos, self._last = 0, None
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.poll()
+
+    def poll(self) -> str | None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._pos)
+                chunk = f.read()
+                self._pos = f.tell()
+        except OSError:
+            return None
+        lines = [ln.strip() for ln in re.split(r"[\r\n]", chunk.decode("utf-8", "replace")) if ln.strip()]
+        bars = [ln for ln in lines if _TQDM_LINE.search(ln)]
+        if bars and bars[-1] != self._last:
+            self._last = bars[-1]
+            self.callback(_short_bar(bars[-1]))
+        return self._last
+
+    def _run(self):
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+
+
+def _short_bar(line: str) -> str:
+    """'train dt/tiny:  40%|####      | 12/30 [00:03<00:05, 3.1it/s, loss=1.2]' -> 'train dt/tiny 40% 12/30 [00:03<00:05]'"""
+    m = re.match(r"(?P<desc>.*?):?\s*(?P<pct>\d+%)\|[^|]*\|\s*(?P<n>\S+)\s*(?P<t>\[[^,\]]*)?", line)
+    if not m:
+        return line[:80]
+    return " ".join(x for x in (m["desc"].strip(), m["pct"], m["n"], (m["t"] + "]") if m["t"] else "") if x)[:80]
 
 
 def _set_aside(run_dir: Path) -> Path | None:
@@ -439,7 +620,9 @@ def run_pipeline(out: str | Path = "runs/demo", params: Mapping[str, Mapping[str
                 metrics_path.unlink(missing_ok=True)  # an interrupted re-run must not leave the old numbers
             t = time.perf_counter()
             try:
-                dst = run_notebook(nb, out, p, kernel, cell_timeout, notebook_dir)
+                dst = run_notebook(nb, out, p, kernel, cell_timeout, notebook_dir,
+                                   on_progress=(lambda line, nb=nb: bar.set_postfix_str(f"{nb}: {line}"))
+                                   if progress else None)
             except PipelineError as err:
                 results.append(NotebookRun(nb, "failed", time.perf_counter() - t, err.output or "", {}, p, str(err)))
                 raise
@@ -455,10 +638,25 @@ def run_pipeline(out: str | Path = "runs/demo", params: Mapping[str, Mapping[str
     finally:
         bar.close()
         res = PipelineResult(str(out), results, time.perf_counter() - t0, kernel, png_ok, png_error)
-        tmp = summary_path.with_name(summary_path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(res), indent=2, default=str))
-        os.replace(tmp, summary_path)
+        _write_summary(summary_path, res)
     return res
+
+
+def _write_summary(path: Path, res: PipelineResult) -> None:
+    """pipeline.json: this run's records, merged with the earlier ones of notebooks it did not run
+    (an `--only` run keeps the others' records), in pipeline order."""
+    record = asdict(res)
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        old = {}
+    mine = {r["name"] for r in record["runs"]}
+    kept = [r for r in old.get("runs", []) if isinstance(r, dict) and r.get("name") not in mine]
+    record["runs"] = sorted(kept + record["runs"], key=lambda r: (NOTEBOOKS + (r.get("name"),)).index(r.get("name")))
+    record["this_run"] = sorted(mine, key=NOTEBOOKS.index)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -192,8 +192,10 @@ def _save_npz_atomic(path: Path, **arrays) -> None:
         raise
 
 
-def record_episode(record_dir: str | os.PathLike, spec, index: int, rec: dict, frames: list | None) -> Path:
-    """One rollout into the trajectory store (+ sidecar npz with R̂ and frames)."""
+def record_episode(record_dir: str | os.PathLike, spec, index: int, rec: dict, frames: list | None,
+                   seeds: tuple[int, int] | None = None) -> Path:
+    """One rollout into the trajectory store (+ sidecar npz with R̂, frames, and the (make_env,
+    reset) seeds that replay it: `replay_frames`)."""
     from lramlab.data.store import write_episode
 
     task_dir = Path(record_dir) / spec.domain / spec.name
@@ -208,6 +210,8 @@ def record_episode(record_dir: str | os.PathLike, spec, index: int, rec: dict, f
     extra = {"rtg_condition": np.asarray(rec["rtg"], dtype=np.float32)}
     if frames:
         extra["frames"] = np.stack(frames).astype(np.uint8)
+    if seeds is not None:
+        extra["seeds"] = np.asarray(seeds, dtype=np.int64)
     _save_npz_atomic(task_dir / f"episode_{index:06d}.extra.npz", **extra)
     meta = task_dir / "meta.json"
     if not meta.exists():
@@ -300,7 +304,8 @@ def run_task(model: torch.nn.Module, task: Any, episodes: int = 3, n_envs: int =
             for i in range(B):
                 path = None
                 if recs is not None:
-                    path = str(record_episode(record_dir, spec, done_eps + i, recs[i], frs[i] if frames else None))
+                    path = str(record_episode(record_dir, spec, done_eps + i, recs[i], frs[i] if frames else None,
+                                              seeds=(seed + i, ep_seeds[i])))
                 out.episodes.append(EpisodeResult(task=spec.id, seed=ep_seeds[i], ret=float(rets[i]),
                                                   length=int(lens[i]), success=succ[i], path=path))
             done_eps += B
@@ -317,6 +322,120 @@ def run_task(model: torch.nn.Module, task: Any, episodes: int = 3, n_envs: int =
         if was_training:
             model.train()
     return out
+
+
+# ----------------------------------------------------------------------------------------
+# the scene of a stored episode
+
+
+def episode_seed_of(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(make_env seed, reset seed) an episode file was played with: from its task directory's
+    meta.json for data of `lramlab data generate` (env seed = the run's seed, reset seed derived
+    from (seed, index)), from its `.extra.npz` for a rollout recorded by `run_task`. None when
+    nothing says (imported data, a learning history)."""
+    import json
+
+    path = Path(path)
+    extra = path.with_name(path.name.split(".")[0] + ".extra.npz")
+    if extra.exists():
+        with np.load(extra) as z:
+            if "seeds" in z.files:
+                return int(z["seeds"][0]), int(z["seeds"][1])
+    try:
+        meta = json.loads((path.parent / "meta.json").read_text())
+        index = int(path.name.split(".")[0].split("_")[-1])
+    except (OSError, ValueError):
+        return None
+    if str(meta.get("episode_seeds", "")).startswith("numpy SeedSequence") and "seed" in meta:
+        from lramlab.collect.generate import episode_seed
+
+        return int(meta["seed"]), episode_seed(int(meta["seed"]), index)
+    return None
+
+
+@dataclass
+class Replay:
+    """Frames of a stored episode re-rendered by replaying its actions from its seed."""
+    frames: np.ndarray                 # (N, H, W, 3) uint8: the scene before the actions of steps 0, every, 2 every, ...
+    seed: int                          # the reset seed
+    every: int = 1                     # frames[i] shows step i * every
+    diverged_at: int | None = None     # first step whose observation differs from the stored state
+    max_error: float = 0.0             # largest |observation - stored state| up to there
+
+    def frame_at(self, t: int) -> np.ndarray:
+        """The frame shown at step t: the last rendered step <= t."""
+        return self.frames[min(int(t) // self.every, len(self.frames) - 1)]
+
+    @property
+    def note(self) -> str:
+        if self.diverged_at is None:
+            return (f"re-rendered from seed {self.seed}" + (f", every {self.every} steps" if self.every > 1 else "")
+                    + f": the replay matches the stored states (max error {self.max_error:.2g})")
+        return (f"re-rendered from seed {self.seed}: the replay DIVERGES from the stored states at step "
+                f"{self.diverged_at} (the frames after it show the replay, not the recorded episode)")
+
+
+def replay_frames(task: Any, ep: dict, seeds: tuple[int, int], atol: float = 1e-3, every: int = 1,
+                  max_steps: int | None = None) -> Replay:
+    """Re-render a stored episode: make the task's env with seeds[0], reset it with seeds[1],
+    take the stored actions one by one, rendering the scene before every `every`-th one (software
+    rendering costs ~0.1-0.2 s a frame on a CPU), and compare each observation with the stored state
+    (`atol`, relative to the state's scale). The stored states stay the truth; a divergence is
+    reported (`Replay.diverged_at`), not hidden."""
+    from lramlab.envs import make_env
+
+    spec = task_spec(task)
+    states, actions = np.asarray(ep["states"]), np.asarray(ep["actions"])
+    T = len(actions) if max_steps is None else min(len(actions), int(max_steps))
+    env_seed, seed = int(seeds[0]), int(seeds[1])
+    every = max(1, int(every))
+    env = make_env(spec, seed=env_seed, render=True)
+    frames, diverged, max_err = [], None, 0.0
+    try:
+        obs, _ = env.reset(seed=seed)
+        for t in range(T):
+            if diverged is None:
+                o = np.asarray(obs, dtype=np.float64).reshape(states[t].shape)
+                err = float(np.max(np.abs(o - states[t]))) if o.size else 0.0
+                scale = max(1.0, float(np.max(np.abs(states[t]))) if states[t].size else 1.0)
+                if err > atol * scale:
+                    diverged = t
+                else:
+                    max_err = max(max_err, err)
+            if t % every == 0:
+                fr = env.render()
+                if fr is None:
+                    raise ValueError(f"task {spec.id}: its env renders no frames")
+                frames.append(np.asarray(fr, dtype=np.uint8))
+            a = actions[t]
+            obs, _, term, trunc, _ = env.step(int(a) if spec.action_kind == "discrete" else a)
+            if (term or trunc) and t < T - 1:  # the replay ended before the stored episode did
+                diverged = t + 1 if diverged is None else diverged
+                frames.extend([frames[-1]] * (len(range(0, T, every)) - len(frames)))
+                break
+    finally:
+        env.close()
+    return Replay(np.stack(frames), seed, every, diverged, max_err)
+
+
+def save_video(frames, path: str | os.PathLike, fps: int = 20, max_side: int = 320) -> Path:
+    """Frames (T, H, W, 3) uint8 as a GIF (or MP4 / WebM by the suffix, via imageio-ffmpeg),
+    downscaled so the longer side is at most `max_side` pixels; written atomically."""
+    from lramlab._optional import require
+
+    iio = require("imageio.v3", "saving rollout videos")
+    path = Path(path)
+    frames = np.asarray(frames, dtype=np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] not in (3, 4) or len(frames) == 0:
+        raise ValueError(f"save_video: expected frames (T, H, W, 3), got shape {frames.shape}")
+    step = max(1, int(np.ceil(max(frames.shape[1:3]) / max_side)))
+    frames = frames[:, ::step, ::step, :3]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    kw = {"duration": 1000 / fps, "loop": 0} if path.suffix.lower() == ".gif" else {"fps": fps}
+    iio.imwrite(tmp, frames, **kw)
+    os.replace(tmp, path)
+    return path
 
 
 def random_policy_returns(task: Any, episodes: int = 10, seed: int = 0) -> np.ndarray:
@@ -340,4 +459,4 @@ def random_policy_returns(task: Any, episodes: int = 10, seed: int = 0) -> np.nd
 
 
 __all__ = ["Agent", "EpisodeResult", "TaskRollouts", "run_task", "record_episode", "target_rtg",
-           "random_policy_returns"]
+           "random_policy_returns", "episode_seed_of", "replay_frames", "Replay", "save_video"]

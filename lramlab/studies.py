@@ -292,8 +292,17 @@ def run_data_prep(cfg: DataPrepConfig, progress: bool = True) -> DataSummary:
             continue
         jobs.append((task, n, policy, max_steps, cfg.data_dir, cfg.seed, progress and cfg.workers == 1))
     if cfg.workers == 1 or len(jobs) < 2:
-        for job in jobs:
-            _generate_task(job)
+        if len(jobs) < 2:
+            for job in jobs:
+                _generate_task(job)
+        else:  # one bar for the whole job (80 goals would be 80 bars), the task being generated beside it
+            from tqdm.auto import tqdm
+
+            jobs = [j[:6] + (False,) for j in jobs]
+            with tqdm(jobs, desc="data prep", unit="task", disable=not progress) as bar:
+                for job in bar:
+                    bar.set_postfix_str(job[0], refresh=False)
+                    _generate_task(job)
     else:
         import concurrent.futures as cf
         import multiprocessing as mp
@@ -354,7 +363,7 @@ def data_quality_rows(cfg: DataPrepConfig, tasks: list[str], progress: bool = Tr
 
 # ============================================================================ 02 training
 #: notebook parameters of 02_training / 03_icl that are not fields of their config dataclass
-NOTEBOOK_EXTRAS = ("out_dir", "save_png", "data_dir", "backbones")
+NOTEBOOK_EXTRAS = ("out_dir", "save_png", "data_dir", "backbones", "video_task", "video_steps")
 
 
 def training_summary(result) -> dict:
@@ -374,6 +383,46 @@ def training_summary(result) -> dict:
         if key.startswith("val/") and isinstance(v, (int, float)) and math.isfinite(v):
             out[key] = float(v)
     return out
+
+
+#: domains whose scene is worth a video, in the order `agent_video` picks a task by default
+VIDEO_DOMAINS = ("metaworld", "robosuite", "composuite", "mimicgen", "dmcontrol", "atari", "procgen", "darkroom")
+
+
+def agent_video(checkpoint: str | Path, data_dir: str | Path, out: str | Path, task: str = "",
+                max_steps: int = 100, seed: int = 0, fps: int = 20) -> dict:
+    """One episode of a trained agent in the simulator, rendered and saved as a GIF (`out`).
+
+    `task`: a task of `data_dir` ("": the first of a robot domain, as in `VIDEO_DOMAINS`). The agent
+    is conditioned on the best return in that task's data (docs/protocol.md). Returns {task, return,
+    steps, success, video} and the HTML that shows it (`html`, the GIF inline)."""
+    import base64
+    import tempfile
+
+    import numpy as np
+
+    from lramlab.data.store import TaskData, data_target_return, find_tasks
+    from lramlab.rollout import run_task, save_video
+    from lramlab.train.checkpoint import load_model_from_checkpoint
+
+    dirs = {TaskData(d, require_complete=False).task: d for d in find_tasks(data_dir)}
+    if task and task not in dirs:
+        raise ValueError(f"agent_video: task {task!r} is not under {data_dir}; found {sorted(dirs)}")
+    if not task:
+        task = min(dirs, key=lambda t: ((VIDEO_DOMAINS + (t.split("/")[0],)).index(t.split("/")[0]), t))
+    model = load_model_from_checkpoint(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="lram_video_") as tmp:
+        res = run_task(model, task, episodes=1, seed=seed, max_steps=max_steps, record_dir=tmp, frames=True,
+                       target_return=data_target_return(dirs[task], require_complete=False))
+        ep = res.episodes[0]
+        with np.load(Path(ep.path).with_name(Path(ep.path).name.split(".")[0] + ".extra.npz")) as z:
+            frames = z["frames"]
+    path = save_video(frames, out, fps=fps)
+    gif = base64.b64encode(path.read_bytes()).decode("ascii")
+    caption = (f"{task}: {ep.length} steps, return {ep.ret:.1f}" + ("" if ep.success is None else f", success {ep.success}")
+               + f" ({checkpoint if isinstance(checkpoint, str) else Path(checkpoint).name})")
+    return {"task": task, "return": ep.ret, "steps": ep.length, "success": ep.success, "video": str(path),
+            "html": f"<figure><img src='data:image/gif;base64,{gif}'/><figcaption>{caption}</figcaption></figure>"}
 
 
 # ============================================================================ 03 ICL

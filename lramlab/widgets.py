@@ -2,9 +2,11 @@
 
 - `RolloutViewer(sources)`: pick a source (a checkpoint's recorded rollouts, or a dataset),
   a task and an episode, then play/scrub it frame by frame; action, reward and RTG beside the frame.
-- `EmbeddingExplorer(checkpoints, data_dir)`: backbone, layer and tasks -> UMAP scatter.
+- `EmbeddingExplorer(checkpoints, data_dir)`: backbone, layer and tasks (picked by domain or one by
+  one) -> UMAP scatter.
 - `LatencyExplorer(table)`: backbones, sizes, batch size, mode -> latency and throughput curves
-  (a "measure" button runs the missing grid points with `lramlab.analysis.latency`).
+  (a "measure" button measures any batch size B at any contexts C with `lramlab.analysis.latency`;
+  a point measured again is merged with the earlier measurement).
 - `TrainingMonitor(run_dir)`: live learning curves from a run's metrics.jsonl (button / timer).
 
 Widgets only display: every number comes from a package function (`lramlab.data.store`,
@@ -41,13 +43,73 @@ def replace_figure(fw, fig) -> None:
     fw.layout = fig.layout
 
 
+def static_html(widget, pngs: dict | None = None) -> str:
+    """A static picture of a widget tree as HTML: boxes as rows / columns, every plotly figure as a
+    PNG (kaleido), HTML widgets as themselves, controls as "description: value". What an executed
+    notebook keeps of a widget once no kernel runs it (nbconvert, viewers, a re-opened notebook)."""
+    import base64
+
+    w = _w()
+    go = _go()
+    from lramlab.analysis.display import figure_pngs
+
+    figs = []
+
+    def walk(x) -> str:
+        if isinstance(x, go.FigureWidget):
+            figs.append(go.Figure(x.to_dict()))  # a copy: the live widget keeps its traces
+            return f"<!--fig{len(figs) - 1}-->"
+        if getattr(getattr(x, "layout", None), "display", None) == "none":
+            return ""
+        if isinstance(x, w.Image):
+            if not x.value:
+                return ""
+            return f"<img alt='frame' src='data:image/{x.format};base64,{base64.b64encode(x.value).decode()}'/>"
+        if isinstance(x, w.Box):
+            direction = "row" if isinstance(x, w.HBox) else "column"
+            inner = "".join(walk(c) for c in x.children)
+            return f"<div style='display:flex;flex-direction:{direction};gap:8px;align-items:flex-start'>{inner}</div>"
+        if isinstance(x, w.HTML):
+            return f"<div>{x.value}</div>"
+        if isinstance(x, w.Button):
+            return ""
+        if hasattr(x, "value") and hasattr(x, "description"):
+            v = x.value
+            if hasattr(x, "options") and isinstance(v, tuple) and len(v) > 6:
+                v = f"{len(v)} of {len(x.options)} selected"
+            elif hasattr(x, "options") and not isinstance(v, tuple):
+                # a Dropdown of (label, value) pairs shows the label
+                v = next((o[0] for o in x.options if isinstance(o, tuple) and o[1] == v), v)
+            return f"<div><b>{html.escape(str(x.description))}</b>: {html.escape(str(v))}</div>"
+        return ""
+
+    body = walk(widget)
+    images, why = figure_pngs(figs)
+
+    for i, (fig, png) in enumerate(zip(figs, images)):
+        title = html.escape(fig.layout.title.text or "figure")
+        tag = (f"<img alt='{title}' src='data:image/png;base64,{base64.b64encode(png).decode()}'/>" if png else
+               f"<i>[{title}: no static image: {html.escape(str(why))}]</i>")
+        body = body.replace(f"<!--fig{i}-->", tag)
+    note = ("<div style='color:#777;font-size:small'>Static snapshot of an interactive widget (run the "
+            "cell in a live kernel to use it).</div>")
+    return f"<div class='lram-widget-snapshot'>{note}{body}</div>"
+
+
 class _Displayable:
     widget: Any
 
-    def _ipython_display_(self):  # a widget object as a cell's last value shows its UI
-        from IPython.display import display
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """The live widget; executed headless (`lramlab pipeline`: LRAMLAB_HEADLESS=1, no front end),
+        also a static snapshot (HTML with PNGs) that the exported or re-opened notebook shows instead
+        (the pipeline drops the live view, whose state is not saved)."""
+        import os
 
-        display(self.widget)
+        bundle = dict(self.widget._repr_mimebundle_() or {})
+        if os.environ.get("LRAMLAB_HEADLESS") == "1":
+            bundle["text/html"] = static_html(self.widget)
+            bundle["text/plain"] = f"<{type(self).__name__}: interactive widget; static snapshot in text/html>"
+        return bundle
 
 
 # ============================================================================ rollouts
@@ -173,16 +235,31 @@ def timeline_figure(ep: Mapping[str, np.ndarray], t: int):
     return fig
 
 
+def png_bytes(frame: np.ndarray, max_side: int = 400) -> bytes:
+    """A frame (H, W, 3) uint8 as PNG bytes, downscaled (by striding) to at most `max_side` pixels."""
+    iio = require("imageio.v3", "showing rendered frames")
+    frame = np.asarray(frame, dtype=np.uint8)
+    step = max(1, int(np.ceil(max(frame.shape[:2]) / max_side)))
+    return iio.imwrite("<bytes>", frame[::step, ::step, :3], extension=".png")
+
+
 class RolloutViewer(_Displayable):
     """Play or scrub a recorded episode frame by frame.
 
     `sources`: a store root, or a mapping label -> root (e.g. {"step 5000": run/rollouts/5000,
     "data": data_dir}); each root holds DIR/<domain>/<name>/episode_*.hdf5 (`rollout.run_task(...,
     record_dir=...)` writes these, with `.extra.npz` frames when recorded with frames=True).
+
+    The scene: recorded frames when the episode has them; otherwise, for a state-based task (Meta-World,
+    DMControl, robosuite, ...), frames re-rendered by replaying the stored actions from the episode's
+    seeds (`rollout.replay_frames`, every k-th step so that at most `max_frames` are rendered; the
+    replay is checked against the stored states and a divergence is said under the frame). Dark-Room
+    is drawn as its grid, image observations as themselves; a state task without a known seed (or
+    `render=False`) shows its state vector.
     """
 
     def __init__(self, sources: str | Path | Mapping[str, str | Path], task: str | None = None,
-                 episode: int = 0, interval_ms: int = 150):
+                 episode: int = 0, interval_ms: int = 150, render: bool = True, max_frames: int = 60):
         w = _w()
         go = _go()
         if isinstance(sources, (str, Path)):
@@ -190,20 +267,29 @@ class RolloutViewer(_Displayable):
         self.sources = {str(k): Path(v) for k, v in sources.items()}
         if not self.sources:
             raise ValueError("RolloutViewer: no sources given")
+        self.render, self.max_frames = bool(render), int(max_frames)
         self._tasks_cache: dict[str, dict[str, list[Path]]] = {}
+        self._replays: dict[Path, Any] = {}
         self.ep: dict[str, np.ndarray] | None = None
-        self.source = w.Dropdown(options=list(self.sources), description="checkpoint")
+        self.replay = None  # rollout.Replay of the episode shown, when its scene was re-rendered
+        self.source = w.Dropdown(options=list(self.sources), description="source",
+                                 tooltip="where the episodes come from: a dataset or an agent's recorded rollouts")
         self.task = w.Dropdown(options=[], description="task")
         self.episode = w.Dropdown(options=[], description="episode")
         self.step = w.IntSlider(value=0, min=0, max=0, description="step", continuous_update=True,
                                 layout={"width": "420px"})
         self.play = w.Play(value=0, min=0, max=0, interval=interval_ms, description="play")
         w.jslink((self.play, "value"), (self.step, "value"))
+        self.header = w.HTML()
+        self.scene = w.Image(format="png", layout={"width": "400px", "display": "none"})
+        self.scene_note = w.HTML()
         self.info = w.HTML()
         self.figure = go.FigureWidget()
         self.timeline = go.FigureWidget()
+        self.figure_box = w.Box([self.figure])
         self.widget = w.VBox([w.HBox([self.source, self.task, self.episode]), w.HBox([self.play, self.step]),
-                              w.HBox([self.figure, w.VBox([self.info, self.timeline])])])
+                              w.HBox([w.VBox([self.header, self.scene, self.figure_box, self.scene_note]),
+                                      w.VBox([self.info, self.timeline])])])
         self._quiet = False  # True while this object sets widget values itself
         self.source.observe(lambda _: self._unless_quiet(self._on_source), "value")
         self.task.observe(lambda _: self._unless_quiet(self._on_task), "value")
@@ -248,32 +334,82 @@ class RolloutViewer(_Displayable):
                   episode__value=min(episode, len(paths) - 1))
         self.load()
 
+    def _replay(self, path: Path):
+        """The episode's scene re-rendered from its seeds (cached), or None with the reason."""
+        from lramlab.rollout import episode_seed_of, replay_frames
+
+        if path in self._replays:
+            return self._replays[path]
+        seeds = episode_seed_of(path)
+        if seeds is None:
+            out = (None, "no seed recorded for this episode: its state vector is shown")
+        else:
+            T = len(self.ep["actions"])
+            every = max(1, int(np.ceil(T / self.max_frames)))
+            try:
+                rep = replay_frames(self.task.value, self.ep, seeds, every=every)
+                out = (rep, rep.note)
+            except Exception as err:  # noqa: BLE001 - a simulator that cannot render here: say so, show states
+                out = (None, f"could not re-render the scene ({type(err).__name__}: {err}): its state vector is shown")
+        self._replays[path] = out
+        return out
+
     def load(self):
-        """Read the selected episode and show its first step."""
+        """Read the selected episode (re-render its scene when needed) and show its first step."""
         path = self.tasks_of(self.source.value)[self.task.value][self.episode.value]
         self.ep = load_episode(path)
+        self.replay, note = None, ""
+        kind = _frame_kind(self.task.value, self.ep)
+        if kind == "frames":
+            note = "frames recorded with the episode"
+        elif kind == "state" and self.render:
+            self.replay, note = self._replay(path)
+        elif kind == "state":
+            note = "state vector (scene rendering off)"
         T = len(self.ep["rewards"])
         self._set(step__value=0, step__max=T - 1, play__value=0, play__max=T - 1)
-        replace_figure(self.figure, frame_figure(self.task.value, self.ep, 0))
+        as_image = kind == "frames" or self.replay is not None
+        self.scene.layout.display = None if as_image else "none"
+        self.figure_box.layout.display = "none" if as_image else None
+        if not as_image:
+            fig = frame_figure(self.task.value, self.ep, 0)
+            fig.update_layout(title=None, margin={"t": 10})
+            replace_figure(self.figure, fig)
+        self.scene_note.value = f"<span style='color:#666;font-size:small'>{html.escape(note)}</span>" if note else ""
         replace_figure(self.timeline, timeline_figure(self.ep, 0))
         self.show_step(0)
+
+    def frame(self, t: int) -> np.ndarray | None:
+        """The scene at step t (recorded or re-rendered), None when the figure draws the step."""
+        if self.replay is not None:
+            return self.replay.frame_at(t)
+        if _frame_kind(self.task.value, self.ep) == "frames":
+            return self.ep["frames"][t]
+        return None
 
     # -- callback
     def show_step(self, t: int):
         """Update the frame, the info table and the timeline marker to step t (the slider's callback)."""
         ep = self.ep
         t = int(t)
-        new = frame_figure(self.task.value, ep, t)
         names = None
         if self.task.value.startswith("darkroom/"):
             from lramlab.envs.darkroom import ACTION_NAMES as names
-        with self.figure.batch_update():
-            for old, fresh in zip(self.figure.data, new.data):
-                for prop in ("x", "y", "z"):
-                    if prop in fresh and fresh[prop] is not None:
-                        old[prop] = fresh[prop]
-            self.figure.layout.title.text = new.layout.title.text
-            self.figure.layout.meta = new.layout.meta
+        fr = self.frame(t)
+        if fr is not None:
+            self.scene.value = png_bytes(fr)
+        else:
+            new = frame_figure(self.task.value, ep, t)
+            with self.figure.batch_update():
+                for old, fresh in zip(self.figure.data, new.data):
+                    for prop in ("x", "y", "z"):
+                        if prop in fresh and fresh[prop] is not None:
+                            old[prop] = fresh[prop]
+                self.figure.layout.meta = new.layout.meta
+        # the title is an HTML widget set in the same callback as the slider's value (a plotly title
+        # changed in a batch update was drawn one step late while playing)
+        self.header.value = (f"<div class='lram-frame-title'><b>{html.escape(self.task.value)}</b>: "
+                             f"step {t}</div>")
         with self.timeline.batch_update():
             self.timeline.layout.shapes[0].x0 = t
             self.timeline.layout.shapes[0].x1 = t
@@ -309,9 +445,15 @@ class EmbeddingExplorer(_Displayable):
         self.layer = w.IntSlider(description="layer", min=0, max=0, value=0, continuous_update=False)
         self.tasks = w.SelectMultiple(options=list(self.dataset.tasks), value=tuple(self.dataset.tasks),
                                       description="tasks", rows=min(8, len(self.dataset.tasks)))
+        # the task picker by domain (80 Dark-Room goals are tedious to pick one by one)
+        doms = list(dict.fromkeys(t.split("/")[0] for t in self.dataset.tasks))
+        self.domains = w.SelectMultiple(options=doms, value=tuple(doms), description="domains",
+                                        rows=min(6, max(2, len(doms))))
         self.status = w.HTML()
         self.figure = go.FigureWidget()
-        self.widget = w.VBox([w.HBox([self.backbone, self.layer]), self.tasks, self.status, self.figure])
+        self.widget = w.VBox([w.HBox([self.backbone, self.layer]), w.HBox([self.domains, self.tasks]), self.status,
+                              self.figure])
+        self.domains.observe(lambda ch: self.select_domains(ch["new"]), "value")
         self._quiet = False
         self._set_layer_range()
         self.backbone.observe(lambda _: (self._set_layer_range(), self.update()), "value")
@@ -326,6 +468,12 @@ class EmbeddingExplorer(_Displayable):
             self.layer.value = idx
             self._quiet = False
         self.update()
+
+    def select_domains(self, domains: Sequence[str]) -> None:
+        """Select every task of these domains (and only those); the scatter redraws."""
+        chosen = tuple(t for t in self.dataset.tasks if t.split("/")[0] in set(domains))
+        if chosen != tuple(self.tasks.value):
+            self.tasks.value = chosen
 
     @classmethod
     def from_result(cls, result, cfg) -> "EmbeddingExplorer":
@@ -414,12 +562,19 @@ class LatencyExplorer(_Displayable):
         self.sizes = w.SelectMultiple(options=sizes, value=tuple(sizes), description="sizes", rows=max(2, len(sizes)))
         self.batch = w.Dropdown(options=batches, value=batches[0], description="batch")
         self.mode = w.ToggleButtons(options=modes, value=modes[0], description="mode")
+        contexts = sorted({r["context"] for r in rows if r["kind"] == "latency"} | set(getattr(config, "contexts", ())))
+        # what *measure* measures: any batch size and contexts, not only the grid's
+        self.measure_batch = w.BoundedIntText(value=batches[0], min=1, max=1 << 16, description="measure B",
+                                              layout={"width": "170px"})
+        self.measure_contexts = w.Text(value=", ".join(map(str, contexts or [50])), description="at C",
+                                       placeholder="e.g. 50, 400, 1600", layout={"width": "260px"})
         self.measure = w.Button(description="measure", disabled=config is None,
-                                tooltip="measure the selection at this batch size (analysis.latency)")
+                                tooltip="measure the selected backbones and sizes at B and these C (analysis.latency)")
         self.status = w.HTML()
         self.latency = go.FigureWidget()
         self.throughput = go.FigureWidget()
-        self.widget = w.VBox([w.HBox([self.backbones, self.sizes, w.VBox([self.batch, self.mode, self.measure])]),
+        self.widget = w.VBox([w.HBox([self.backbones, self.sizes, w.VBox([self.batch, self.mode]),
+                                      w.VBox([self.measure_batch, self.measure_contexts, self.measure])]),
                               self.status, w.HBox([self.latency, self.throughput])])
         for c in (self.backbones, self.sizes, self.batch, self.mode):
             c.observe(lambda _: self.update(), "value")
@@ -427,10 +582,26 @@ class LatencyExplorer(_Displayable):
         self.update()
 
     def selected(self):
-        from lramlab.analysis.latency import LatencyTable
+        """The selected backbones' and sizes' records, a point measured more than once merged into one
+        (`analysis.latency.merge_repeats`)."""
+        from lramlab.analysis.latency import LatencyTable, merge_repeats
 
         keep = [r for r in self.table.records if r.backbone in self.backbones.value and r.size in self.sizes.value]
-        return LatencyTable(keep)
+        return LatencyTable(merge_repeats(keep))
+
+    def parse_contexts(self) -> tuple[int, ...]:
+        """The contexts typed in "at C" (comma-separated positive integers); ValueError naming a bad one."""
+        out = []
+        for tok in self.measure_contexts.value.replace(";", ",").split(","):
+            tok = tok.strip()
+            if not tok:
+                continue
+            if not tok.isdigit() or int(tok) < 1:
+                raise ValueError(f"LatencyExplorer: context {tok!r} is not a positive integer (e.g. 50, 400, 1600)")
+            out.append(int(tok))
+        if not out:
+            raise ValueError("LatencyExplorer: no context given (e.g. 50, 400, 1600)")
+        return tuple(sorted(set(out)))
 
     def update(self):
         """Redraw both figures for the current selection."""
@@ -443,7 +614,9 @@ class LatencyExplorer(_Displayable):
         thr.update_layout(width=520, height=380)
         replace_figure(self.latency, lat)
         replace_figure(self.throughput, thr)
-        self.status.value = f"{len(sel.records)} measurements selected"
+        merged = sum(r.note.startswith("merged") for r in sel.records)
+        self.status.value = (f"{len(sel.records)} grid points selected"
+                             + (f" ({merged} measured more than once, merged)" if merged else ""))
 
     def measure_selection(self):
         """Measure the selected backbones/sizes at the chosen batch size and mode, then redraw."""
@@ -453,12 +626,23 @@ class LatencyExplorer(_Displayable):
 
         if self.config is None:
             raise ValueError("LatencyExplorer: measuring needs a LatencyStudyConfig (config=...)")
-        self.status.value = "measuring ..."
+        try:
+            contexts = self.parse_contexts()
+        except ValueError as err:
+            self.status.value = f"<b style='color:#d62728'>{html.escape(str(err))}</b>"
+            return
+        B = int(self.measure_batch.value)
+        self.status.value = f"measuring B={B} at C={', '.join(map(str, contexts))} ..."
         for size in self.sizes.value:
-            cfg = replace(self.config, backbones=tuple(self.backbones.value), size=size,
-                          batch_sizes=(int(self.batch.value),), modes=(self.mode.value,), throughput_batches=())
+            cfg = replace(self.config, backbones=tuple(self.backbones.value), size=size, contexts=contexts,
+                          batch_sizes=(B,), modes=(self.mode.value,), throughput_batches=())
             self.table.extend(run_latency_study(cfg, progress=False).records)
-        self.update()
+        if B not in self.batch.options:
+            self.batch.options = sorted({*self.batch.options, B})
+        if self.batch.value == B:
+            self.update()
+        else:
+            self.batch.value = B  # redraws
 
 
 # ============================================================================ training

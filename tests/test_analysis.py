@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -291,6 +292,73 @@ def test_save_figures_html_and_png_or_reason(emb, tmp_path):
         assert saved["umap"]["png"] is None and saved["_png_error"] == why and "hromium" in why or "kaleido" in why
     off = plots.save_figures({"umap": plots.umap_scatter(emb)}, tmp_path / "off", png=False)
     assert off["_png_error"] == "PNG export turned off"
+
+
+def test_episode_returns_one_panel_per_domain(tiny_root):
+    """Each domain on its own axes (their returns differ by orders of magnitude), a bold mean where a
+    domain has several tasks, one legend entry per mean instead of one per task."""
+    from lramlab.studies import summarize_data
+
+    summary = summarize_data(tiny_root)
+    fig = plots.episode_returns(summary)
+    by_dom: dict = {}
+    for t in fig.data:
+        by_dom.setdefault(t.meta["domain"], set()).add(t.yaxis or "y")
+    assert set(by_dom) == {"classic", "control", "atari"}
+    assert all(len(v) == 1 for v in by_dom.values()) and len(set.union(*by_dom.values())) == 3  # own y axis each
+    means = [t for t in fig.data if t.meta["task"] == "mean"]
+    assert {t.meta["domain"] for t in means} == {"classic", "control"}  # atari has one task: no mean line
+    rows = {r["task"]: r for r in summary.tasks}
+    cart = [t for t in fig.data if t.meta["task"] == "classic/cartpole"][0]
+    assert list(cart.y) == pytest.approx(rows["classic/cartpole"]["returns"]) and not cart.showlegend
+    n = min(len(rows["classic/cartpole"]["returns"]), len(rows["classic/acrobot"]["returns"]))
+    mean = [t for t in means if t.meta["domain"] == "classic"][0]
+    assert mean.y[0] == pytest.approx((rows["classic/cartpole"]["returns"][0] + rows["classic/acrobot"]["returns"][0]) / 2)
+    assert n >= 1 and [a.text for a in fig.layout.annotations] == ["atari (1 task)", "classic (2 tasks)",
+                                                                    "control (2 tasks)"]
+
+
+def test_show_figures_displays_a_png_beside_the_plotly_json_and_saves_it(emb, tmp_path, monkeypatch):
+    """What an executed notebook keeps of a figure: one output with the plotly JSON and a PNG of it
+    (the size of the figure, not kaleido's 700 x 500); the saved files are the same PNG and an HTML
+    page that carries plotly.js itself (opens offline)."""
+    import IPython.display
+
+    from lramlab.analysis import display as D
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda data, raw=False, metadata=None: shown.append((data, metadata)))
+    fig = plots.umap_scatter(emb)
+    saved = D.show_figures({"umap": fig}, tmp_path)
+    (data, md), = shown
+    assert data[D.PLOTLY_MIME]["data"][0]["type"] == "scatter" and data["text/plain"].startswith("<figure: ")
+    ok, why = plots.png_export_available()
+    if not ok:
+        assert "image/png" not in data and why in data["text/plain"]
+        return
+    import base64
+
+    import imageio.v3 as iio
+
+    png = base64.b64decode(data["image/png"])
+    assert iio.imread(png).shape[:2] == (plots.png_size(fig)[1], plots.png_size(fig)[0]) == (560, 1000)
+    assert md == {"image/png": {"width": 1000}}
+    assert (tmp_path / "umap.png").read_bytes() == png  # rendered once, written as shown
+    page = (tmp_path / "umap.html").read_text()
+    assert "plotly.js v" in page and not re.search(r"<script[^>]+src=[\"']?https?://", page)
+
+
+def test_show_table_rounds_and_renders_html_and_markdown():
+    from lramlab.analysis.display import show_table
+
+    t = show_table({"dt": {"last": 63.040000000000006, "tasks": ["a"] * 82, "holds": True},
+                    "xlstm": {"last": 68.3, "tasks": ["a"], "holds": None}}, index="variant", title="claim")
+    md = t.markdown()
+    assert "| variant | last | tasks | holds |" in md and "| dt | 63.04 | 82 values | True |" in md
+    assert "| xlstm | 68.3 | a |  |" in md and "63.040000000000006" not in md
+    assert "<caption>claim</caption>" in t._repr_html_() and "<td>63.04</td>" in t._repr_html_()
+    kv = show_table({"loss_first": 3.3512345, "params": {"a": 1}}, index="metric").markdown()
+    assert "| loss_first | 3.351 |" in kv and "| params | a: 1 |" in kv
 
 
 def test_write_metrics_is_json_without_nan(tmp_path):

@@ -1,9 +1,10 @@
 """Real-browser test: JupyterLab in Debian's Chromium, driven by Playwright.
 
-Opens `tests/assets/widget_demo.ipynb` (a real Dark-Room history in `lramlab.widgets.RolloutViewer`),
-runs all cells through the menu, waits for the kernel by the status bar text, moves the step slider
-with the keyboard and checks that the plotly figure it drives (title) and the step table change.
-A screenshot goes to `artifacts/browser/`.
+Opens `tests/assets/widget_demo.ipynb` (a real Dark-Room history and a Meta-World episode in
+`lramlab.widgets.RolloutViewer`), runs all cells through the menu, waits for the kernel by the status
+bar text, moves the Dark-Room step slider with the keyboard and checks that the title and the step
+table change, then finds the Meta-World arm as a rendered frame (an <img> holding a PNG of the scene,
+re-rendered from the episode's seed). Screenshots go to `artifacts/browser/`.
 
 Chromium is installed by CI (`.ci/run`: `apt-get install chromium`). Without it this test fails
 with the fix in the message, unless LRAMLAB_SKIP_BROWSER=1 (then it is skipped with the reason).
@@ -152,7 +153,7 @@ def test_rollout_viewer_slider_drives_figure(jupyter_lab):
             _wait_idle(page, 120)
             slider = page.locator(".widget-slider").first
             slider.wait_for(timeout=60_000)
-            title = page.locator(".js-plotly-plot .gtitle")
+            title = page.locator(".lram-frame-title").first  # the Dark-Room viewer's (the first)
             info = page.locator(".lram-step-info .lram-step")
             before_title = _wait_text(title, r"step 0\b", 60)
             before_info = _wait_text(info, r"^0 / \d+", 30)
@@ -165,6 +166,16 @@ def test_rollout_viewer_slider_drives_figure(jupyter_lab):
             after_title = _wait_text(title, r"step 5\b", 60)
             after_info = _wait_text(info, r"^5 / \d+", 30)
             page.screenshot(path=str(ARTIFACTS / "widget_demo.png"))
+            # the Meta-World viewer shows the arm: a rendered frame (PNG in an <img>), not state bars
+            arm_title = page.locator(".lram-frame-title", has_text="metaworld/reach-v2")
+            arm_title.wait_for(timeout=120_000)
+            arm = page.locator(".jp-OutputArea-output", has=arm_title).locator("img.widget-image").first
+            arm.scroll_into_view_if_needed()
+            page.wait_for_function("el => el.complete && el.naturalWidth > 100", arg=arm.element_handle(), timeout=60_000)
+            frame_size = arm.evaluate("el => [el.naturalWidth, el.naturalHeight]")
+            arm_note = page.locator(".jp-OutputArea-output", has=arm_title).inner_text()
+            arm.screenshot(path=str(ARTIFACTS / "metaworld_frame.png"))
+            page.screenshot(path=str(ARTIFACTS / "widget_demo_metaworld.png"))
         except Exception:
             try:
                 page.screenshot(path=str(ARTIFACTS / "widget_demo_failure.png"))
@@ -176,3 +187,6 @@ def test_rollout_viewer_slider_drives_figure(jupyter_lab):
     assert before_title != after_title and "step 5" in after_title
     assert before_info != after_info
     assert (ARTIFACTS / "widget_demo.png").stat().st_size > 10_000
+    assert frame_size[0] > 100 and frame_size[1] > 100, frame_size
+    assert "matches the stored states" in arm_note, arm_note  # replayed from the seed, checked
+    assert (ARTIFACTS / "metaworld_frame.png").stat().st_size > 20_000  # a scene, not a blank image

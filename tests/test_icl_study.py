@@ -169,6 +169,11 @@ def test_claim_compares_xlstm_7_1_with_dt(root, tmp_path):
     fig = icl_study_figures(study)["icl_holdout"]
     line = [t for t in fig.data if t.name == "DT"][0]
     assert list(line.y) == pytest.approx(study.returns("dt", "holdout").mean(axis=(0, 1)))
+    # one seed: no band drawn or promised, and the claim is a direction, not a result
+    assert len(fig.data) == 2 and "one seed: no band" in fig.layout.title.text
+    (row,) = study.claim_rows()
+    assert row["gap"] == pytest.approx(round(x - d, 1)) and row["verdict"].startswith("one seed: ")
+    assert ("ahead" if c["holds"] else "behind") in row["verdict"]
 
 
 # ----------------------------------------------------------------------------- data prep

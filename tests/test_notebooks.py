@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -80,7 +81,7 @@ TINY = {
     "01_data_prep": {"darkroom_goals": 2, "darkroom_episodes": 4, "metaworld_episodes": 1, "atari_episodes": 1,
                      "atari_max_steps": 30, "quality_episodes": 1},
     "02_training": {"backbone": "dt", "steps": 10, "batch_size": 2, "context": 10, "lr": 0.003, "warmup": 2,
-                    "log_every": 1, "val_batches": 1, "device": "cpu"},
+                    "log_every": 1, "val_batches": 1, "device": "cpu", "video_steps": 6},
     "03_icl": {"backbones": ["dt", "xlstm"], "steps": 2, "batch_size": 1, "warmup": 1, "context_episodes": 1,
                "trials": 2, "eval_max_goals": 2, "workers": 1, "device": "cpu"},
     "04_embeddings_umap": {"n_per_task": 4, "context": 10},
@@ -132,6 +133,12 @@ def test_pipeline_outputs_are_real(pipeline_run):
     assert m2["step"] == 10 and m2["loss_decreased"] is True and m2["loss_last"] < m2["loss_first"]
     assert Path(m2["checkpoint"]).is_file() and m2["val/perplexity_domain_mean"] > 1
     assert (out / "02_training" / "loss.html").exists()
+    video = m2["video"]  # the trained agent in the simulator, as a GIF the notebook shows
+    assert video["task"] == "metaworld/reach-v2" and video["steps"] == 6
+    import imageio.v3 as iio
+
+    frames = iio.imread(video["video"], index=None)
+    assert frames.shape[0] == 6 and frames.std() > 10
     m3 = _metrics(out, "03_icl")["variants"]
     assert set(m3) == {"dt", "xlstm:7:1"}
     for v, b in m3.items():
@@ -160,6 +167,47 @@ def test_pipeline_outputs_are_real(pipeline_run):
             assert (out / nb / f"{n}.html").stat().st_size > 1000
 
 
+_CDN_SCRIPT = re.compile(r"<script[^>]+src=[\"']?https?://", re.I)  # a script the page must download
+_FROZEN_BAR = re.compile(r"(?<![\d.])0%\||\|\s*0/\d+\s*\[")  # tqdm at its first state: " 0%|" or "| 0/30 ["
+
+
+def test_executed_notebooks_stand_on_their_own_as_html(pipeline_run):
+    """Exported to HTML (nbconvert, no kernel, no widget state): every plotly figure carries a PNG,
+    every widget a static snapshot with its figures as PNGs, and no progress bar is saved at 0 %."""
+    from nbconvert import HTMLExporter
+
+    out, _ = pipeline_run
+    exporter = HTMLExporter()
+    for nb in P.NOTEBOOKS:
+        executed = nbformat.read(out / nb / f"{nb}.ipynb", as_version=4)
+        n_figures = n_widgets = 0
+        for i, cell in enumerate(executed.cells):
+            for o in cell.get("outputs", []):
+                data = o.get("data", {})
+                if "application/vnd.plotly.v1+json" in data:
+                    n_figures += 1
+                    assert data.get("image/png"), f"{nb} cell {i}: a plotly figure without a static PNG"
+                if "Static snapshot of an interactive widget" in "".join(data.get("text/html", "")):
+                    n_widgets += 1
+                    assert "application/vnd.jupyter.widget-view+json" not in data  # no state: the snapshot shows
+                assert not "".join(data.get("text/plain", "")).startswith(("VBox(", "HBox(")), f"{nb} cell {i}"
+                if o.get("output_type") == "stream":
+                    assert not _FROZEN_BAR.search(o["text"]), f"{nb} cell {i}: frozen bar {o['text'][:200]!r}"
+        assert n_figures >= 1, f"{nb}: no figure shown"
+        html, _ = exporter.from_notebook_node(executed)
+        text = re.sub(r"<[^>]+>", " ", html)
+        assert not _FROZEN_BAR.search(text), f"{nb}: a progress bar frozen at its first state in the HTML export"
+        assert not re.search(r"<script[^>]+src=[^>]*plotly", html)  # the PNGs need no plotly.js (nbconvert's
+        # own template still loads require.js and MathJax from a CDN)
+        imgs = re.findall(r"<img[^>]+src=.data:image/png;base64,([A-Za-z0-9+/=]{200,})", html)
+        assert len(imgs) >= n_figures + n_widgets, f"{nb}: {len(imgs)} PNGs for {n_figures} figures, {n_widgets} widgets"
+        if nb in ("01_data_prep", "02_training", "04_embeddings_umap", "05_latency"):
+            assert n_widgets == 1, f"{nb}: expected its widget's static snapshot"
+    for nb, name in (("01_data_prep", "returns"), ("05_latency", "memory")):  # saved figures open offline
+        page = (out / nb / f"{name}.html").read_text()
+        assert not _CDN_SCRIPT.search(page) and "plotly.js v" in page  # plotly.js inside the file
+
+
 def test_pipeline_resumes_and_forces(pipeline_run):
     out, _ = pipeline_run
     again = P.run_pipeline(out, TINY, progress=False)
@@ -170,6 +218,10 @@ def test_pipeline_resumes_and_forces(pipeline_run):
     assert [(r.name, r.status) for r in forced.runs] == [("05_latency", "ran")]
     after = _metrics(out, "05_latency")["rows"]
     assert len(after) == 1 * 1 * (2 + 2) and len(before) == 2 * 2 * (2 + 2)
+    # an --only run keeps the other notebooks' records in pipeline.json
+    summary = json.loads((out / "pipeline.json").read_text())
+    assert [r["name"] for r in summary["runs"]] == list(P.NOTEBOOKS) and summary["this_run"] == ["05_latency"]
+    assert {r["name"]: r["status"] for r in summary["runs"]}["05_latency"] == "ran"
 
 
 def test_bad_parameters_fail_before_running(tmp_path):
@@ -203,3 +255,40 @@ def test_failing_cell_stops_the_pipeline_naming_notebook_cell_and_error(tmp_path
     assert e.notebook == "05_latency" and e.ename == "UnknownTaskError"
     assert "run_latency_study" in _cells("05_latency")[e.cell_index].source  # the index in notebooks/05_latency.ipynb
     assert f"failed in cell {e.cell_index} of " in str(e) and Path(e.output).exists()
+
+
+def test_finalize_outputs_keeps_each_bar_in_its_final_state_and_the_widget_snapshot(tmp_path):
+    """The kernel sends each bar refresh as its own stream message (no carriage return left): the
+    executed notebook keeps the last state of each bar, other stderr lines, and a widget's static
+    snapshot instead of a live view that has no saved state."""
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    bar = "train dt/tiny: {:>3}%|{}| {}/30 [00:01<00:02, 9.9it/s]"
+    outs = [new_output("stream", name="stderr", text=bar.format(0, " " * 10, 0)),
+            new_output("stream", name="stderr", text="a warning line\n"),
+            new_output("stream", name="stderr", text=bar.format(40, "####" + " " * 6, 12)),
+            new_output("stream", name="stderr", text="\r" + bar.format(100, "#" * 10, 30)),
+            new_output("stream", name="stderr", text="\n"),
+            new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"},
+                                             "text/html": "<div>snapshot</div>", "text/plain": "w"})]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("run()", outputs=outs)]), str(path))
+    assert P.finalize_outputs(path) == 1
+    cell = nbformat.read(path, as_version=4).cells[0]
+    stream, widget = cell.outputs
+    assert stream.text == "a warning line\n" + bar.format(100, "#" * 10, 30) + "\n"
+    assert set(widget.data) == {"text/html", "text/plain"}
+    assert P.finalize_outputs(path) == 0  # nothing left to change
+
+
+def test_progress_watcher_reports_the_kernels_latest_bar(tmp_path):
+    log = tmp_path / "stderr.log"
+    log.write_text("starting\ntrain dt/tiny:  10%|#         | 3/30 [00:01<00:09, 2.9it/s, loss=3.1]")
+    seen = []
+    w = P._ProgressWatcher(log, seen.append)
+    w.poll()
+    with log.open("a") as f:
+        f.write("train dt/tiny:  50%|#####     | 15/30 [00:05<00:05, 3.0it/s, loss=2.7]")
+    w.poll()
+    w.poll()  # no new line: no new report
+    assert seen == ["train dt/tiny 10% 3/30 [00:01<00:09]", "train dt/tiny 50% 15/30 [00:05<00:05]"]

@@ -53,14 +53,14 @@ def test_rollout_viewer_scrubs_a_darkroom_history(darkroom_root):
     path_len = len(v.figure.data[1].x)
     v.step.value = 40  # what the slider does
     ep = v.ep
-    assert _title(v.figure) == "darkroom/goal-5-5: step 40"
+    assert "<b>darkroom/goal-5-5</b>: step 40<" in v.header.value  # the title, set with the step
     assert (v.figure.data[-1].x[0], v.figure.data[-1].y[0]) == tuple(ep["states"][40])
     assert len(v.figure.data[1].x) == 41 > path_len  # the path so far grew
     assert "40 / 99" in v.info.value and "return-to-go" in v.info.value
     assert f"{ep['returns_to_go'][40]:.3f}" in v.info.value
     assert v.timeline.layout.shapes[0].x0 == 40
     v.episode.value = 2  # a later episode of the learning history
-    assert v.step.value == 0 and _title(v.figure).endswith("step 0")
+    assert v.step.value == 0 and v.header.value.endswith("step 0</div>")
     assert not np.array_equal(v.ep["actions"], ep["actions"])
     assert agent_before[0] == (0.0,) or agent_before[0] == (0,)  # every episode starts at (0, 0)
 
@@ -86,14 +86,60 @@ def test_rollout_viewer_images_states_and_task_switch(tiny_root):
 def test_rollout_viewer_reads_a_recorded_rollout_with_frames(recorded, darkroom_root):
     v = W.RolloutViewer({"model": recorded, "data": darkroom_root})
     assert v.task.value == "darkroom/goal-3-2"
-    assert v.figure.data[0].type == "image"  # rendered frames from the .extra.npz sidecar
+    # rendered frames from the .extra.npz sidecar, shown as a PNG image (the figure hidden)
+    assert v.scene.value[:4] == b"\x89PNG" and v.figure_box.layout.display == "none"
+    assert "recorded" in v.scene_note.value
     assert "R̂ condition" in v.info.value  # the agent's return-to-go condition was recorded
-    f0 = np.array(v.figure.data[0].z)
+    f0 = v.scene.value
     v.step.value = 5
-    assert not np.array_equal(np.array(v.figure.data[0].z), f0) or v.ep["states"][5].tolist() == v.ep["states"][0].tolist()
+    assert v.scene.value != f0 or v.ep["states"][5].tolist() == v.ep["states"][0].tolist()
     assert len(v.timeline.data) == 3  # reward, RTG, R̂ condition
     v.source.value = "data"
     assert v.task.value == "darkroom/goal-5-5"
+
+
+@pytest.fixture(scope="module")
+def metaworld_root(tmp_path_factory):
+    """Two short Meta-World episodes of the scripted expert, generated in the simulator."""
+    pytest.importorskip("metaworld")
+    from lramlab.collect.generate import generate
+
+    root = tmp_path_factory.mktemp("mw")
+    generate("metaworld/reach-v2", 2, out=root, progress=False, max_steps=12)
+    return root
+
+
+def test_rollout_viewer_rerenders_a_state_task_from_its_seed(metaworld_root, tmp_path, monkeypatch):
+    """A Meta-World episode (states only) is shown as the arm: frames re-rendered by replaying the
+    stored actions from the episode's seeds, checked against the stored states; a tampered episode
+    is said to diverge. The scene plays as a GIF too."""
+    from lramlab.rollout import episode_seed_of, replay_frames, save_video
+
+    v = W.RolloutViewer({"data": metaworld_root}, task="metaworld/reach-v2", max_frames=6)
+    assert v.replay is not None and "matches the stored states" in v.scene_note.value
+    assert v.replay.every == 2 and len(v.replay.frames) == 6 and v.replay.frames.shape[-1] == 3
+    assert v.scene.value[:4] == b"\x89PNG" and v.figure_box.layout.display == "none"
+    first = v.scene.value
+    v.step.value = 11  # the arm moved: another frame
+    assert v.scene.value != first and "step 11<" in v.header.value
+    frame = v.replay.frame_at(11)
+    assert frame.std() > 10  # a rendered scene, not a blank image
+    # executed headless, the snapshot the notebook keeps: the frame as an embedded PNG, the live view beside it
+    assert "text/html" not in v._repr_mimebundle_()  # live: the widget alone
+    monkeypatch.setenv("LRAMLAB_HEADLESS", "1")
+    bundle = v._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/html"].count("data:image/png;base64,") >= 2  # the frame + the timeline figure
+    # a replay that does not reproduce the stored states says where it diverges
+    path = sorted((metaworld_root / "metaworld" / "reach-v2").glob("episode_*.hdf5"))[0]
+    ep = W.load_episode(path)
+    bad = dict(ep, actions=np.clip(ep["actions"] + 0.5, -1, 1))
+    rep = replay_frames("metaworld/reach-v2", bad, episode_seed_of(path), every=4)
+    assert rep.diverged_at is not None and 0 < rep.diverged_at <= 2 and "DIVERGES" in rep.note
+    gif = save_video(v.replay.frames, tmp_path / "reach.gif", fps=5)
+    import imageio.v3 as iio
+
+    assert iio.imread(gif, index=None).shape[0] == len(v.replay.frames)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +167,9 @@ def test_embedding_explorer_layer_backbone_and_tasks(two_models, tiny_root):
     assert ("dt", 0) in ex._hidden
     ex.backbone.value = "xlstm"
     assert _title(ex.figure) == f"xlstm, layer {ex.n_layers('xlstm') - 1}"
+    ex.domains.value = ("classic", "control")  # the task picker by domain
+    assert set(ex.tasks.value) == {"classic/cartpole", "classic/acrobot", "control/pendulum", "control/mountaincar"}
+    assert {t.name for t in ex.figure.data} == {"classic", "control"} and sum(len(t.x) for t in ex.figure.data) == 16
     ex.tasks.value = ("classic/cartpole", "atari/pong")
     assert sum(len(t.x) for t in ex.figure.data) == 8
     assert {t.name for t in ex.figure.data} == {"classic", "atari"}
@@ -164,9 +213,20 @@ def test_latency_explorer_filters_and_measures(lat_table):
     ex.batch.value = 2
     assert ex.latency.data[0].meta["batch_size"] == 2 and tuple(ex.latency.data[0].y) != y1
     n = len(ex.table.records)
-    ex.measure.click()  # measures dt at B=2 over the config's contexts
-    assert len(ex.table.records) == n + len(cfg.contexts)
-    assert "measurements selected" in ex.status.value
+    ex.measure_batch.value, ex.measure_contexts.value = 3, "7, 5"  # any B and C, not only the grid's
+    ex.measure.click()
+    assert len(ex.table.records) == n + 2 and ex.batch.value == 3 and 3 in ex.batch.options
+    assert [t.meta["backbone"] for t in ex.latency.data] == ["dt"] and sorted(ex.latency.data[0].x) == [5, 7]
+    points = len(ex.selected().records)
+    ex.measure_contexts.value = "5"
+    ex.measure.click()  # the same point again: merged into one, not drawn twice
+    assert len(ex.table.records) == n + 3 and len(ex.selected().records) == points
+    merged = [r for r in ex.selected().records if r.batch_size == 3 and r.context == 5]
+    assert len(merged) == 1 and merged[0].note == "merged 2 measurements" and merged[0].reps == 2 * cfg.reps
+    assert "measured more than once, merged" in ex.status.value
+    ex.measure_contexts.value = "5, x"
+    ex.measure.click()
+    assert "context &#x27;x&#x27; is not a positive integer" in ex.status.value and len(ex.table.records) == n + 3
 
 
 def test_training_monitor_refreshes_from_metrics_jsonl(tmp_path, tiny_root):

@@ -42,6 +42,7 @@ Shape letters: B batch (parallel environments), C context timesteps.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import math
 import re
@@ -56,7 +57,7 @@ from .crossover import crossover, crossover_summary
 
 __all__ = ["LatencyRecord", "LatencyTable", "parse_backbone", "reference_size", "tile_state", "build_bench_model",
            "run_latency_study", "model_step_latency", "env_loop_latency", "grid_points", "table_from_rows",
-           "crossover", "crossover_summary"]
+           "crossover", "crossover_summary", "merge_repeats"]
 
 _LABEL = re.compile(r"^(xlstm|mamba|dt)(?:-(\d+)h)?$")
 
@@ -150,6 +151,31 @@ class LatencyTable:
                 "min_latency_ms": min((r.latency_ms for r in ok), default=None),
                 "max_latency_ms": max((r.latency_ms for r in ok), default=None),
                 "crossover": crossover_summary(self), "rows": self.rows(), **self.info}
+
+
+def merge_repeats(records: Iterable[LatencyRecord]) -> list[LatencyRecord]:
+    """One record per grid point (kind, backbone, size, mode, B, C): a point measured again (the
+    latency explorer's *measure*) is merged, not drawn twice: the reps-weighted mean of the medians
+    (and of the CPU times), the widest p10-p90, the reps summed; OOM only if every measurement was."""
+    groups: dict[tuple, list[LatencyRecord]] = {}
+    for r in records:
+        groups.setdefault((r.kind, r.backbone, r.size, r.mode, r.batch_size, r.context), []).append(r)
+    out = []
+    for grp in groups.values():
+        ok = [r for r in grp if not r.oom and math.isfinite(r.latency_ms)]
+        if len(grp) == 1 or not ok:
+            out.append(grp[-1])
+            continue
+        w = np.asarray([max(1, r.reps) for r in ok], dtype=np.float64)
+        lat = float(np.average([r.latency_ms for r in ok], weights=w))
+        cpu = [r.cpu_ms for r in ok if math.isfinite(r.cpu_ms)]
+        last = ok[-1]
+        out.append(dataclasses.replace(last, latency_ms=lat, latency_p10_ms=min(r.latency_p10_ms for r in ok),
+                                       latency_p90_ms=max(r.latency_p90_ms for r in ok),
+                                       throughput=last.batch_size * 1000.0 / lat if lat > 0 else math.nan,
+                                       cpu_ms=float(np.mean(cpu)) if cpu else math.nan, reps=int(w.sum()),
+                                       note=f"merged {len(ok)} measurements"))
+    return out
 
 
 def table_from_rows(rows: Sequence[dict]) -> LatencyTable:

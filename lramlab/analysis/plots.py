@@ -150,11 +150,14 @@ def scores_from_metrics(metrics: Mapping[str, Any], prefix: str = "eval", stat: 
 
 
 def training_figures(run_dir: str | Path, label: str = "") -> dict[str, Any]:
-    """The figures a training run supports: "loss", and "perplexity" / "scores" when logged."""
+    """The figures a training run supports: "loss", and "perplexity" (when measured at least twice)
+    / "scores" when logged."""
     rows = read_metrics(run_dir)
     runs = {label: rows}
     figs = {"loss": learning_curves(runs)}
-    if _keys_matching(runs, ("perplexity", "ppl")):
+    ppl_keys = _keys_matching(runs, ("perplexity", "ppl"))
+    # a curve needs two points: a perplexity measured once (at the end) is a number in the summary
+    if any(len(metric_series(rows, k)[0]) > 1 for k in ppl_keys):
         figs["perplexity"] = perplexity_curves(runs)
     last: dict[str, Any] = {}
     for r in rows:
@@ -186,21 +189,42 @@ def dataset_overview(summary):
 
 
 def episode_returns(summary, domains: Sequence[str] | None = None):
-    """Return of each episode in file order, one line per task: a learning history (Dark-Room)
-    rises along the episodes, an expert's or a random policy's stays flat."""
+    """Return of each episode in file order, one panel per domain (each on its own scale: Meta-World
+    returns are ~1000x Dark-Room's): a thin line per task and, with several tasks, their mean in
+    bold. A learning history (Dark-Room) rises along the episodes; an expert's or a random policy's
+    stays flat."""
     go = _go()
-    fig = go.Figure()
-    for r in _summary_rows(summary):
-        if domains is not None and r["domain"] not in domains:
-            continue
-        rets = list(r.get("returns") or [])
-        if not rets:
-            continue
-        fig.add_trace(go.Scatter(x=np.arange(len(rets)), y=rets, mode="lines" if len(rets) > 20 else "lines+markers",
-                                 name=r["task"], line={"color": color_of(r["domain"])},
-                                 meta={"domain": r["domain"]}))
-    fig.update_layout(title="Episode returns in file order", xaxis_title="episode", yaxis_title="return",
-                      template="plotly_white")
+    from plotly.subplots import make_subplots
+
+    rows = [r for r in _summary_rows(summary) if (domains is None or r["domain"] in domains) and r.get("returns")]
+    doms = sorted({r["domain"] for r in rows}, key=lambda d: ((DOMAIN_ORDER + (d,)).index(d), d))
+    n = max(1, len(doms))
+    titles = []
+    for d in doms:
+        k = sum(r["domain"] == d for r in rows)
+        titles.append(f"{d} ({k} task{'s' if k > 1 else ''})")
+    fig = make_subplots(rows=1, cols=n, subplot_titles=titles or None, horizontal_spacing=0.06)
+    for col, dom in enumerate(doms, start=1):
+        sel = [r for r in rows if r["domain"] == dom]
+        many = len(sel) > 1
+        for r in sel:
+            rets = list(r["returns"])
+            fig.add_trace(go.Scatter(x=np.arange(len(rets)), y=rets, mode="lines" if len(rets) > 20 else "lines+markers",
+                                     name=r["task"], showlegend=False, opacity=0.35 if many else 1.0,
+                                     line={"color": color_of(dom), "width": 1 if many else 2},
+                                     meta={"domain": dom, "task": r["task"]}), row=1, col=col)
+        if many:
+            L = max(len(r["returns"]) for r in sel)
+            mat = np.full((len(sel), L), np.nan)
+            for i, r in enumerate(sel):
+                mat[i, : len(r["returns"])] = r["returns"]
+            fig.add_trace(go.Scatter(x=np.arange(L), y=np.nanmean(mat, 0), mode="lines", name=f"{dom}: mean over tasks",
+                                     line={"color": "black", "width": 3}, meta={"domain": dom, "task": "mean"}),
+                          row=1, col=col)
+        fig.update_xaxes(title_text="episode", row=1, col=col)
+    fig.update_yaxes(title_text="return", row=1, col=1)
+    fig.update_layout(title="Episode returns in file order, one panel per domain", template="plotly_white",
+                      width=max(700, 330 * n + 120), height=420, legend={"orientation": "h", "y": -0.2})
     return fig
 
 
@@ -323,8 +347,8 @@ def icl_study_figures(study) -> dict:
         n_goals = next(iter(study.summary().values()))[g]["goals"]
         seeds = len(study.config.seeds)
         figs[f"icl_{g}"] = icl_curves(curves, band_over="seeds",
-                                      title=f"In-context learning on Dark-Room: {n_goals} {names[g]} goals "
-                                            f"(mean over goals; band: ±1 std over {seeds} seed{'s' * (seeds > 1)})")
+                                      title=f"ICL on Dark-Room, {n_goals} {names[g]} goals: mean over goals"
+                                            + (f", band ±1 std over {seeds} seeds" if seeds > 1 else " (one seed: no band)"))
     return figs
 
 
@@ -424,20 +448,28 @@ def throughput_curves(table, context: int | None = None, mode: str | None = None
     return fig
 
 
-def memory_bars(table, batch_size: int | None = 1, mode: str = "model"):
-    """Peak memory (MiB) per context length, one bar group per backbone."""
+def memory_bars(table, batch_size: int | None = 1, mode: str = "model", metric: str | None = None):
+    """Memory per context length, one bar group per backbone. `metric` "state_mb": the recurrent
+    state's / KV cache's own tensors (exact; DT's cache grows with C, a recurrent state does not);
+    "peak_memory_mb": the allocator's peak growth (CUDA). Default: the peak on CUDA, the state size
+    on a CPU, where the peak is read from the process's memory and is mostly noise at small sizes."""
     go = _go()
     rows = [r for r in _latency_rows(table) if r.get("kind", "latency") == "latency" and r["mode"] == mode
-            and r.get("peak_memory_mb") is not None and not r.get("oom")]
+            and not r.get("oom")]
     if batch_size is not None:
         rows = [r for r in rows if r["batch_size"] == batch_size]
+    if metric is None:
+        metric = "peak_memory_mb" if rows and all(str(r.get("device", "cpu")).startswith("cuda") for r in rows) \
+            else "state_mb"
+    rows = [r for r in rows if r.get(metric) is not None]
     fig = go.Figure()
     for (backbone, size), grp in _group(rows, ("backbone", "size")).items():
         grp = sorted(grp, key=lambda r: r["context"])
-        fig.add_trace(go.Bar(x=[str(r["context"]) for r in grp], y=[r["peak_memory_mb"] for r in grp],
-                             name=f"{backbone} {size}", marker_color=color_of(backbone)))
-    fig.update_layout(title="Peak memory" + (f" (B={batch_size})" if batch_size else ""), barmode="group",
-                      xaxis_title="context C (timesteps)", yaxis_title="peak memory (MiB)", template="plotly_white")
+        fig.add_trace(go.Bar(x=[str(r["context"]) for r in grp], y=[r[metric] for r in grp],
+                             name=f"{backbone} {size}", marker_color=color_of(backbone), meta={"metric": metric}))
+    what = "State size (recurrent state / KV cache)" if metric == "state_mb" else "Peak memory"
+    fig.update_layout(title=what + (f", B={batch_size}" if batch_size else ""), barmode="group",
+                      xaxis_title="context C (timesteps)", yaxis_title="MiB", template="plotly_white")
     return fig
 
 
@@ -515,7 +547,8 @@ def throughput_crossover(table, metric: str = "throughput", reference: str = "dt
         fig.update_yaxes(title_text="steps/s" + (" (CPU time)" if metric == "cpu" else ""), row=r, col=1)
     for c in range(1, ncols + 1):
         fig.update_xaxes(title_text="batch size B", row=nrows, col=c)
-    fig.update_layout(title=f"Throughput vs batch size: where recurrent backbones overtake {reference}",
+    fig.update_layout(title=f"Where recurrent backbones overtake {reference}: throughput vs batch size"
+                      + (" (from CPU time per step)" if metric == "cpu" else " (wall clock)"),
                       template="plotly_white", height=320 * nrows + 120, width=max(700, 380 * ncols + 260))
     return fig
 
@@ -543,12 +576,16 @@ def latency_figures(table) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- export
-def save_figures(figures: Mapping[str, Any], out_dir: str | Path, png: bool = True) -> dict[str, dict]:
+def save_figures(figures: Mapping[str, Any], out_dir: str | Path, png: bool = True,
+                 rendered: Mapping[str, bytes | None] | None = None) -> dict[str, dict]:
     """Write each figure as `out_dir/<name>.html`, and `.png` when kaleido finds a Chromium.
 
-    PNGs are rendered in one batch (one browser start, ~2-3 s per figure on 2 cores). Returns
-    {name: {"html": file, "png": file or None}} plus "_png_error": why PNGs are missing (None if
-    they were written) so notebooks and the pipeline can report it.
+    The HTML embeds plotly.js (~4.6 MB a file): it opens offline and on its own, no CDN. PNGs
+    are `png_size` (the layout's size, else 1000 x 560; kaleido's 700 x 500 cut titles),
+    taken from `rendered` ({name: PNG bytes}, as `display.show_figures` made them) or rendered in
+    one batch (one browser start, ~2-3 s per figure on 2 cores). Returns {name: {"html": file,
+    "png": file or None}} plus "_png_error": why PNGs are missing (None if they were written) so
+    notebooks and the pipeline can report it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -556,21 +593,27 @@ def save_figures(figures: Mapping[str, Any], out_dir: str | Path, png: bool = Tr
     for name, fig in figures.items():
         html = out_dir / f"{name}.html"
         tmp = html.with_name(html.name + ".tmp")
-        fig.write_html(str(tmp), include_plotlyjs="cdn", full_html=True)
+        fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
         os.replace(tmp, html)
         out[name] = {"html": str(html), "png": None}
     png_error = None
     if png and figures:
         ok, png_error = png_export_available()
-        if ok:
+        if ok and rendered is not None and all(rendered.get(n) for n in figures):
+            for n in figures:
+                p = out_dir / f"{n}.png"
+                tmp = p.with_name(p.name + ".tmp")
+                tmp.write_bytes(rendered[n])
+                os.replace(tmp, p)
+                out[n]["png"] = str(p)
+        elif ok:
             pio = require("plotly.io", "PNG export")
             names = list(figures)
             paths = [str(out_dir / f"{n}.png") for n in names]
             try:
                 figs = [figures[n] for n in names]
-                # kaleido renders at 700x500 unless told: a figure's own layout size wins
-                pio.write_images(figs, paths, width=[f.layout.width for f in figs],
-                                 height=[f.layout.height for f in figs])
+                sizes = [png_size(f) for f in figs]
+                pio.write_images(figs, paths, width=[w for w, _ in sizes], height=[h for _, h in sizes])
                 for n, p in zip(names, paths):
                     out[n]["png"] = p
                 png_error = None
@@ -580,6 +623,15 @@ def save_figures(figures: Mapping[str, Any], out_dir: str | Path, png: bool = Tr
         png_error = "PNG export turned off"
     out["_png_error"] = png_error
     return out
+
+
+#: PNG size of a figure whose layout sets none (kaleido's own default, 700 x 500, cuts long titles)
+DEFAULT_PNG_SIZE = (1000, 560)
+
+
+def png_size(fig) -> tuple[int, int]:
+    """(width, height) in pixels of a figure's static image: its layout's size, else 1000 x 560."""
+    return int(fig.layout.width or DEFAULT_PNG_SIZE[0]), int(fig.layout.height or DEFAULT_PNG_SIZE[1])
 
 
 _PNG_STATUS: tuple[bool, str | None] | None = None

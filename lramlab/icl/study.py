@@ -438,6 +438,22 @@ class ICLStudy:
                       "std_seeds": {a: la["std_seeds"], b: lb["std_seeds"]}}
         return out
 
+    def claim_rows(self) -> list[dict]:
+        """`claim()` as table rows with a verdict that says what the evidence allows: with one seed a
+        gap is a direction, not a result; with several it counts only beyond the spread over seeds."""
+        a, b = CLAIM
+        rows = []
+        for g, c in (self.claim() or {}).items():
+            if c["within_seed_spread"] is None:
+                verdict = f"one seed: {'ahead' if c['holds'] else 'behind'} here, not a result (run >= 2 seeds)"
+            elif c["within_seed_spread"]:
+                verdict = "within the spread over seeds: not shown"
+            else:
+                verdict = "holds beyond the seed spread" if c["holds"] else "fails beyond the seed spread"
+            rows.append({"goals": g, "trials": f"{c['trials'][0]}-{c['trials'][1]}", a: round(c[a], 1),
+                         b: round(c[b], 1), "gap": round(c["diff"], 1), "verdict": verdict})
+        return rows
+
     def table(self) -> list[dict]:
         """One row per variant and goal set: trials 1-5 / last 10 means, ratio, spreads, params."""
         rows = []
