@@ -419,6 +419,11 @@ def section_benchmarks(root: Path) -> dict[str, str]:
                               + "; ".join(parts) + ". From " + " and ".join(srcs) + ".")
     else:
         out["bench.train"] = not_run("training speed", "lramlab bench train --json F", f"{BENCH}/bench_train.json")
+    have16 = {x.split(" **")[0] for x in groups.get(("16M", 50), [])}
+    missing = [v for v in ("xLSTM [7:1]", "xLSTM [1:0]") if v not in have16]
+    if missing and parts:
+        out["bench.train"] += (f" Not re-measured at 16M C = 50: {', '.join(missing)} "
+                               f"(`lramlab bench train --sizes 16M --contexts 50`).")
     sixteen = groups.get(("16M", 50), []) + ([mgroups[("16M", 50)]] if ("16M", 50) in mgroups else [])
     out["bench.train_16m"] = ("; ".join(x.replace("**", "") for x in sixteen) + " of DT's tokens/s (CPU time)"
                               if sixteen else "not re-measured")
