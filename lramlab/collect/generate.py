@@ -105,6 +105,9 @@ def rollout_episode(env, policy: P.Policy, seed: int, obs_kind: str = "state",
                     max_steps: int | None = None) -> dict[str, np.ndarray]:
     """One episode: reset env and policy with `seed`, act until terminated/truncated (or max_steps)."""
     obs, info = env.reset(seed=int(seed))
+    bind = getattr(policy, "bind_env", None)  # policies that read the emulator (Atari RAM / saved states)
+    if bind is not None:
+        bind(env)
     policy.reset(int(seed))
     S, A, R, succ = [], [], [], []
     has_success = False
@@ -158,7 +161,7 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
         raise ValueError(f"--seed must be >= 0 (episode seeds derive from it), got {seed}")
     if max_steps is not None and int(max_steps) < 1:
         raise ValueError(f"--max-steps must be >= 1 (or left out for the environment's own limit), got {max_steps}")
-    policy = policy or P.default_policy(spec.domain)
+    policy = policy or P.default_policy(spec.domain, spec.name)
     kind, _ = P.parse_spec(policy)
     task_dir = Path(out) / spec.domain / spec.name
     task_dir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate trajectories by running a policy in a real simulator (resumable).",
         epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World) | "
                "checkpoint:<path> | ppo|sac|dqn|specialist[:steps=<n>,...] (stable-baselines3) | history[:explore_episodes=<n>,...] | mbq[:eps_start=<e>,histories=<h>,...] (Dark-Room). "
-               "Defaults: darkroom -> history, metaworld -> expert, others -> random.")
+               "atari[:kind=<k>,...] (Atari RAM-scripted / look-ahead). "
+               "Defaults: darkroom -> history, metaworld -> expert, the Atari games of "
+               "lramlab.collect.atari_policies.GAME_POLICIES -> atari, others -> random.")
     ap.add_argument("--task", action="append", required=True,
                     help="task id or glob (repeatable), e.g. darkroom/goal-2-0 or 'darkroom/*'")
     ap.add_argument("--episodes", type=int, required=True, help="episodes per task")

@@ -27,6 +27,9 @@ Policy specs (the string given to ``--policy``; recorded in meta.json with the r
   to the data (``<algo>_specialist.zip``, reused on resume), then act with it
   (``deterministic=1``: its mode / greedy action). ``specialist[:...]``: SAC for continuous actions,
   PPO for discrete ones. The training seed defaults to the run's ``--seed``.
+- ``atari`` / ``atari:kind=<k>,...`` -- Atari only: RAM-scripted policies and look-ahead planners on
+  ALE's saved states (:mod:`lramlab.collect.atari_policies`); plain ``atari`` is the game's entry in
+  ``GAME_POLICIES``, which is also the default policy of those games.
 - ``history`` / ``history:explore_episodes=<n>,...`` -- Dark-Room only: a tabular Q-learning learning
   history (:class:`QLearningConfig` fields), episodes in learning order (for Algorithm Distillation).
 
@@ -36,8 +39,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lramlab.collect.atari_policies import GAME_POLICIES, AtariPolicyConfig, atari_policy
 from lramlab.collect.base import (POLICY_KINDS, SPECIALIST_KINDS, NoisyPolicy, Policy, RandomPolicy, _parse_kv,
-                                  default_policy, get_task_spec, parse_spec, single_thread)
+                                  get_task_spec, parse_spec, single_thread)
+from lramlab.collect.base import default_policy as _domain_default
 from lramlab.collect.checkpoints import LRAMPolicy, ModulePolicy, load_checkpoint_policy
 from lramlab.collect.experts import ExpertConfig, MetaWorldExpert, metaworld_policy_class
 from lramlab.collect.specialists import (ALGORITHMS, DQNConfig, PPOConfig, SACConfig, SB3Policy, SpecialistConfig,
@@ -46,6 +51,14 @@ from lramlab.collect.qlearning import (QLearningConfig, darkroom_histories, hist
                                        iter_darkroom_history)
 
 # ============================================================================ building policies
+
+
+def default_policy(domain: str, task_name: str | None = None) -> str:
+    """Default spec of a task: ``atari`` for the Atari games in ``GAME_POLICIES``, else the domain's
+    (Dark-Room -> learning history, Meta-World -> scripted expert, others -> random)."""
+    if domain == "atari" and task_name in GAME_POLICIES:
+        return "atari"
+    return _domain_default(domain)
 
 
 def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: bool = True,
@@ -68,9 +81,9 @@ def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: b
         except ValueError:
             raise ValueError(f"policy {spec!r}: expected noisy:<eps>[:<inner policy>], eps a number in [0, 1]") from None
         if not inner:
-            inner = default_policy(t.domain)
-            if inner != "expert":
-                raise ValueError(f"policy {spec!r}: domain {t.domain!r} has no scripted expert to add noise to; "
+            inner = default_policy(t.domain, t.name)
+            if inner not in ("expert", "atari"):
+                raise ValueError(f"policy {spec!r}: task {t.id!r} has no scripted expert to add noise to; "
                                  f"name the inner policy, e.g. noisy:{eps}:checkpoint:PATH")
         return NoisyPolicy(make_policy(inner, t, work_dir, progress, seed), eps, t.action_kind, t.action_dim)
     if kind == "expert":
@@ -81,6 +94,8 @@ def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: b
         if not rest:
             raise ValueError(f"policy {spec!r}: expected checkpoint:<path>")
         return load_checkpoint_policy(rest, t)
+    if kind == "atari":
+        return atari_policy(spec, rest, t)
     if kind in SPECIALIST_KINDS:
         if work_dir is None:
             raise ValueError(f"policy {spec!r}: needs a work_dir to save the trained specialist")
@@ -101,4 +116,5 @@ __all__ = ["POLICY_KINDS", "Policy", "RandomPolicy", "NoisyPolicy", "MetaWorldEx
            "darkroom_histories", "history_rng", "ALGORITHMS", "SpecialistConfig", "PPOConfig", "SACConfig",
            "DQNConfig", "SB3Policy", "TrainingLog", "learn", "train_specialist", "is_sb3_file",
            "ModulePolicy", "LRAMPolicy", "load_checkpoint_policy", "make_policy", "history_config",
-           "parse_spec", "default_policy", "get_task_spec", "single_thread"]
+           "parse_spec", "default_policy", "get_task_spec", "single_thread", "GAME_POLICIES", "AtariPolicyConfig",
+           "atari_policy"]
