@@ -13,7 +13,9 @@ Prints per game the mean returns, their human-normalised scores, the target
 (random + 0.2 x (human - random), i.e. score 0.2), steps and wall time; then the mean score.
 ``--data DIR`` adds the generated data's episodes, transitions and mean return (DIR/atari/<game>/
 stats.json, from `lramlab data generate --out DIR`) and its score; ``--episodes 0`` plays no policy
-episode (the data's return then stands for the policy's).
+episode (the data's return then stands for the policy's). ``--timing-steps K`` times the policy over
+K steps (steps/s; with --data also the implied seconds for the data's transitions).
+Wall times are the machine's at the time: on a shared, loaded machine they are upper bounds.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def _data_stats(root: Path, spec) -> dict | None:
             "data_policy_config": meta.get("policy_config")}
 
 
-def play(task: str, spec_text: str, episodes: int, seed: int) -> dict:
+def play(task: str, spec_text: str, episodes: int, seed: int, max_steps: int | None = None) -> dict:
     from lramlab.collect.generate import episode_seed, rollout_episode
     from lramlab.collect.policies import make_policy
     from lramlab.envs import make_env
@@ -50,7 +52,7 @@ def play(task: str, spec_text: str, episodes: int, seed: int) -> dict:
     rets, lens = [], []
     t0 = time.perf_counter()
     for i in range(episodes):
-        ep = rollout_episode(env, pol, episode_seed(seed, i), spec.obs_kind)
+        ep = rollout_episode(env, pol, episode_seed(seed, i), spec.obs_kind, max_steps=max_steps)
         rets.append(float(ep["rewards"].sum()))
         lens.append(int(len(ep["rewards"])))
     env.close()
@@ -67,6 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--games", default=None, help="comma-separated Atari task names (default: all with a policy)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--data", default=None, help="a dataset root written by lramlab data generate: report its scores")
+    ap.add_argument("--timing-steps", type=int, default=0,
+                    help="also time the policy over the first K agent steps of episode 0 (steps/s)")
     args = ap.parse_args(argv)
     if args.episodes < 0 or (args.episodes == 0 and not args.data):
         ap.error(f"--episodes {args.episodes}: expected >= 1, or 0 together with --data")
@@ -98,6 +102,13 @@ def main(argv=None) -> int:
                          f"{st['data_return']:9.1f} (hns {row['data_score']:6.2f}) policy {st['data_policy']}")
             else:
                 text += "  data: none"
+        if args.timing_steps > 0:
+            tm = play(spec.id, "atari", 1, args.seed, max_steps=args.timing_steps)
+            row.update(timing_steps=sum(tm["lengths"]), timing_steps_per_second=tm["steps_per_second"],
+                       policy_config=tm["config"])
+            if "data_episodes" in row:
+                row["data_seconds_estimate"] = row["data_transitions"] / tm["steps_per_second"]
+            text += f"  timing {tm['steps_per_second']:.1f} steps/s"
         key = "policy_score" if "policy_score" in row else "data_score"
         if key in row:
             row["meets_0.2"] = row[key] >= 0.2
