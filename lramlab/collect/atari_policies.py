@@ -10,8 +10,6 @@ Kinds (``atari:kind=<k>,key=value,...``; plain ``atari`` takes the game's entry 
 
 - ``freeway`` -- scripted: always UP (the chicken crosses; a hit pushes it back).
 - ``breakout`` -- scripted: the paddle follows the ball's x read from RAM; FIRE serves.
-- ``centipede`` -- scripted sweep: fire while moving right for 16 agent steps, then left, with a NOOP
-  between shots (holding FIRE shoots once).
 - ``planner`` -- look-ahead on saved states: every ``every`` agent steps, for each candidate action
   (``actions``: the game's table entry, else its minimal action set) it plays the action for
   ``repeat`` agent steps and then ``horizon - repeat`` steps of seeded random candidate actions,
@@ -35,7 +33,6 @@ from lramlab.collect.base import Policy, _parse_kv
 
 # full action set indices (ale_py.Action)
 NOOP, FIRE, UP, RIGHT, LEFT, DOWN = 0, 1, 2, 3, 4, 5
-RIGHTFIRE, LEFTFIRE = 11, 12
 FRAME_SKIP = 4
 
 
@@ -43,7 +40,7 @@ FRAME_SKIP = 4
 class AtariPolicyConfig:
     """Options of ``atari:...`` (the planner's fields are ignored by the scripted kinds)."""
 
-    kind: str = "planner"           # freeway | breakout | centipede | planner
+    kind: str = "planner"           # freeway | breakout | planner
     horizon: int = 8                # planner: agent steps looked ahead per candidate
     repeat: int = 1                 # planner: steps the candidate is held before the random tail
     rollouts: int = 1               # planner: rollouts per candidate (>1 only matters with a random tail)
@@ -71,14 +68,16 @@ class AtariPolicyConfig:
         return [int(a) for a in self.actions.split("-")] if self.actions else []
 
 
-KINDS = ("freeway", "breakout", "centipede", "planner")
+KINDS = ("freeway", "breakout", "planner")
 
 #: the default good policy per game (task name -> options of ``atari:``); the games not listed keep
 #: the domain default (random)
 GAME_POLICIES: dict[str, str] = {
     "freeway": "kind=freeway",
     "breakout": "kind=breakout",
-    "centipede": "kind=centipede",
+    # a scripted sweep (fire moving right 16 steps, then left) scored 4345 over 5 games (seed 0), score 0.23;
+    # this planner 14413 in one game
+    "centipede": "kind=planner,horizon=4,every=2,actions=1-10-11-12-13-14-15",
     # candidates: the minimal set (NOOP, FIRE, RIGHTFIRE, LEFTFIRE); horizon 6 / every 2 gave 21700 in one game
     "atlantis": "kind=planner,horizon=12,repeat=2,every=4",
     "krull": "kind=planner,horizon=6,every=2,actions=0-1-2-3-4-5-10-11-12-13",
@@ -144,17 +143,6 @@ class BreakoutPolicy(ALEPolicy):
         return NOOP
 
 
-class CentipedePolicy(ALEPolicy):
-    PERIOD = 16
-
-    def act(self, obs):
-        t = self.t
-        self.t += 1
-        if t % 2 == 0:
-            return NOOP
-        return RIGHTFIRE if (t // self.PERIOD) % 2 == 0 else LEFTFIRE
-
-
 class PlannerPolicy(ALEPolicy):
     """Look-ahead on ALE's saved states (see the module doc)."""
 
@@ -202,8 +190,7 @@ class PlannerPolicy(ALEPolicy):
         return self.held
 
 
-_CLASSES = {"freeway": FreewayPolicy, "breakout": BreakoutPolicy, "centipede": CentipedePolicy,
-            "planner": PlannerPolicy}
+_CLASSES = {"freeway": FreewayPolicy, "breakout": BreakoutPolicy, "planner": PlannerPolicy}
 
 
 def atari_policy(spec: str, rest: str, task) -> ALEPolicy:
