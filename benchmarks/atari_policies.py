@@ -69,6 +69,9 @@ def main(argv=None) -> int:
     ap.add_argument("--games", default=None, help="comma-separated Atari task names (default: all with a policy)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--data", default=None, help="a dataset root written by lramlab data generate: report its scores")
+    ap.add_argument("--reuse", default=None,
+                    help="a JSON this script wrote earlier: take its random returns and timings for the games it has "
+                         "(same seeds: the same episodes), so only the data's stats are read again")
     ap.add_argument("--timing-steps", type=int, default=0,
                     help="also time the policy over the first K agent steps of episode 0 (steps/s)")
     args = ap.parse_args(argv)
@@ -78,13 +81,21 @@ def main(argv=None) -> int:
     from lramlab.manifests import get_task, normalize_score
 
     games = args.games.split(",") if args.games else list(GAME_POLICIES)
+    old = {}
+    if args.reuse:
+        old = {r["task"]: r for r in json.loads(Path(args.reuse).read_text())["games"]}
     rows = []
     for g in games:
         spec = get_task(f"atari/{g}")
-        rand = play(spec.id, "random", args.random_episodes or args.episodes or 3, args.seed)
-        row = {"task": spec.id, "random_returns": rand["returns"], "random_return": rand["mean_return"],
-               "random_score": normalize_score(spec, rand["mean_return"]), "random_seconds": rand["seconds"],
-               "random_const": spec.score_low, "human_const": spec.score_high}
+        if spec.id in old:
+            row = {k: v for k, v in old[spec.id].items() if k.startswith(("random", "timing", "task", "human_const"))
+                   or k == "policy_config"}
+            row["reused_from"] = args.reuse
+        else:
+            rand = play(spec.id, "random", args.random_episodes or args.episodes or 3, args.seed)
+            row = {"task": spec.id, "random_returns": rand["returns"], "random_return": rand["mean_return"],
+                   "random_score": normalize_score(spec, rand["mean_return"]), "random_seconds": rand["seconds"],
+                   "random_const": spec.score_low, "human_const": spec.score_high}
         text = f"{spec.id:<22} random {row['random_return']:9.1f} (hns {row['random_score']:5.2f})"
         if args.episodes:
             good = play(spec.id, "atari", args.episodes, args.seed)
@@ -102,7 +113,9 @@ def main(argv=None) -> int:
                          f"{st['data_return']:9.1f} (hns {row['data_score']:6.2f}) policy {st['data_policy']}")
             else:
                 text += "  data: none"
-        if args.timing_steps > 0:
+        if "timing_steps_per_second" in row and "data_episodes" in row:
+            row["data_seconds_estimate"] = row["data_transitions"] / row["timing_steps_per_second"]
+        elif args.timing_steps > 0:
             tm = play(spec.id, "atari", 1, args.seed, max_steps=args.timing_steps)
             row.update(timing_steps=sum(tm["lengths"]), timing_steps_per_second=tm["steps_per_second"],
                        policy_config=tm["config"])
