@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--games", default=None, help="comma-separated Atari task names (default: all with a policy)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--data", default=None, help="a dataset root written by lramlab data generate: report its scores")
-    ap.add_argument("--reuse", default=None,
-                    help="a JSON this script wrote earlier: take its random returns and timings for the games it has "
+    ap.add_argument("--reuse", action="append", default=[],
+                    help="(repeatable) a JSON this script wrote earlier: take its random returns and timings for the games it has "
                          "(same seeds: the same episodes), so only the data's stats are read again")
     ap.add_argument("--timing-steps", type=int, default=0,
                     help="also time the policy over the first K agent steps of episode 0 (steps/s)")
@@ -81,16 +81,17 @@ def main(argv=None) -> int:
     from lramlab.manifests import get_task, normalize_score
 
     games = args.games.split(",") if args.games else list(GAME_POLICIES)
-    old = {}
-    if args.reuse:
-        old = {r["task"]: r for r in json.loads(Path(args.reuse).read_text())["games"]}
+    old, origin = {}, {}
+    for path in args.reuse:
+        for r in json.loads(Path(path).read_text())["games"]:
+            old[r["task"]], origin[r["task"]] = r, path
     rows = []
     for g in games:
         spec = get_task(f"atari/{g}")
         if spec.id in old:
             row = {k: v for k, v in old[spec.id].items() if k.startswith(("random", "timing", "task", "human_const"))
                    or k == "policy_config"}
-            row["reused_from"] = args.reuse
+            row["reused_from"] = origin[spec.id]
         else:
             rand = play(spec.id, "random", args.random_episodes or args.episodes or 3, args.seed)
             row = {"task": spec.id, "random_returns": rand["returns"], "random_return": rand["mean_return"],
