@@ -132,15 +132,16 @@ def main(argv=None) -> int:
     key = "policy_score" if args.episodes else "data_score"
     scores = np.array([r[key] for r in rows if key in r])
     if not len(scores):
-        print("no scores (no data found)")
-        return 1
-    print(f"\n{len(scores)} games, {key}: mean human-normalised {scores.mean():.3f}, "
-          f"median {np.median(scores):.3f}, min {scores.min():.3f}; games >= 0.2: {(scores >= 0.2).sum()}/{len(scores)}")
+        print(f"no {key} (no data found)")
+    else:
+        print(f"\n{len(scores)} games, {key}: mean human-normalised {scores.mean():.3f}, "
+              f"median {np.median(scores):.3f}, min {scores.min():.3f}; games >= 0.2: {(scores >= 0.2).sum()}/{len(scores)}")
     if args.json:
         out = {"command": "python benchmarks/atari_policies.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "protocol": "whole game (life loss does not end it), <= 6750 agent steps = 27000 frames, frame skip 4, "
                            "<= 30 no-ops, full action set, raw game points; episode seeds as lramlab data generate",
-               "score": key, "mean_score": float(scores.mean()), "median_score": float(np.median(scores)),
+               "score": key, "mean_score": float(scores.mean()) if len(scores) else None,
+               "median_score": float(np.median(scores)) if len(scores) else None,
                "games": rows}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
