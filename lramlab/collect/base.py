@@ -59,7 +59,8 @@ def _parse_kv(text: str, cls, spec: str) -> dict:
 
 POLICY_KINDS = ("random", "noisy", "expert", "checkpoint", "ppo", "sac", "dqn", "specialist", "history",
                 "mbq",  # mbq: model-based Dark-Room learning histories (lramlab.collect.histories)
-                "planner")  # planner: Procgen look-ahead through saved states (lramlab.collect.planners)
+                "planner",  # planner: Procgen look-ahead through saved states (lramlab.collect.planners)
+                "atari")  # atari: RAM-scripted / look-ahead Atari policies (lramlab.collect.atari_policies)
 #: kinds that train an SB3 specialist first (lramlab.collect.specialists)
 SPECIALIST_KINDS = ("ppo", "sac", "dqn", "specialist")
 
@@ -132,6 +133,11 @@ class NoisyPolicy(Policy):
 
     def observe(self, reward: float) -> None:
         self.inner.observe(reward)
+
+    def bind_env(self, env) -> None:
+        bind = getattr(self.inner, "bind_env", None)  # inner policies that read the emulator (atari)
+        if bind is not None:
+            bind(env)
 
     def config(self) -> dict:
         return {"eps": self.eps, "inner": self.inner.config()}

@@ -112,6 +112,9 @@ def rollout_episode(env, policy: P.Policy, seed: int, obs_kind: str = "state",
                     max_steps: int | None = None) -> dict[str, np.ndarray]:
     """One episode: reset env and policy with `seed`, act until terminated/truncated (or max_steps)."""
     obs, info = env.reset(seed=int(seed))
+    bind = getattr(policy, "bind_env", None)  # policies that read the emulator (Atari RAM / saved states)
+    if bind is not None:
+        bind(env)
     policy.reset(int(seed))
     S, A, R, succ = [], [], [], []
     has_success = False
@@ -307,8 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate trajectories by running a policy in a real simulator (resumable).",
         epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World) | "
                "checkpoint:<path> | ppo|sac|dqn|specialist[:steps=<n>,...] (stable-baselines3) | history[:explore_episodes=<n>,...] | mbq[:eps_start=<e>,histories=<h>,...] (Dark-Room). "
-               "Defaults: darkroom -> history, metaworld -> expert, dmcontrol -> its SAC specialist, "
-               "procgen bigfish/starpilot/fruitbot -> planner, others -> random.")
+                "atari[:kind=<k>,...] (Atari RAM-scripted / look-ahead). "
+                "Defaults: darkroom -> history, metaworld -> expert, dmcontrol -> its SAC specialist, "
+                "procgen bigfish/starpilot/fruitbot -> planner, the Atari games of "
+                "lramlab.collect.atari_policies.GAME_POLICIES -> atari, others -> random.")
     ap.add_argument("--task", action="append", required=True,
                     help="task id or glob (repeatable), e.g. darkroom/goal-2-0 or 'darkroom/*'")
     ap.add_argument("--episodes", type=int, required=True, help="episodes per task")

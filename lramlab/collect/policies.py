@@ -31,6 +31,9 @@ Policy specs (the string given to ``--policy``; recorded in meta.json with the r
   PPO for discrete ones. The training seed defaults to the run's ``--seed``.
 - ``planner[:horizon=<n>,rollouts=<n>,...]`` -- Procgen only: look-ahead through the game's saved
   states (:class:`lramlab.collect.planners.PlannerConfig` fields); the generator binds it to its env.
+- ``atari`` / ``atari:kind=<k>,...`` -- Atari only: RAM-scripted policies and look-ahead planners on
+  ALE's saved states (:mod:`lramlab.collect.atari_policies`); plain ``atari`` is the game's entry in
+  ``GAME_POLICIES``, which is also the default policy of those games.
 - ``history`` / ``history:explore_episodes=<n>,...`` -- Dark-Room only: a tabular Q-learning learning
   history (:class:`QLearningConfig` fields), episodes in learning order (for Algorithm Distillation).
 
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lramlab.collect.atari_policies import GAME_POLICIES, AtariPolicyConfig, atari_policy
 from lramlab.collect.base import (POLICY_KINDS, SPECIALIST_KINDS, NoisyPolicy, Policy, RandomPolicy, _parse_kv,
                                   get_task_spec, parse_spec, single_thread)
 from lramlab.collect.base import default_policy as domain_default_policy
@@ -57,11 +61,14 @@ from lramlab.collect.qlearning import (QLearningConfig, darkroom_histories, hist
 def default_policy(domain: str, name: str | None = None) -> str:
     """The default spec of task `domain/name`: DMControl -> its SAC specialist
     (`specialists.default_specialist`), the Procgen games the planner plays well
-    (`planners.PLANNER_GAMES`) -> ``planner``, else the domain's (`base.default_policy`)."""
+    (`planners.PLANNER_GAMES`) -> ``planner``, the Atari games in ``GAME_POLICIES`` -> ``atari``,
+    else the domain's (`base.default_policy`: Dark-Room -> history, Meta-World -> expert, else random)."""
     if domain == "dmcontrol" and name is not None:
         return default_specialist(name)
     if domain == "procgen" and name in PLANNER_GAMES:
         return "planner"
+    if domain == "atari" and name in GAME_POLICIES:
+        return "atari"
     return domain_default_policy(domain)
 
 
@@ -85,9 +92,9 @@ def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: b
         except ValueError:
             raise ValueError(f"policy {spec!r}: expected noisy:<eps>[:<inner policy>], eps a number in [0, 1]") from None
         if not inner:
-            inner = domain_default_policy(t.domain)
-            if inner != "expert":
-                raise ValueError(f"policy {spec!r}: domain {t.domain!r} has no scripted expert to add noise to; "
+            inner = default_policy(t.domain, t.name)
+            if inner not in ("expert", "atari"):
+                raise ValueError(f"policy {spec!r}: task {t.id!r} has no scripted expert to add noise to; "
                                  f"name the inner policy, e.g. noisy:{eps}:checkpoint:PATH")
         return NoisyPolicy(make_policy(inner, t, work_dir, progress, seed), eps, t.action_kind, t.action_dim)
     if kind == "expert":
@@ -104,6 +111,8 @@ def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: b
         from lramlab.collect.planners import PlannerConfig, ProcgenPlanner
 
         return ProcgenPlanner(t.name, PlannerConfig(**_parse_kv(rest, PlannerConfig, spec)))
+    if kind == "atari":
+        return atari_policy(spec, rest, t)
     if kind in SPECIALIST_KINDS:
         if work_dir is None:
             raise ValueError(f"policy {spec!r}: needs a work_dir to save the trained specialist")
@@ -124,4 +133,5 @@ __all__ = ["POLICY_KINDS", "Policy", "RandomPolicy", "NoisyPolicy", "MetaWorldEx
            "darkroom_histories", "history_rng", "ALGORITHMS", "SpecialistConfig", "PPOConfig", "SACConfig",
            "DQNConfig", "SB3Policy", "TrainingLog", "learn", "train_specialist", "is_sb3_file",
            "ModulePolicy", "LRAMPolicy", "load_checkpoint_policy", "make_policy", "history_config",
-           "parse_spec", "default_policy", "get_task_spec", "single_thread"]
+           "parse_spec", "default_policy", "get_task_spec", "single_thread", "GAME_POLICIES", "AtariPolicyConfig",
+           "atari_policy"]
