@@ -105,8 +105,9 @@ class RobosuiteEnv(gym.Env):
         self._terminate_on_success = terminate_on_success
         self._default_seed = seed
         self._started = False
-        with numpy_global_rng(self._rng):
-            obs = self._flat(rs.reset())
+        # robosuite builds the sim and resets it in its constructor: read the observation size
+        # from that state rather than paying for another model load here
+        obs = self._flat(rs._get_observations(force_update=True))
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=obs.shape, dtype=np.float32)
         low, high = rs.action_spec
         self.action_space = gym.spaces.Box(np.asarray(low, np.float32), np.asarray(high, np.float32),
@@ -167,6 +168,38 @@ class RobosuiteEnv(gym.Env):
                 close()
 
 
+def _visual_meshes_shell_inertia(robot: str) -> None:
+    """Let MuJoCo 3 compile `robot`'s model: its purely visual meshes get inertia="shell".
+
+    robosuite 1.4.1's Sawyer has visual head meshes (geom group 1) too thin for MuJoCo 3's volume
+    check ("mesh volume is too small: robot0_head_1"). Those geoms carry no mass (the base model
+    counts only group-0 geoms, and the head body has its own <inertial>), so the physics is
+    unchanged. Done by registering a subclass under the robot's name, once per process."""
+    from robosuite.models.robots import robot_model
+
+    base = robot_model.REGISTERED_ROBOTS.get(robot)
+    if base is None or getattr(base, "_lramlab_shell_visual_meshes", False):
+        return
+
+    class ShellVisualMeshes(base):
+        _lramlab_shell_visual_meshes = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            massive = {g.get("mesh") for g in self.worldbody.iter("geom")
+                       if g.get("mesh") and g.get("group", "0") == "0"}
+            for mesh in self.asset.iter("mesh"):
+                if mesh.get("name") not in massive:
+                    mesh.set("inertia", "shell")
+
+    ShellVisualMeshes.__name__ = ShellVisualMeshes.__qualname__ = base.__name__
+    robot_model.REGISTERED_ROBOTS[robot] = ShellVisualMeshes
+
+
+#: robots whose robosuite 1.4.1 model needs _visual_meshes_shell_inertia under MuJoCo 3
+SHELL_MESH_ROBOTS = ("Sawyer",)
+
+
 def _check_horizon(horizon: int) -> int:
     if int(horizon) <= 0:
         raise ValueError(f"robosuite: horizon={horizon}, expected > 0")
@@ -183,6 +216,8 @@ def make_robosuite(name: str, env_id: str | None = None, seed: int | None = None
     horizon = _check_horizon(horizon)
     suite = _suite()
     task = robosuite_task(name, env_id)
+    if robot in SHELL_MESH_ROBOTS:
+        _visual_meshes_shell_inertia(robot)
     rng = _new_rng(seed)
     with numpy_global_rng(rng):
         rs = suite.make(
@@ -295,6 +330,8 @@ def make_mimicgen(name: str, env_id: str | None = None, seed: int | None = None,
     kwargs = {}
     if robot in MIMICGEN_GRIPPER:
         kwargs["gripper_types"] = MIMICGEN_GRIPPER[robot]
+    if robot in SHELL_MESH_ROBOTS:
+        _visual_meshes_shell_inertia(robot)
     rng = _new_rng(seed)
     with numpy_global_rng(rng):
         rs = suite.make(
