@@ -27,7 +27,9 @@ COMPOSUITE_SAMPLE = [  # every robot, object, obstacle and objective once
     "composuite/Kinova3_Plate_ObjectDoor_Shelf",
     "composuite/Panda_Hollowbox_ObjectWall_Trashcan",
 ]
-MIMICGEN_SAMPLE = ["mimicgen/Stack_D0", "mimicgen/Threading_D0-UR5e", "mimicgen/HammerCleanup_D0"]
+# Stack_D0 (Panda) is built in the success test below; HammerCleanup_D0 is Panda + the task zoo
+MIMICGEN_SAMPLE = ["mimicgen/Threading_D0-UR5e", "mimicgen/HammerCleanup_D0"]
+STACK = "mimicgen/Stack_D0"
 ROBOSUITE_SAMPLE = ["robosuite/Wipe"]  # Lift: tests/test_envs.py; Wipe has no gripper (6-d)
 
 
@@ -72,6 +74,8 @@ def check_task(task_id: str, *, render: bool = True, steps: int = 5) -> dict:
         np.testing.assert_array_equal(again, first, err_msg=f"{task_id}: seed 11 gave another scene")
         other, _ = env.reset(seed=12)
         assert not np.array_equal(other, first), f"{task_id}: seeds 11 and 12 gave one scene"
+        if task_id.startswith("composuite/"):
+            check_composuite_layout(env, other)
         if render:
             frame = env.render()
             assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3, task_id
@@ -87,29 +91,23 @@ def test_sample_task_builds_steps_seeds_and_renders(task_id):
     check_task(task_id)
 
 
-def test_composuite_layout_is_the_papers_93_8_for_every_robot():
-    """The 93-d state = the suite's own key order; all four arms 8-d (7 joints + gripper), unpadded."""
-    _need(COMPOSUITE_SAMPLE[0])
-    env = make_env("composuite/Panda_Box_GoalWall_PickPlace", seed=0)
-    try:
-        keys = env.unwrapped.obs_keys
-        assert keys == ("object-state", "obstacle-state", "goal-state", "object_id", "robot_id",
-                        "obstacle_id", "subtask_id", "robot0_proprio-state")
-        obs, _ = env.reset()
-        raw = env.unwrapped.rs._get_observations(force_update=True)
-        np.testing.assert_allclose(obs, np.concatenate([raw[k] for k in keys]).astype(np.float32))
-        # the four task indicators are one-hot
-        for k in ("object_id", "robot_id", "obstacle_id", "subtask_id"):
-            assert sorted(raw[k].tolist()) == [0, 0, 0, 1], (k, raw[k])
-        assert env.unwrapped.rs.robots[0].controller.control_dim == 7  # joint positions; +1 gripper
-    finally:
-        env.close()
+def check_composuite_layout(env, obs) -> None:
+    """The 93-d state (`obs`, the env's latest) = the suite's own keys in its order; the arm is
+    8-d (7 joints + gripper), unpadded."""
+    keys = env.unwrapped.obs_keys
+    assert keys == ("object-state", "obstacle-state", "goal-state", "object_id", "robot_id",
+                    "obstacle_id", "subtask_id", "robot0_proprio-state")
+    raw = env.unwrapped.rs._get_observations(force_update=True)
+    np.testing.assert_allclose(obs, np.concatenate([raw[k] for k in keys]).astype(np.float32))
+    for k in ("object_id", "robot_id", "obstacle_id", "subtask_id"):  # one-hot task indicators
+        assert sorted(raw[k].tolist()) == [0, 0, 0, 1], (k, raw[k])
+    assert env.unwrapped.rs.robots[0].controller.control_dim == 7  # joint positions; +1 gripper
 
 
 def test_mimicgen_success_is_the_tasks_check_with_sparse_reward_and_termination():
     """Put Stack_D0's cube A on cube B: the next steps report success 1.0, reward 1.0, terminated."""
-    _need(MIMICGEN_SAMPLE[0])
-    env = make_env(MIMICGEN_SAMPLE[0], seed=0)
+    _need(STACK)
+    env = make_env(STACK, seed=0)
     try:
         env.reset()
         rs = env.unwrapped.rs
@@ -163,7 +161,7 @@ _UNAVAILABLE = textwrap.dedent("""
 
 @pytest.mark.parametrize("domain,task,module", [
     ("composuite", "composuite/IIWA_Box_None_PickPlace", "composuite"),
-    ("mimicgen", "mimicgen/Stack_D0", "mimicgen"),
+    ("mimicgen", STACK, "mimicgen"),
 ])
 def test_not_installed_is_unavailable_by_name_with_the_install_command(domain, task, module):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
