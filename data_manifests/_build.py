@@ -27,7 +27,8 @@ Facts the reference leaves open were measured here, not guessed:
   robot0_eef_quat 4, robot0_gripper_qpos, object-state) measure 37 only for Threading,
   NutAssembly and HammerCleanup; every task gets its measured size (MIMICGEN_OBS below: the
   Panda/Sawyer size per task + 4 for the Robotiq85 gripper's 6-d qpos on IIWA/UR5e), checked for
-  all 85 tasks by `pytest --exhaustive tests/test_robotics_envs.py`.
+  every task by `pytest --exhaustive tests/test_robotics_envs.py` (last run:
+  docs/results/robotics-envs/exhaustive.json).
 
 The output is deterministic (tasks in reference order); `lramlab.manifests` validates it on load.
 """

@@ -23,6 +23,10 @@ Every env made here is a `RobosuiteEnv` (a gymnasium.Env): flat float32 observat
   HammerCleanup with Panda; other tasks differ (Stack 32, Coffee 66, CoffeePreparation 95), so
   the manifest records each task's measured size (the model pads every task to 204).
 
+Sawyer (Mimicgen's NutAssembly_D0, PickPlace_D0 and the -Sawyer variants): robosuite 1.4.1's model
+does not compile under MuJoCo 3 ("mesh volume is too small: robot0_head_1"); its massless visual
+meshes get inertia="shell" here (`_visual_meshes_shell_inertia`), which leaves the physics as is.
+
 Composuite and Mimicgen (and the robosuite task zoo that Mimicgen's HammerCleanup/Kitchen import)
 are not on the package registries: `make install` puts them on the path from ../shared/vendor or
 their git repositories; without them `lramlab.envs.domain_available` says why and how to install.
