@@ -14,6 +14,21 @@ import numpy as np
 import pytest
 
 
+def pytest_addoption(parser):
+    parser.addoption("--exhaustive", action="store_true", default=False,
+                     help="also run tests marked `exhaustive` (full sweeps, e.g. all 256 Composuite tasks)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`exhaustive` tests are skipped (by name, with how to run them) unless --exhaustive."""
+    if config.getoption("--exhaustive"):
+        return
+    skip = pytest.mark.skip(reason="exhaustive sweep: run with pytest --exhaustive")
+    for item in items:
+        if "exhaustive" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tests use tiny models: one intra-op thread is faster than two on a 2-core CI machine

@@ -237,6 +237,7 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
                 meta["policy_config"] = pol.config()
                 _write_meta(task_dir, meta)
                 env = make_env(spec, seed=seed)
+                P.bind_policy(pol, env)  # experts that read the simulator's state (robotics)
                 try:
                     with P.single_thread():
                         for i in todo:
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(
         prog="lramlab data generate",
         description="Generate trajectories by running a policy in a real simulator (resumable).",
-        epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World) | "
+        epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World, Composuite, Mimicgen Stack*) | "
                "checkpoint:<path> | ppo|sac|dqn|specialist[:steps=<n>,...] (stable-baselines3) | history[:explore_episodes=<n>,...] | mbq[:eps_start=<e>,histories=<h>,...] (Dark-Room). "
                "Defaults: darkroom -> history, metaworld -> expert, others -> random.")
     ap.add_argument("--task", action="append", required=True,
