@@ -343,10 +343,10 @@ class ComposuiteExpert(WaypointExpert):
     def grasp_point(self) -> np.ndarray:
         m, d = self.m_d()
         t = self.obj_type
-        if t == "Dumbbell":  # pinch a chord of the bottom disk (and of the top one) beside the handle
+        if t == "Dumbbell":  # pinch a chord of the top disk beside the handle (the disks hide the handle)
             disks = sorted(self.obj_geoms, key=lambda n: d.geom_xpos[m.geom(n).id][2])
-            c = d.geom_xpos[m.geom(disks[0]).id]
-            return np.array([c[0] - 0.040, c[1], c[2] + 0.009])
+            c = d.geom_xpos[m.geom(disks[-1]).id]
+            return np.array([c[0] - 0.043, c[1], c[2] - 0.006])
         if t == "Plate":  # pinch a chord of the plate's rim
             disk = max(self.obj_geoms, key=lambda n: m.geom_size[m.geom(n).id][0])
             c = d.geom_xpos[m.geom(disk).id]
