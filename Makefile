@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install install-test install-all venv clean-venv bench
+.PHONY: demo test install install-test install-all suites venv clean-venv bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,15 @@ $(VENV)/.stamp-%: pyproject.toml | venv
 
 comma := ,
 install: $(VENV)/.stamp-models
-install-test: $(VENV)/.stamp-all
-install-all: $(VENV)/.stamp-all
+install-test: $(VENV)/.stamp-all suites
+install-all: $(VENV)/.stamp-all suites
+
+# Composuite, Mimicgen and the robosuite task zoo are not on PyPI: copy them from $(VENDOR) when it
+# is there (else clone upstream; never fails the install) onto the venv's path. Cheap when nothing
+# changed, so it runs every time. README: "Robotics suites".
+VENDOR ?= ../shared/vendor
+suites: $(VENV)/.stamp-all
+	$(PY) -m lramlab.envs.suites --vendor $(VENDOR)
 
 test: install-test
 	$(PY) -m pytest -q tests

@@ -11,17 +11,23 @@ lengths), `score_normalization.csv` (normalisation constants), `darkroom.yaml`.
 Facts the reference leaves open were measured here, not guessed:
 - DMControl observation/action dims: loaded with `dm_control.suite` (flat obs = sum of the task's
   observation keys; the paper's 204-dim union layout is applied later, by padding).
-- robosuite (standard single-arm tasks, Panda): robosuite 1.5.2 `GymWrapper` default keys, measured
-  once with `suite.make(name, robots="Panda", use_camera_obs=False, has_renderer=False,
-  has_offscreen_renderer=False)`; kept as a table below because building 13 envs takes ~1 min.
+- robosuite (standard single-arm tasks, Panda): robosuite 1.4.1 (the version Composuite and Mimicgen
+  need) with `lramlab.envs.make_env`: flat object-state + robot0_proprio-state, OSC_POSE controller;
+  measured once per task (kept as a table below because building 13 envs takes ~1 min; the sizes
+  are smaller than under 1.5.2, e.g. Lift 42 here, 60 on 1.5.2). tests/test_robotics_envs.py checks them.
 - Atari minimal action sets (`extra.minimal_actions`, as full-set indices): ale-py's
   `getMinimalActionSet()` for each game's ROM. DQN-Replay stores actions as indices into that set
   (Dopamine plays the minimal set); `lramlab data import dqn-replay` maps them to the full 18-action
   set the envs and the head use. Kept in the manifests so the importer needs no simulator.
 - Procgen time-outs: `gym.make("procgen:procgen-<game>-v0")` with the no-op action until done
   (maze 500 steps, heist/coinrun 1000; procgen's default time-out is 1000).
-- Composuite (obs 93, act 8) and Mimicgen (obs 37, act 7): paper App. B.5/B.6; these simulators are
-  not installable here, so the numbers could not be checked.
+- Composuite (obs 93, act 8; paper App. B.5): measured with `composuite.make(...,
+  use_task_id_obs=True)` on robosuite 1.4.1 - the same for all 4 robots (7 joints + gripper).
+- Mimicgen (act 7; paper App. B.6 says obs 37): the low-dim keys of LRAM's data (robot0_eef_pos 3,
+  robot0_eef_quat 4, robot0_gripper_qpos, object-state) measure 37 only for Threading,
+  NutAssembly and HammerCleanup; every task gets its measured size (MIMICGEN_OBS below: the
+  Panda/Sawyer size per task + 4 for the Robotiq85 gripper's 6-d qpos on IIWA/UR5e), checked for
+  all 85 tasks by `pytest --exhaustive tests/test_robotics_envs.py`.
 
 The output is deterministic (tasks in reference order); `lramlab.manifests` validates it on load.
 """
@@ -38,14 +44,29 @@ REPO = Path(__file__).resolve().parent.parent
 REWARD_SCALE = {"atari": 20.0, "procgen": 1.0, "dmcontrol": 100.0, "metaworld": 200.0,
                 "composuite": 1.0, "mimicgen": 1.0, "darkroom": 1.0, "robosuite": 1.0}
 
-# robosuite 1.5.2, Panda, GymWrapper default keys (object-state + robot0_proprio-state):
-# name -> (obs dim, action dim). Default horizon 1000 for all.
+# robosuite 1.4.1, Panda, OSC_POSE, object-state + robot0_proprio-state: name -> (obs dim, action dim).
+# Horizon 1000 for all. Wipe has no gripper (6-d actions).
 ROBOSUITE = {
-    "Lift": (60, 7), "Stack": (73, 7), "Door": (64, 7), "NutAssembly": (78, 7),
-    "NutAssemblySquare": (64, 7), "NutAssemblyRound": (64, 7), "PickPlace": (106, 7),
-    "PickPlaceCan": (64, 7), "PickPlaceMilk": (64, 7), "PickPlaceBread": (64, 7),
-    "PickPlaceCereal": (64, 7), "Wipe": (55, 6), "ToolHang": (94, 7),
+    "Lift": (42, 7), "Stack": (55, 7), "Door": (46, 7), "NutAssembly": (60, 7),
+    "NutAssemblySquare": (46, 7), "NutAssemblyRound": (46, 7), "PickPlace": (88, 7),
+    "PickPlaceCan": (46, 7), "PickPlaceMilk": (46, 7), "PickPlaceBread": (46, 7),
+    "PickPlaceCereal": (46, 7), "Wipe": (37, 6), "ToolHang": (76, 7),
 }
+# Mimicgen low-dim observation size per task with a 2-finger-qpos gripper (Panda, Sawyer), robosuite 1.4.1
+MIMICGEN_OBS = {
+    "Coffee": 66, "CoffeePreparation": 95, "HammerCleanup": 37, "Kitchen_D0": 65, "Kitchen_D1": 79,
+    "MugCleanup": 38, "NutAssembly": 37, "PickPlace": 65, "Square_D0": 23, "Square_D1": 26,
+    "Square_D2": 26, "StackThree": 48, "Stack": 32, "Threading": 37, "ThreePieceAssembly": 51,
+}
+MIMICGEN_GRIPPER_QPOS = {"Panda": 2, "Sawyer": 2, "IIWA": 6, "UR5e": 6}  # Robotiq85 on IIWA/UR5e
+
+
+def mimicgen_obs_dim(task: str, robot: str) -> int:
+    """`Square_D1`, `IIWA` -> the measured flat low-dim size (a `<Task>_D<n>` key wins over `<Task>`)."""
+    base = MIMICGEN_OBS.get(task, MIMICGEN_OBS.get(task.rsplit("_D", 1)[0]))
+    return base - 2 + MIMICGEN_GRIPPER_QPOS[robot]
+
+
 PROCGEN_TIMEOUT = {"maze": 500}  # measured; every other game: 1000
 
 LRAM = "github.com/ml-jku/LRAM @ a984cdf5b9848369871c033813fe60beceadeb50"
@@ -251,7 +272,8 @@ def build(ref: Path) -> dict[str, dict]:
                      "score_low": 0.0, "score_high": 1.0, "episode_length": 500,
                      "source": _public("CompoSuite offline datasets (Hussing et al., 2023), expert",
                                        "https://doi.org/10.5061/dryad.9cnp5hqps", "random")},
-        "notes": ["obs 93 / act 8 from paper App. B.5 (composuite is not installable here: unverified)",
+        "notes": ["obs 93 / act 8 as paper App. B.5, measured with composuite.make(..., use_task_id_obs=True) "
+                  "on robosuite 1.4.1: the same for IIWA, Jaco, Kinova3 (Gen3) and Panda; nothing padded",
                   "reward_scale 1 as in LRAM's 432-task mixture config (composuite-only configs use 200)",
                   "score = success rate; extra.data_score keeps LRAM's data min-max constants"],
         "tasks": items}
@@ -271,13 +293,15 @@ def build(ref: Path) -> dict[str, dict]:
         if "data_dir_name" in it:
             extra["data_dir_name"] = it["data_dir_name"]
         items.append({"name": name, "split": split, "env_id": name, "episode_length": int(it["horizon"]),
-                      "source": src, "extra": extra})
+                      "obs_shape": [mimicgen_obs_dim(it["task"], it["robot"])], "source": src, "extra": extra})
     out["mimicgen"] = {
-        "defaults": {"obs_kind": "state", "obs_shape": [37], "action_kind": "continuous", "action_dim": 7,
+        "defaults": {"obs_kind": "state", "action_kind": "continuous", "action_dim": 7,
                      "reward_scale": REWARD_SCALE["mimicgen"], "score_kind": "success",
                      "score_low": 0.0, "score_high": 1.0, "target_return": 1.0},
-        "notes": ["obs 37 / act 7 (OSC_POSE delta + gripper) from paper App. B.6; mimicgen is not "
-                  "installable here: unverified", "sparse binary reward, episode ends on success -> target 1",
+        "notes": ["act 7 (OSC_POSE delta + gripper); obs = robot0_eef_pos, robot0_eef_quat, robot0_gripper_qpos, "
+                  "object-state (LRAM's low-dim keys), measured per task on robosuite 1.4.1: paper App. B.6's 37 "
+                  "holds for Threading, NutAssembly, HammerCleanup (Panda); IIWA/UR5e (Robotiq85) add 4",
+                  "sparse binary reward, episode ends on success -> target 1",
                   "episode_length = mimicgen TASK_TO_HORIZON"],
         "tasks": items}
 
@@ -321,10 +345,11 @@ def build(ref: Path) -> dict[str, dict]:
                      "target_return": None, "score_kind": "success", "score_low": 0.0, "score_high": 1.0,
                      "episode_length": 1000,
                      "source": {"kind": "generated", "generator": "lramlab.collect.generate", "policy": "random"},
-                     "extra": {"robots": "Panda", "obs_keys": "GymWrapper default (object-state, robot0_proprio-state)"}},
-        "notes": ["standard single-arm robosuite 1.5.2 tasks that run here (not part of the paper's 432)",
+                     "extra": {"robots": "Panda", "controller": "OSC_POSE", "obs_keys": "object-state, robot0_proprio-state"}},
+        "notes": ["standard single-arm robosuite 1.4.1 tasks that run here (not part of the paper's 432)",
                   "split is nominal (all train); target_return unknown until data exists (max return in data)",
-                  "dims measured with robosuite 1.5.2 GymWrapper, Panda, default controller; horizon 1000"],
+                  "dims measured with robosuite 1.4.1, Panda, OSC_POSE controller, object-state + "
+                  "robot0_proprio-state; horizon 1000"],
         "tasks": items}
 
     for domain, m in out.items():

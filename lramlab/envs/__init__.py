@@ -3,6 +3,7 @@
     env = make_env("atari/freeway", seed=0)         # obs (1, 64, 64) uint8, 18 discrete actions
     env = make_env("dmcontrol/cheetah-run", seed=0) # obs (17,) float32, actions (6,) in [-1, 1]
     ok, reason = domain_available("composuite")
+    ok, reason = task_available("mimicgen/Kitchen_D0")  # a task's own extra needs, too
 
 A task is a manifest task id `"<domain>/<name>"` (or a bare unique name, or a TaskSpec from
 `lramlab.manifests.get_task`). The env's spaces are checked against the manifest's `obs_shape`
@@ -19,7 +20,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco / dm
 
 from lramlab._optional import available as _available
 
-__all__ = ["DOMAINS", "make_env", "domain_available", "list_domains", "check_spaces"]
+__all__ = ["DOMAINS", "make_env", "domain_available", "task_available", "list_domains", "check_spaces"]
 
 DOMAINS: tuple[str, ...] = (
     "atari", "procgen", "dmcontrol", "metaworld", "composuite", "mimicgen", "robosuite", "darkroom",
@@ -37,6 +38,17 @@ _BUILDERS = {
     "mimicgen": ("lramlab.envs.robosuite", "make_mimicgen"),
 }
 
+# Composuite and Mimicgen are not on the package registries (README: "Robotics suites")
+COMPOSUITE_INSTALL = ("composuite is not on PyPI: run `make install` (puts ../shared/vendor/CompoSuite, "
+                      "else a clone of github.com/Lifelong-ML/CompoSuite, on the venv's path; "
+                      "needs robosuite==1.4.1)")
+MIMICGEN_INSTALL = ("mimicgen is not on PyPI: run `make install` (puts ../shared/vendor/mimicgen and "
+                    "robosuite-task-zoo, else clones of github.com/NVlabs/mimicgen and "
+                    "github.com/ARISE-Initiative/robosuite-task-zoo, on the venv's path; "
+                    "needs robosuite==1.4.1)")
+ZOO_INSTALL = ("mimicgen's HammerCleanup and Kitchen import robosuite_task_zoo: run `make install` "
+               "(../shared/vendor/robosuite-task-zoo, else github.com/ARISE-Initiative/robosuite-task-zoo)")
+
 # what must import for a domain to run here, and how to get it when it does not
 _REQUIREMENTS: dict[str, tuple[tuple[str, ...], str]] = {
     "atari": (("gymnasium", "ale_py", "cv2"), 'pip install -e ".[envs]" (ale-py ships the ROMs)'),
@@ -44,12 +56,9 @@ _REQUIREMENTS: dict[str, tuple[tuple[str, ...], str]] = {
                 'pip install -e ".[envs]" (procgen2 wheels: CPython 3.11 x86_64; needs numpy<2)'),
     "dmcontrol": (("gymnasium", "dm_control.suite"), 'pip install -e ".[envs]"'),
     "metaworld": (("gymnasium", "metaworld"), 'pip install -e ".[envs]" (metaworld==3.1.1, mujoco==3.3.0)'),
-    "robosuite": (("gymnasium", "robosuite"), 'pip install -e ".[envs]" (robosuite==1.5.2, numpy<2)'),
-    "composuite": (("gymnasium", "robosuite", "composuite"),
-                   "composuite is not on PyPI: pip install git+https://github.com/Lifelong-ML/CompoSuite"),
-    "mimicgen": (("gymnasium", "robosuite", "mimicgen"),
-                 "mimicgen is not on PyPI: pip install git+https://github.com/NVlabs/mimicgen "
-                 "(plus robomimic and the robosuite version it pins)"),
+    "robosuite": (("gymnasium", "robosuite"), 'pip install -e ".[envs]" (robosuite==1.4.1, numpy<2)'),
+    "composuite": (("gymnasium", "robosuite", "composuite"), COMPOSUITE_INSTALL),
+    "mimicgen": (("gymnasium", "robosuite", "mimicgen.envs.robosuite"), MIMICGEN_INSTALL),
     "darkroom": (("gymnasium", "lramlab.envs.darkroom"), "lramlab.envs.darkroom is part of lramlab"),
 }
 
@@ -75,6 +84,35 @@ def domain_available(domain: str) -> tuple[bool, str]:
         ok, err = _available(module)
         if not ok:
             return False, f"{domain}: cannot import '{module}' ({err}). {hint}"
+    if domain == "mimicgen":  # it imports under robosuite 1.5 too, but registers no task there
+        import robosuite
+
+        if "Stack_D0" not in robosuite.ALL_ENVIRONMENTS:
+            return False, (f"mimicgen: imported but registered no task with robosuite "
+                           f"{robosuite.__version__}. {hint}")
+    return True, ""
+
+
+#: (domain, task-name prefix) -> modules one task needs beyond its domain's, and how to get them
+_TASK_REQUIREMENTS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
+    ("mimicgen", "HammerCleanup_"): (("robosuite_task_zoo",), ZOO_INSTALL),
+    ("mimicgen", "Kitchen_"): (("robosuite_task_zoo",), ZOO_INSTALL),
+}
+
+
+def task_available(task: Any) -> tuple[bool, str]:
+    """(True, "") if `task` (id, bare name or TaskSpec) can be made here, else (False, why + fix):
+    its domain's simulator imports and the task's own extra modules (Mimicgen's task zoo) do."""
+    _, domain, name = _lookup(task)
+    ok, reason = domain_available(domain)
+    if not ok:
+        return ok, reason
+    for (dom, prefix), (modules, hint) in _TASK_REQUIREMENTS.items():
+        if dom == domain and name.startswith(prefix):
+            for module in modules:
+                ok, err = _available(module)
+                if not ok:
+                    return False, f"{domain}/{name}: cannot import '{module}' ({err}). {hint}"
     return True, ""
 
 
@@ -109,6 +147,9 @@ def make_env(task: Any, seed: int | None = None, render: bool = False, **options
     ok, reason = domain_available(domain)
     if not ok:
         raise RuntimeError(f"task {domain}/{name}: domain unavailable here: {reason}")
+    ok, reason = task_available(spec if spec is not None else f"{domain}/{name}")
+    if not ok:
+        raise RuntimeError(f"task {domain}/{name}: unavailable here: {reason}")
     if domain == "darkroom":
         from lramlab.envs.darkroom import make_darkroom
 

@@ -1,22 +1,40 @@
-"""robosuite adapters: standard robosuite tasks, Composuite (App. B.5) and Mimicgen (App. B.6).
+"""robosuite adapters (robosuite 1.4.1): standard tasks, Composuite (App. B.5), Mimicgen (App. B.6).
 
-Standard tasks (`robosuite/Lift`, `robosuite/PickPlaceCan`, ... or kebab-case `lift`,
-`pick-place-can`): `suite.make(<Task>, robots="Panda", use_camera_obs=False, reward_shaping=True)`
-+ robosuite's GymWrapper: flat float32 observation (object-state + robot0_proprio-state, 60-d for
-Lift), 7-d actions in [-1, 1] (Panda, default controller), horizon = the manifest's
-episode_length (1000; 500 when built without a manifest entry), its end is `truncated`,
-`info["success"]` from the task's success check. The offscreen renderer exists only with
-render=True; env.render() is then a (256, 256, 3) uint8 frame from the `frontview` camera.
+Every env made here is a `RobosuiteEnv` (a gymnasium.Env): flat float32 observations, actions in
+[-1, 1], the horizon's end as `truncated`, `info["success"]` = float(the task's own
+`_check_success()`), offscreen rgb frames with render=True. The robosuite env itself (a
+`robosuite.environments.MujocoEnv`: `sim`, `robots`, object bodies, `_check_success`) is
+`env.unwrapped.rs`; `env.unwrapped.obs_keys` names the observation keys concatenated in order.
 
-Composuite and Mimicgen are not on the package registries; their adapters build envs the way
-LRAM does (src/envs/composuite_utils.py, mimicgen_utils.py) when `composuite` / `mimicgen` import,
-and `lramlab.envs.domain_available` reports them unavailable, with the install command, when not.
+- Standard tasks (`robosuite/Lift`, ... or `lift`, `pick-place-can`): `suite.make(<Task>,
+  robots="Panda", controller OSC_POSE, use_camera_obs=False, reward_shaping=True)`; observation =
+  object-state + robot0_proprio-state (Lift 42-d on 1.4.1), 7-d actions (Wipe 6: no gripper).
+- Composuite (`composuite/<Robot>_<Object>_<Obstacle>_<Objective>`): `composuite.make(robot, obj,
+  obstacle, objective, use_task_id_obs=True, ignore_done=False)` with the suite's defaults (joint
+  position controller, RethinkGripper on every arm, shaped reward): 93-d observation = object (14)
+  + obstacle (14) + goal (17) + object/robot/obstacle/objective one-hots (4 x 4) + proprio (32),
+  8-d action (7 joints + gripper) for all four arms (IIWA, Jaco, Kinova3 = the paper's Gen3,
+  Panda) - nothing is padded; 500 steps.
+- Mimicgen (`mimicgen/Stack_D0`, `mimicgen/Coffee_D0-IIWA`): the task's registered env with LRAM's
+  OSC_POSE controller (7-d delta pose + gripper), sparse success reward, ends on success, horizon
+  from the manifest; observation = robot0_eef_pos (3) + robot0_eef_quat (4) + robot0_gripper_qpos
+  (2; 6 with the Robotiq85 gripper of IIWA/UR5e) + object-state (task-dependent) - the low-dim
+  keys of LRAM's data. That is 37-d (the paper's number) for Threading, NutAssembly and
+  HammerCleanup with Panda; other tasks differ (Stack 32, Coffee 66, CoffeePreparation 95), so
+  the manifest records each task's measured size (the model pads every task to 204).
 
-Seeding: robosuite draws placements from `env.rng` (a numpy Generator made from `seed`); a
-reset with a seed replaces it, so the same seed gives the same initial scene.
+Composuite and Mimicgen (and the robosuite task zoo that Mimicgen's HammerCleanup/Kitchen import)
+are not on the package registries: `make install` puts them on the path from ../shared/vendor or
+their git repositories; without them `lramlab.envs.domain_available` says why and how to install.
+
+Seeding: robosuite 1.4.1 draws placements, object sizes and robot noise from the global numpy
+RNG. Each env keeps its own RandomState (from `seed`) and swaps it in only around its resets (and
+its construction), so the same seed gives the same initial scene whatever else uses np.random,
+and the caller's global RNG state is left as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -24,15 +42,15 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np
 
 from lramlab._optional import require
+from lramlab.envs import COMPOSUITE_INSTALL, MIMICGEN_INSTALL, ZOO_INSTALL
 
 gym = require("gymnasium", "robosuite environments")
 
 HORIZON = 500
 RENDER_HW = (256, 256)
-RENDER_CAMERA = "frontview"
-COMPOSUITE_INSTALL = "pip install git+https://github.com/Lifelong-ML/CompoSuite"
-MIMICGEN_INSTALL = ("pip install git+https://github.com/NVlabs/mimicgen "
-                    "(it also needs robomimic and a matching robosuite)")
+RENDER_CAMERAS = ("frontview", "agentview")  # first one the model has
+STANDARD_OBS_KEYS = ("object-state", "robot0_proprio-state")
+STANDARD_CONTROLLER = "OSC_POSE"
 
 
 def _suite():
@@ -51,105 +69,172 @@ def robosuite_task(name: str, env_id: str | None = None) -> str:
                      f"known: {sorted(suite.ALL_ENVIRONMENTS)}")
 
 
-def reseed_robosuite(rs, seed: int) -> None:
-    """Point every RNG a robosuite env samples its scene from at one Generator seeded by `seed`.
-
-    Objects and robot noise use `env.rng` (re-read on each hard reset), but the placement
-    sampler made at the first model load keeps its own reference, so it is replaced too."""
-    rng = np.random.default_rng(seed)
-    rs.rng = rng
-    rs.seed = seed
-    stack = [getattr(rs, "placement_initializer", None)]
-    while stack:
-        sampler = stack.pop()
-        if sampler is None:
-            continue
-        if hasattr(sampler, "rng"):
-            sampler.rng = rng
-        stack.extend(getattr(sampler, "samplers", {}).values())
+@contextlib.contextmanager
+def numpy_global_rng(state: np.random.RandomState):
+    """Run the block with np.random's global state taken from `state`; afterwards `state`
+    holds where the block left it and the caller's global state is restored."""
+    saved = np.random.get_state()
+    np.random.set_state(state.get_state())
+    try:
+        yield
+    finally:
+        state.set_state(np.random.get_state())
+        np.random.set_state(saved)
 
 
-class RobosuiteEnv(gym.Wrapper):
-    """robosuite GymWrapper -> float32 obs, horizon end as `truncated`, info["success"], seeding,
-    offscreen rgb frames."""
+def _new_rng(seed: int | None) -> np.random.RandomState:
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])  # fresh entropy
+    return np.random.RandomState(int(seed) % 2**32)
+
+
+class RobosuiteEnv(gym.Env):
+    """A robosuite MujocoEnv (`self.rs`) as a gymnasium env: flat float32 observations of
+    `obs_keys`, actions clipped to [-1, 1], horizon end -> `truncated`, `info["success"]`
+    (float) from `rs._check_success()`, reproducible seeding, offscreen rgb frames."""
 
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, gym_env, seed: int | None, render: bool,
+    def __init__(self, rs, obs_keys, seed: int | None, render: bool, *, rng=None,
                  sparse_success_reward: bool = False, terminate_on_success: bool = False):
-        super().__init__(gym_env)
-        self.rs = gym_env.env  # the robosuite MujocoEnv under robosuite's GymWrapper
-        shape = gym_env.observation_space.shape
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)
-        low, high = gym_env.action_space.low, gym_env.action_space.high
-        self.action_space = gym.spaces.Box(low.astype(np.float32), high.astype(np.float32),
-                                           dtype=np.float32)
+        self.rs = rs
+        self.obs_keys = tuple(obs_keys)
+        self._rng = rng if rng is not None else _new_rng(seed)
         self._render = render
         self._sparse = sparse_success_reward
         self._terminate_on_success = terminate_on_success
         self._default_seed = seed
         self._started = False
+        # robosuite builds the sim and resets it in its constructor: read the observation size
+        # from that state rather than paying for another model load here
+        obs = self._flat(rs._get_observations(force_update=True))
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=obs.shape, dtype=np.float32)
+        low, high = rs.action_spec
+        self.action_space = gym.spaces.Box(np.asarray(low, np.float32), np.asarray(high, np.float32),
+                                           dtype=np.float32)
         if seed is not None:
             self.action_space.seed(int(seed))
+        self._camera = None
+        if render:
+            names = list(rs.sim.model.camera_names)
+            self._camera = next((c for c in RENDER_CAMERAS if c in names), names[0] if names else None)
 
     @property
     def render_mode(self):
         return "rgb_array" if self._render else None
+
+    @property
+    def horizon(self) -> int:
+        return int(self.rs.horizon)
+
+    def _flat(self, obs_dict) -> np.ndarray:
+        return np.concatenate([np.asarray(obs_dict[k], dtype=np.float32).ravel()
+                               for k in self.obs_keys])
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is None and not self._started:
             seed = self._default_seed
         self._started = True
         if seed is not None:
-            reseed_robosuite(self.rs, int(seed))
-        obs, info = self.env.reset()
-        return np.asarray(obs, dtype=np.float32), dict(info)
+            self._rng = _new_rng(int(seed))
+        with numpy_global_rng(self._rng):
+            obs = self.rs.reset()
+        return self._flat(obs), {"success": float(self.rs._check_success())}
 
     def step(self, action):
-        a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        obs, reward, done, _, info = self.env.step(a)
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+        obs, reward, done, info = self.rs.step(a)
         info = dict(info)
-        success = bool(self.rs._check_success())
+        success = float(bool(self.rs._check_success()))
         info["success"] = success
         if self._sparse:
-            reward = float(success)
-        terminated = success and self._terminate_on_success
+            reward = success
+        terminated = bool(success) and self._terminate_on_success
         # robosuite only ends an episode at its horizon: that is a time limit, not a terminal state
         truncated = bool(done) and not terminated
-        return np.asarray(obs, dtype=np.float32), float(reward), terminated, truncated, info
+        return self._flat(obs), float(reward), terminated, truncated, info
 
     def render(self):
         if not self._render:
             raise RuntimeError("robosuite: made with render=False; use make_env(..., render=True)")
         h, w = RENDER_HW
-        frame = self.rs.sim.render(width=w, height=h, camera_name=RENDER_CAMERA)
+        frame = self.rs.sim.render(width=w, height=h, camera_name=self._camera)
         return np.ascontiguousarray(np.asarray(frame, dtype=np.uint8)[::-1])  # GL rows are bottom-up
+
+    def close(self):
+        close = getattr(self.rs, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+
+def _visual_meshes_shell_inertia(robot: str) -> None:
+    """Let MuJoCo 3 compile `robot`'s model: its purely visual meshes get inertia="shell".
+
+    robosuite 1.4.1's Sawyer has visual head meshes (geom group 1) too thin for MuJoCo 3's volume
+    check ("mesh volume is too small: robot0_head_1"). Those geoms carry no mass (the base model
+    counts only group-0 geoms, and the head body has its own <inertial>), so the physics is
+    unchanged. Done by registering a subclass under the robot's name, once per process."""
+    from robosuite.models.robots import robot_model
+
+    base = robot_model.REGISTERED_ROBOTS.get(robot)
+    if base is None or getattr(base, "_lramlab_shell_visual_meshes", False):
+        return
+
+    class ShellVisualMeshes(base):
+        _lramlab_shell_visual_meshes = True
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            massive = {g.get("mesh") for g in self.worldbody.iter("geom")
+                       if g.get("mesh") and g.get("group", "0") == "0"}
+            for mesh in self.asset.iter("mesh"):
+                if mesh.get("name") not in massive:
+                    mesh.set("inertia", "shell")
+
+    ShellVisualMeshes.__name__ = ShellVisualMeshes.__qualname__ = base.__name__
+    robot_model.REGISTERED_ROBOTS[robot] = ShellVisualMeshes
+
+
+#: robots whose robosuite 1.4.1 model needs _visual_meshes_shell_inertia under MuJoCo 3
+SHELL_MESH_ROBOTS = ("Sawyer",)
+
+
+def _check_horizon(horizon: int) -> int:
+    if int(horizon) <= 0:
+        raise ValueError(f"robosuite: horizon={horizon}, expected > 0")
+    return int(horizon)
 
 
 def make_robosuite(name: str, env_id: str | None = None, seed: int | None = None,
                    render: bool = False, *, robot: str = "Panda", horizon: int = HORIZON,
                    reward_shaping: bool = True, hard_reset: bool = True):
-    """A standard robosuite task with a single Panda arm (slow: 2.5-6 s to build).
+    """A standard robosuite task with one arm (Panda) and the OSC_POSE controller (2-6 s to build).
 
     hard_reset=True (robosuite's default) rebuilds the MuJoCo model on every reset (~1 s CPU),
-    re-drawing object sizes too; False only resets the sim (~5 ms) and re-samples placements,
-    keeping the object sizes drawn when the env was built."""
-    if horizon <= 0:
-        raise ValueError(f"robosuite: horizon={horizon}, expected > 0")
+    re-drawing object sizes too; False only resets the sim and re-samples placements."""
+    horizon = _check_horizon(horizon)
     suite = _suite()
-    from robosuite.wrappers import GymWrapper
-
     task = robosuite_task(name, env_id)
-    env = suite.make(
-        task, robots=robot, has_renderer=False, has_offscreen_renderer=render,
-        use_camera_obs=False, reward_shaping=reward_shaping, horizon=int(horizon),
-        ignore_done=False, seed=seed, hard_reset=hard_reset,
-    )
-    return RobosuiteEnv(GymWrapper(env), seed, render)
+    if robot in SHELL_MESH_ROBOTS:
+        _visual_meshes_shell_inertia(robot)
+    rng = _new_rng(seed)
+    with numpy_global_rng(rng):
+        rs = suite.make(
+            task, robots=robot, has_renderer=False, has_offscreen_renderer=render,
+            controller_configs=suite.load_controller_config(default_controller=STANDARD_CONTROLLER),
+            use_camera_obs=False, reward_shaping=reward_shaping, horizon=horizon,
+            ignore_done=False, hard_reset=hard_reset,
+        )
+    return RobosuiteEnv(rs, STANDARD_OBS_KEYS, seed, render, rng=rng)
 
 
 # ----------------------------------------------------------------------------------- Composuite
 COMPOSUITE_HORIZON = 500
+COMPOSUITE_ROBOTS = ("IIWA", "Jaco", "Kinova3", "Panda")
+COMPOSUITE_OBJECTS = ("Box", "Dumbbell", "Plate", "Hollowbox")
+COMPOSUITE_OBSTACLES = ("None", "GoalWall", "ObjectDoor", "ObjectWall")
+COMPOSUITE_OBJECTIVES = ("PickPlace", "Push", "Shelf", "Trashcan")
 
 
 def composuite_parts(name: str, env_id: str | None = None) -> tuple[str, str, str, str]:
@@ -159,37 +244,34 @@ def composuite_parts(name: str, env_id: str | None = None) -> tuple[str, str, st
     if len(parts) != 4:
         raise ValueError(f"composuite: {raw!r} is not <Robot>_<Object>_<Obstacle>_<Objective> "
                          "(e.g. IIWA_Box_None_PickPlace)")
+    for value, allowed, what in zip(parts, (COMPOSUITE_ROBOTS, COMPOSUITE_OBJECTS,
+                                            COMPOSUITE_OBSTACLES, COMPOSUITE_OBJECTIVES),
+                                    ("robot", "object", "obstacle", "objective")):
+        if value not in allowed:
+            raise ValueError(f"composuite: {raw!r} has {what} {value!r}, expected one of {list(allowed)}")
     return parts[0], parts[1], parts[2], parts[3]
+
+
+def _import_composuite():
+    try:
+        return require("composuite", "Composuite environments")
+    except ImportError as err:
+        raise ImportError(COMPOSUITE_INSTALL) from err
 
 
 def make_composuite(name: str, env_id: str | None = None, seed: int | None = None,
                     render: bool = False, *, horizon: int = COMPOSUITE_HORIZON):
-    """A Composuite task as LRAM builds it: task-id observations on, episodes end (500 steps)."""
-    try:
-        composuite = require("composuite", "Composuite environments")
-    except ImportError as err:
-        raise ImportError(f"composuite is not installed (not on PyPI): {COMPOSUITE_INSTALL}") from err
-    from lramlab.envs.wrappers import LegacyToGymnasium
-
+    """A Composuite task as LRAM builds it (task-id observations on, episodes end at 500 steps)."""
+    horizon = _check_horizon(horizon)
+    composuite = _import_composuite()
     robot, obj, obstacle, objective = composuite_parts(name, env_id)
-    cs_env = composuite.make(robot, obj, obstacle, objective, use_task_id_obs=True,
-                             ignore_done=False, env_horizon=int(horizon),
-                             has_offscreen_renderer=render)
-    inner = getattr(cs_env, "env", cs_env)
-
-    def reseed(s: int):
-        reseed_robosuite(inner, s)
-        np.random.seed(s)  # robosuite < 1.5 samples placements from the global numpy RNG
-
-    def frame():
-        h, w = RENDER_HW
-        return np.ascontiguousarray(
-            np.asarray(inner.sim.render(width=w, height=h, camera_name=RENDER_CAMERA))[::-1])
-
-    env = LegacyToGymnasium(cs_env, seed_fn=reseed, render_fn=frame if render else None)
-    from lramlab.envs.wrappers import DefaultSeed, Float32Obs
-
-    return DefaultSeed(Float32Obs(env), seed)
+    rng = _new_rng(seed)
+    with numpy_global_rng(rng):  # composuite.make resets the env twice while building it
+        wrapped = composuite.make(robot, obj, obstacle, objective, use_task_id_obs=True,
+                                  ignore_done=False, env_horizon=horizon,
+                                  has_offscreen_renderer=render)
+    # the suite's own GymWrapper fixes the key order (object, obstacle, goal, ids, proprio)
+    return RobosuiteEnv(wrapped.env, wrapped.keys, seed, render, rng=rng)
 
 
 # ------------------------------------------------------------------------------------- Mimicgen
@@ -202,7 +284,8 @@ MIMICGEN_CONTROLLER = {
     "damping_limits": [0, 10], "position_limits": None, "orientation_limits": None,
     "uncouple_pos_ori": True, "control_delta": True, "interpolation": None, "ramp_ratio": 0.2,
 }
-MIMICGEN_KEYS = ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"]
+#: LRAM's MAIN_LOWDIM_KEYS as robosuite names them (robomimic's "object" is "object-state")
+MIMICGEN_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object-state")
 #: grippers of LRAM's self-generated robot variants (reference/tasks.yaml data_dir_name)
 MIMICGEN_GRIPPER = {"IIWA": "Robotiq85Gripper", "UR5e": "Robotiq85Gripper", "Sawyer": "RethinkGripper"}
 MIMICGEN_DEFAULT_ROBOT = {"NutAssembly_D0": "Sawyer", "PickPlace_D0": "Sawyer"}  # others: Panda
@@ -211,6 +294,8 @@ MIMICGEN_HORIZON = {
     "MugCleanup": 500, "NutAssembly": 500, "PickPlace": 1000, "Square": 400, "StackThree": 400,
     "Stack": 400, "Threading": 400, "ThreePieceAssembly": 500,
 }
+#: tasks whose Mimicgen module imports robosuite_task_zoo
+MIMICGEN_ZOO_TASKS = ("HammerCleanup", "Kitchen")
 
 
 def mimicgen_parts(name: str, env_id: str | None = None) -> tuple[str, str]:
@@ -224,34 +309,35 @@ def mimicgen_parts(name: str, env_id: str | None = None) -> tuple[str, str]:
     return task, robot or MIMICGEN_DEFAULT_ROBOT.get(task, "Panda")
 
 
+def _import_mimicgen():
+    try:
+        return require("mimicgen.envs.robosuite", "Mimicgen environments")  # registers the tasks
+    except ImportError as err:
+        raise ImportError(MIMICGEN_INSTALL) from err
+
+
 def make_mimicgen(name: str, env_id: str | None = None, seed: int | None = None,
                   render: bool = False, *, horizon: int | None = None):
     """A Mimicgen task as LRAM evaluates it: low-dim keys, sparse success reward, ends on success."""
-    try:
-        require("mimicgen", "Mimicgen environments")  # registers its tasks with robosuite
-    except ImportError as err:
-        raise ImportError(f"mimicgen is not installed (not on PyPI): {MIMICGEN_INSTALL}") from err
+    _import_mimicgen()
     suite = _suite()
-    from robosuite.wrappers import GymWrapper
-
     task, robot = mimicgen_parts(name, env_id)
-    horizon = int(horizon or MIMICGEN_HORIZON[task.rsplit("_D", 1)[0]])
-    controller = dict(MIMICGEN_CONTROLLER)
-    try:  # robosuite >= 1.5 wants a composite controller config around the arm part
-        from robosuite.controllers.composite.composite_controller_factory import (
-            refactor_composite_controller_config,
-        )
-
-        controller = refactor_composite_controller_config(controller, robot, ["right"])
-    except ImportError:
-        pass
+    if task not in suite.ALL_ENVIRONMENTS:
+        zoo = task.rsplit("_D", 1)[0] in MIMICGEN_ZOO_TASKS
+        raise RuntimeError(f"mimicgen registered no task {task!r} with robosuite {suite.__version__}"
+                           + (f" ({ZOO_INSTALL})" if zoo else f" ({MIMICGEN_INSTALL})"))
+    horizon = _check_horizon(horizon or MIMICGEN_HORIZON[task.rsplit("_D", 1)[0]])
     kwargs = {}
     if robot in MIMICGEN_GRIPPER:
         kwargs["gripper_types"] = MIMICGEN_GRIPPER[robot]
-    env = suite.make(
-        task, robots=robot, controller_configs=controller, has_renderer=False,
-        has_offscreen_renderer=render, use_camera_obs=False, reward_shaping=False,
-        ignore_done=False, horizon=horizon, control_freq=20, **kwargs,
-    )
-    return RobosuiteEnv(GymWrapper(env, keys=MIMICGEN_KEYS), seed, render,
+    if robot in SHELL_MESH_ROBOTS:
+        _visual_meshes_shell_inertia(robot)
+    rng = _new_rng(seed)
+    with numpy_global_rng(rng):
+        rs = suite.make(
+            task, robots=robot, controller_configs=dict(MIMICGEN_CONTROLLER), has_renderer=False,
+            has_offscreen_renderer=render, use_camera_obs=False, reward_shaping=False,
+            ignore_done=False, horizon=horizon, control_freq=20, **kwargs,
+        )
+    return RobosuiteEnv(rs, MIMICGEN_KEYS, seed, render, rng=rng,
                         sparse_success_reward=True, terminate_on_success=True)

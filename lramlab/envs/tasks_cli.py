@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
-from lramlab.envs import domain_available
+from lramlab.envs import domain_available, task_available
 from lramlab.manifests import DOMAINS, ENV_VAR, SPLITS, list_tasks
 
 
@@ -32,11 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _task_availability(spec) -> tuple[bool, str]:
+    try:
+        ok, reason = task_available(spec)
+    except Exception as e:  # noqa: BLE001
+        return False, f"task_available({spec.id!r}) raised {type(e).__name__}: {e}"
+    return bool(ok), str(reason or "")
+
+
 def _rows(tasks) -> tuple[list[dict], dict]:
     avail = {d: _availability(d) for d in dict.fromkeys(s.domain for s in tasks)}
     rows = []
     for s in tasks:
         ok, reason = avail[s.domain]
+        if ok:  # the domain runs; a task may still need more (Mimicgen's task zoo)
+            ok, reason = _task_availability(s)
         row = {"domain": s.domain, "name": s.name, "id": s.id, "split": s.split, "env_id": s.env_id,
                "available": ok}
         if not ok:
@@ -59,6 +69,10 @@ def _print_table(rows: list[dict], avail: dict) -> None:
         n_hold = sum(r["domain"] == d and r["split"] == "holdout" for r in rows)
         line = f"{d}: {n_train + n_hold} tasks ({n_train} train, {n_hold} holdout), available: {'yes' if ok else 'no'}"
         print(line + ("" if ok else f" ({reason})"))
+        if ok:  # tasks of a runnable domain that cannot run here, by name with the reason
+            for r in rows:
+                if r["domain"] == d and not r["available"]:
+                    print(f"  {r['id']}: no ({r['reason']})")
 
 
 if __name__ == "__main__":
