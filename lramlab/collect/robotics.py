@@ -438,33 +438,33 @@ class ComposuiteExpert(WaypointExpert):
 
     def _plan_Shelf(self):
         """The board sits under a top 15 cm above it: a gripper pointing straight down cannot reach in
-        (its wrist hits the top), so the held object is pitched forward (fingers towards +y, wrist
-        back and up) before it is slid in over the board, then released."""
+        (its wrist hits the top). The shelf is open at its sides, so the held object is carried to
+        the side nearest the robot (-x), pitched forward (fingers towards +x, wrist back towards the
+        robot), slid in over the board, released, and the gripper backs out."""
         rs = self.rs
         board = float(rs.shelf_pos[2] + rs.shelf_z_offset)  # top of the shelf board
-        front = float(rs.shelf_pos[1] - 2 * rs.shelf_y_size)  # front edge of the shelf (y)
-        x = float(rs.shelf_pos[0])
-        inside_y = float(rs.shelf_pos[1] - rs.shelf_y_size * 1.1)  # object centre target (y)
-        th = np.deg2rad(55.0)
+        side = float(rs.shelf_pos[0] - rs.shelf_x_size)  # the shelf's -x side (open)
+        y = float(rs.shelf_pos[1] - rs.shelf_y_size * 0.75)  # middle of the success region in y
+        th = np.deg2rad(50.0)
         c, s_ = math.cos(th), math.sin(th)
-        Rx = np.array([[1.0, 0, 0], [0, c, -s_], [0, s_, c]])
+        Ry = np.array([[c, 0, -s_], [0, 1.0, 0], [s_, 0, c]])  # fingers from down towards +x
         R_down = self.R_target.copy()
 
-        def to(y, bottom):
+        def to(x, bottom):
             def f():
                 off = self.held_offset()
                 return np.r_[x + off[0], y + off[1], self.carry_z(bottom)]
             return f
 
         def back():
-            return np.r_[self.phase_start_pos[0], front - 0.15, self.phase_start_pos[2]]
+            return np.r_[side - 0.12, self.phase_start_pos[1], self.phase_start_pos[2]]
 
-        return self._carry_phases(lambda: np.array([x, front - 0.12]), board + 0.06) + [
+        return self._carry_phases(lambda: np.array([side - 0.08, y]), board + 0.07) + [
             Phase("tilt", lambda: self.phase_start_pos, CLOSE, tol=0.0, min_steps=25, max_steps=25, speed=0.01,
-                  rot=lambda: Rx @ R_down),
-            Phase("stage", to(front - 0.08, board + 0.04), CLOSE, tol=0.012, max_steps=80, speed=0.02,
+                  rot=lambda: Ry @ R_down),
+            Phase("stage", to(side - 0.06, board + 0.04), CLOSE, tol=0.015, max_steps=80, speed=0.02,
                   check=self.slipped),
-            Phase("slide", to(inside_y, board + 0.035), CLOSE, tol=0.012, max_steps=120, speed=0.015,
+            Phase("slide", to(side + 0.11, board + 0.035), CLOSE, tol=0.015, max_steps=120, speed=0.015,
                   check=self.slipped),
             Phase("release", lambda: self.phase_start_pos, OPEN, tol=0.0, min_steps=15, max_steps=15),
             Phase("back", back, OPEN, tol=0.0, max_steps=10 ** 6, speed=0.015),
