@@ -127,11 +127,14 @@ class Arm:
         return self.rot() @ self.u_site
 
     def action(self, v: np.ndarray, R_target: np.ndarray, grip: float, max_speed: float = 0.04,
-               rot_gain: float = 1.0) -> np.ndarray:
+               rot_gain: float = 1.0, smooth: bool = False) -> np.ndarray:
         """Action for linear velocity `v` (m per control step), orientation target, gripper (+1 close)."""
         R = self.rot()
         err = 0.5 * sum(np.cross(R[:, i], R_target[:, i]) for i in range(3))
         w = rot_gain * err
+        ang = np.linalg.norm(w)
+        if smooth and ang > 0.08:  # turn at most ~5 degrees per step
+            w = w * (0.08 / ang)
         speed = np.linalg.norm(v)
         if speed > max_speed:
             v = v * (max_speed / speed)
@@ -153,6 +156,9 @@ class Arm:
             dq += (np.eye(len(self.dofs)) - J_pinv @ J) @ (0.05 * (self.q0 - q))
             n = len(self.dofs)
             a[:n] = self.joint_gain * dq / self.out_max[:n]
+            peak = np.max(np.abs(a[:n]))
+            if smooth and peak > 1.0:  # scale all joints together: clipping one by one would bend the path
+                a[:n] /= peak
         a[self.act_dim - self.grip_dim:] = grip
         return np.clip(a, -1.0, 1.0)
 
@@ -193,8 +199,10 @@ RoboticsExpertConfig = ExpertConfig
 class Phase:
     """One waypoint: target(expert) -> eef position, gripper command, tolerance, step limits."""
 
-    def __init__(self, name, target, grip, tol=0.01, min_steps=0, max_steps=120, speed=0.04, check=None, rot=None):
+    def __init__(self, name, target, grip, tol=0.01, min_steps=0, max_steps=120, speed=0.04, check=None, rot=None,
+                 smooth=False):
         self.name, self.target, self.grip, self.tol, self.rot = name, target, grip, tol, rot
+        self.smooth = smooth  # large re-orientations: cap the turn rate, scale joint deltas together
         self.min_steps, self.max_steps, self.speed, self.check = min_steps, max_steps, speed, check
 
 
@@ -287,7 +295,7 @@ class WaypointExpert(Policy):
         if self.arm.kind == "joint":  # integral term: the soft joint controller sags under gravity
             self.err_sum = np.clip(0.97 * self.err_sum + err, -0.3, 0.3)
             v = v + 0.05 * self.err_sum
-        return self.arm.action(v, self.R_target, ph.grip, max_speed=ph.speed)
+        return self.arm.action(v, self.R_target, ph.grip, max_speed=ph.speed, smooth=ph.smooth)
 
     def on_phase_start(self, phase) -> None:
         self.phase_start_pos = self.arm.pos()
@@ -438,36 +446,37 @@ class ComposuiteExpert(WaypointExpert):
 
     def _plan_Shelf(self):
         """The board sits under a top 15 cm above it: a gripper pointing straight down cannot reach in
-        (its wrist hits the top). The shelf is open at its sides, so the held object is carried to
-        the side nearest the robot (-x), pitched forward (fingers towards +x, wrist back towards the
-        robot), slid in over the board, released, and the gripper backs out."""
+        (its wrist hits the top). The held object is carried in front of the shelf, pitched forward
+        (fingers towards +y, wrist back and up), slid in low over the board, released, and the
+        gripper backs out."""
         rs = self.rs
         board = float(rs.shelf_pos[2] + rs.shelf_z_offset)  # top of the shelf board
-        side = float(rs.shelf_pos[0] - rs.shelf_x_size)  # the shelf's -x side (open)
-        y = float(rs.shelf_pos[1] - rs.shelf_y_size * 0.75)  # middle of the success region in y
-        th = np.deg2rad(50.0)
+        front = float(rs.shelf_pos[1] - 2 * rs.shelf_y_size)  # front edge of the shelf (y)
+        x = float(rs.shelf_pos[0])
+        inside_y = front + 0.07  # object centre: past the success region's front (front + 0.04)
+        th = np.deg2rad(45.0)
         c, s_ = math.cos(th), math.sin(th)
-        Ry = np.array([[c, 0, -s_], [0, 1.0, 0], [s_, 0, c]])  # fingers from down towards +x
+        Rx = np.array([[1.0, 0, 0], [0, c, -s_], [0, s_, c]])  # fingers from down towards +y
         R_down = self.R_target.copy()
 
-        def to(x, bottom):
+        def to(y, bottom):
             def f():
                 off = self.held_offset()
                 return np.r_[x + off[0], y + off[1], self.carry_z(bottom)]
             return f
 
         def back():
-            return np.r_[side - 0.12, self.phase_start_pos[1], self.phase_start_pos[2]]
+            return np.r_[self.phase_start_pos[0], front - 0.12, self.phase_start_pos[2]]
 
-        return self._carry_phases(lambda: np.array([side - 0.08, y]), board + 0.07) + [
-            Phase("tilt", lambda: self.phase_start_pos, CLOSE, tol=0.0, min_steps=25, max_steps=25, speed=0.01,
-                  rot=lambda: Ry @ R_down),
-            Phase("stage", to(side - 0.06, board + 0.04), CLOSE, tol=0.015, max_steps=80, speed=0.02,
-                  check=self.slipped),
-            Phase("slide", to(side + 0.11, board + 0.035), CLOSE, tol=0.015, max_steps=120, speed=0.015,
-                  check=self.slipped),
-            Phase("release", lambda: self.phase_start_pos, OPEN, tol=0.0, min_steps=15, max_steps=15),
-            Phase("back", back, OPEN, tol=0.0, max_steps=10 ** 6, speed=0.015),
+        return self._carry_phases(lambda: np.array([x, front - 0.1]), board + 0.05) + [
+            Phase("tilt", lambda: self.phase_start_pos, CLOSE, tol=0.0, min_steps=30, max_steps=30, speed=0.01,
+                  rot=lambda: Rx @ R_down, smooth=True),
+            Phase("stage", to(front - 0.07, board + 0.025), CLOSE, tol=0.015, max_steps=80, speed=0.02,
+                  check=self.slipped, smooth=True),
+            Phase("slide", to(inside_y, board + 0.015), CLOSE, tol=0.015, max_steps=100, speed=0.015,
+                  check=self.slipped, smooth=True),
+            Phase("release", lambda: self.phase_start_pos, OPEN, tol=0.0, min_steps=15, max_steps=15, smooth=True),
+            Phase("back", back, OPEN, tol=0.0, max_steps=10 ** 6, speed=0.015, smooth=True),
         ]
 
     def _plan_Push(self):
