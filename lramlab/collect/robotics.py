@@ -453,8 +453,8 @@ class ComposuiteExpert(WaypointExpert):
         board = float(rs.shelf_pos[2] + rs.shelf_z_offset)  # top of the shelf board
         front = float(rs.shelf_pos[1] - 2 * rs.shelf_y_size)  # front edge of the shelf (y)
         x = float(rs.shelf_pos[0])
-        inside_y = front + 0.07  # object centre: past the success region's front (front + 0.04)
-        th = np.deg2rad(45.0)
+        inside_y = front + 0.09  # object centre: past the success region's front (front + 0.04)
+        th = np.deg2rad(60.0)
         c, s_ = math.cos(th), math.sin(th)
         Rx = np.array([[1.0, 0, 0], [0, c, -s_], [0, s_, c]])  # fingers from down towards +y
         R_down = self.R_target.copy()
@@ -466,7 +466,7 @@ class ComposuiteExpert(WaypointExpert):
             return f
 
         def back():
-            return np.r_[self.phase_start_pos[0], front - 0.12, self.phase_start_pos[2]]
+            return np.r_[self.phase_start_pos[0], front - 0.12, self.phase_start_pos[2] + 0.01]
 
         return self._carry_phases(lambda: np.array([x, front - 0.1]), board + 0.05) + [
             Phase("tilt", lambda: self.phase_start_pos, CLOSE, tol=0.0, min_steps=30, max_steps=30, speed=0.01,
