@@ -33,7 +33,7 @@ def _episode(task: str, policy_spec: str, seed: int, stop_on_success: bool):
             obs, _r, term, trunc, info = env.step(pol.act(obs))
             t += 1
             ever = ever or bool(info["success"])
-            if term or trunc or (stop_on_success and ever and t >= 1):
+            if term or trunc or (stop_on_success and ever):
                 break
         return bool(info["success"]), ever, t
     finally:
