@@ -103,6 +103,8 @@ class ALEPolicy(Policy):
         base = env.unwrapped
         self.ale, self.action_set = base.ale, base._action_set
 
+    bind = bind_env  # `base.bind_policy` (and NoisyPolicy.bind) hand the env over by this name
+
     def reset(self, seed: int) -> None:
         super().reset(seed)
         self.t = 0

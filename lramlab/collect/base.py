@@ -125,6 +125,10 @@ class NoisyPolicy(Policy):
         self.random.reset(int(ss[1].generate_state(1)[0]))
         self.inner.reset(seed)
 
+    def bind(self, env) -> None:
+        """Pass the env on to an inner policy that reads the simulator (see `bind_policy`)."""
+        bind_policy(self.inner, env)
+
     def act(self, obs):
         inner_action = self.inner.act(obs)  # always query: stateful inner policies stay in step
         if self.rng.random() < self.eps:
@@ -143,6 +147,14 @@ class NoisyPolicy(Policy):
         return {"eps": self.eps, "inner": self.inner.config()}
 
 
+
+
+def bind_policy(policy: Policy, env) -> None:
+    """Give `policy` the env it will act in, when it reads the simulator's state (privileged-state
+    experts, `lramlab.collect.robotics`); other policies have no ``bind`` and are left as they are."""
+    bind = getattr(policy, "bind", None)
+    if bind is not None:
+        bind(env)
 
 
 def get_task_spec(task):

@@ -247,8 +247,7 @@ def generate(task, episodes: int, policy: str | None = None, out: str | Path = "
                 meta["policy_config"] = pol.config()
                 _write_meta(task_dir, meta)
                 env = make_env(spec, seed=seed)
-                if hasattr(pol, "bind"):  # a planner steps the simulator the policy acts in
-                    pol.bind(env)
+                P.bind_policy(pol, env)  # planners and robotics experts act on the simulator they step
                 try:
                     with P.single_thread():
                         for i in todo:
@@ -308,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(
         prog="lramlab data generate",
         description="Generate trajectories by running a policy in a real simulator (resumable).",
-        epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World) | "
+        epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World, Composuite, Mimicgen Stack*) | "
                "checkpoint:<path> | ppo|sac|dqn|specialist[:steps=<n>,...] (stable-baselines3) | history[:explore_episodes=<n>,...] | mbq[:eps_start=<e>,histories=<h>,...] (Dark-Room). "
                 "atari[:kind=<k>,...] (Atari RAM-scripted / look-ahead). "
                 "Defaults: darkroom -> history, metaworld -> expert, dmcontrol -> its SAC specialist, "

@@ -9,9 +9,11 @@ Policy specs (the string given to ``--policy``; recorded in meta.json with the r
 - ``random`` -- uniform actions (discrete: each of the env's n actions; continuous: U[-1, 1]).
 - ``noisy:<eps>[:<inner>]`` -- with probability eps per step a uniform random action, else the
   inner policy's (default inner: the domain's scripted expert, i.e. Meta-World only).
-- ``expert`` / ``expert:noise=<std>`` -- Meta-World scripted expert
-  (``metaworld.policies.Sawyer<Task>V3Policy``), with optional Gaussian action noise of that std
-  (clipped to [-1, 1]) for mixed-quality data.
+- ``expert`` / ``expert:noise=<std>`` -- scripted expert, with optional Gaussian action noise of
+  that std (clipped to [-1, 1]) for mixed-quality data: Meta-World's own
+  (``metaworld.policies.Sawyer<Task>V3Policy``); Composuite (all objectives) and Mimicgen
+  (``Stack_D*``, ``StackThree_D*``) waypoint experts reading the simulator's privileged state
+  (`lramlab.collect.robotics`; they need ``policy.bind(env)``, which generate does).
 - ``checkpoint:<path>`` -- a model file, one of (checked in this order):
   1. a stable-baselines3 model ``.zip`` (PPO, A2C, SAC, TD3, DQN; e.g. from :func:`train_specialist`),
      sampling from its action distribution (DQN: epsilon-greedy with its final exploration rate);
@@ -45,11 +47,12 @@ from pathlib import Path
 
 from lramlab.collect.atari_policies import GAME_POLICIES, AtariPolicyConfig, atari_policy
 from lramlab.collect.base import (POLICY_KINDS, SPECIALIST_KINDS, NoisyPolicy, Policy, RandomPolicy, _parse_kv,
-                                  get_task_spec, parse_spec, single_thread)
+                                  bind_policy, get_task_spec, parse_spec, single_thread)
 from lramlab.collect.base import default_policy as domain_default_policy
 from lramlab.collect.checkpoints import LRAMPolicy, ModulePolicy, load_checkpoint_policy
 from lramlab.collect.experts import ExpertConfig, MetaWorldExpert, metaworld_policy_class
 from lramlab.collect.planners import PLANNER_GAMES
+from lramlab.collect.robotics import MIMICGEN_TASKS as ROBOTICS_MIMICGEN_TASKS
 from lramlab.collect.specialists import (ALGORITHMS, default_specialist, DQNConfig, PPOConfig, SACConfig, SB3Policy, SpecialistConfig,
                                          TrainingLog, is_sb3_file, learn, specialist_policy, train_specialist)
 from lramlab.collect.qlearning import (QLearningConfig, darkroom_histories, history_rng, iter_darkroom_histories,
@@ -62,6 +65,7 @@ def default_policy(domain: str, name: str | None = None) -> str:
     """The default spec of task `domain/name`: DMControl -> its SAC specialist
     (`specialists.default_specialist`), the Procgen games the planner plays well
     (`planners.PLANNER_GAMES`) -> ``planner``, the Atari games in ``GAME_POLICIES`` -> ``atari``,
+    Composuite and Mimicgen Stack* / StackThree* -> ``expert`` (`lramlab.collect.robotics`),
     else the domain's (`base.default_policy`: Dark-Room -> history, Meta-World -> expert, else random)."""
     if domain == "dmcontrol" and name is not None:
         return default_specialist(name)
@@ -69,6 +73,9 @@ def default_policy(domain: str, name: str | None = None) -> str:
         return "planner"
     if domain == "atari" and name in GAME_POLICIES:
         return "atari"
+    if domain == "composuite" or (domain == "mimicgen" and name is not None
+                                  and name.split("_D")[0] in ROBOTICS_MIMICGEN_TASKS):
+        return "expert"  # the privileged-state waypoint experts (lramlab.collect.robotics)
     return domain_default_policy(domain)
 
 
@@ -98,8 +105,13 @@ def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: b
                                  f"name the inner policy, e.g. noisy:{eps}:checkpoint:PATH")
         return NoisyPolicy(make_policy(inner, t, work_dir, progress, seed), eps, t.action_kind, t.action_dim)
     if kind == "expert":
+        if t.domain in ("composuite", "mimicgen"):  # privileged-state experts: bind(env) before acting
+            from lramlab.collect.robotics import RoboticsExpertConfig, robotics_expert
+
+            return robotics_expert(t.id, RoboticsExpertConfig(**_parse_kv(rest, RoboticsExpertConfig, spec)))
         if t.domain != "metaworld":
-            raise ValueError(f"policy {spec!r}: scripted experts exist for Meta-World only, not {t.id!r}")
+            raise ValueError(f"policy {spec!r}: scripted experts exist for Meta-World, Composuite and Mimicgen "
+                             f"(Stack*, StackThree*) only, not {t.id!r}")
         return MetaWorldExpert(t.name, ExpertConfig(**_parse_kv(rest, ExpertConfig, spec)))
     if kind == "checkpoint":
         if not rest:
@@ -134,4 +146,4 @@ __all__ = ["POLICY_KINDS", "Policy", "RandomPolicy", "NoisyPolicy", "MetaWorldEx
            "DQNConfig", "SB3Policy", "TrainingLog", "learn", "train_specialist", "is_sb3_file",
            "ModulePolicy", "LRAMPolicy", "load_checkpoint_policy", "make_policy", "history_config",
            "parse_spec", "default_policy", "get_task_spec", "single_thread", "GAME_POLICIES", "AtariPolicyConfig",
-           "atari_policy"]
+           "atari_policy", "bind_policy"]

@@ -1,0 +1,620 @@
+"""Scripted experts for Composuite and Mimicgen from the simulator's privileged state.
+
+The policies read object, obstacle and goal poses from the robosuite env under the wrapper
+(``env.sim`` body / geom / site positions), walk a list of end-effector waypoints (rise over the
+obstacles, above the object, descend, grasp, lift, carry, place / release) and turn each step's
+Cartesian command -- end-effector velocity, angular velocity holding the gripper vertical, gripper
+open/close -- into the env's action vector:
+
+- robosuite's OSC_POSE controller (Mimicgen): the delta pose scaled by the controller's output range;
+- robosuite's JOINT_POSITION controller (Composuite's ``make()`` default, the 8-d actions of the
+  paper's Composuite data): joint deltas from the end-effector Jacobian (damped least squares, the
+  same task-space law the OSC applies), scaled by the controller's output range.
+
+Every action is clipped to [-1, 1]; ``expert:noise=<std>`` adds Gaussian action noise (then clips)
+for data diversity, as the Meta-World experts do. The expert needs the simulator, not only the
+observation: `bind(env)` is called by `lramlab.collect.generate` (and by
+`benchmarks/robotics_experts.py`) with the env the policy acts in; any wrapper chain whose
+``.env`` / ``.rs`` / ``.unwrapped`` links lead to a robosuite env (an object with ``sim`` and
+``robots``) works, including Composuite's and robosuite's GymWrappers and a raw robosuite env.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import numpy as np
+
+from lramlab.collect.base import Policy
+from lramlab.collect.experts import ExpertConfig
+
+COMPOSUITE_OBJECTIVES = ("PickPlace", "Push", "Shelf", "Trashcan")
+MIMICGEN_TASKS = ("Stack", "StackThree")  # <Task>_D<n> with these base names
+
+
+def find_robosuite(env):
+    """The robosuite env (an object with ``sim`` and ``robots``) under a wrapper chain."""
+    try:
+        from robosuite.environments.base import MujocoEnv
+    except ImportError:  # pragma: no cover - robosuite is what the experts act in
+        MujocoEnv = ()
+    seen = set()
+    stack = [env]
+    while stack:
+        e = stack.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        # robosuite's wrappers forward attributes (a GymWrapper "has" .sim): take the env itself
+        if isinstance(e, MujocoEnv) or (not MujocoEnv and hasattr(e, "sim") and hasattr(e, "robots")):
+            return e
+        for attr in ("rs", "env", "_env", "unwrapped"):
+            try:
+                stack.append(getattr(e, attr, None))
+            except Exception:  # some wrappers raise on unknown attributes
+                pass
+    raise ValueError(f"{type(env).__name__}: no robosuite env (with .sim and .robots) under this wrapper")
+
+
+# ============================================================================ Cartesian arm control
+
+
+class Arm:
+    """End-effector state of robot 0 and Cartesian command -> action for its controller."""
+
+    #: the joint-position controller's soft gains (kp 50) move the arm only part of the commanded
+    #: delta per step: joint deltas are scaled up by this factor (then clipped to [-1, 1])
+    joint_gain = 3.0
+
+    def __init__(self, rs):
+        import mujoco
+
+        self.mj = mujoco
+        self.rs = rs
+        self.robot = rs.robots[0]
+        self.m, self.d = rs.sim.model._model, rs.sim.data._data
+        ctrl = self.robot.controller
+        name = type(ctrl).__name__
+        if name == "OperationalSpaceController":
+            if getattr(ctrl, "control_dim", 6) != 6 or not getattr(ctrl, "use_delta", True):
+                raise ValueError(f"robotics expert: OSC controller must be OSC_POSE with deltas, got {ctrl.name}")
+            self.kind = "osc"
+        elif name == "JointPositionController":
+            if not getattr(ctrl, "use_delta", True):
+                raise ValueError("robotics expert: JOINT_POSITION controller must take deltas")
+            self.kind = "joint"
+        else:
+            raise ValueError(f"robotics expert: controller {name} is not supported (OSC_POSE or JOINT_POSITION)")
+        self.out_max = np.asarray(ctrl.output_max, dtype=np.float64)
+        self.site = self.robot.eef_site_id
+        self.dofs = np.asarray(self.robot._ref_joint_vel_indexes)
+        self.qpos_idx = np.asarray(self.robot._ref_joint_pos_indexes)
+        self.grip_dim = int(self.robot.gripper.dof)
+        self.act_dim = int(rs.action_spec[0].shape[0])
+        self.calibrate()
+
+    def calibrate(self):
+        """Finger geometry in the eef-site frame: approach axis (towards the fingertips) and closing axis."""
+        g = self.robot.gripper.important_geoms
+        lp = np.mean([self.d.geom_xpos[self.m.geom(n).id] for n in g["left_fingerpad"]], axis=0)
+        rp = np.mean([self.d.geom_xpos[self.m.geom(n).id] for n in g["right_fingerpad"]], axis=0)
+        R = self.rot()
+        # the gripper starts pointing down (every Composuite / Mimicgen reset pose): the approach
+        # axis is the site axis nearest to world down, the closing axis the one nearest pad-to-pad
+        a_s = _snap_axis(R.T @ np.array([0.0, 0.0, -1.0]))
+        u_s = R.T @ (lp - rp)
+        u_s = _snap_axis(u_s - a_s * (u_s @ a_s))
+        self.a_site, self.u_site = a_s, u_s
+        self.q0 = self.d.qpos[self.qpos_idx].copy()
+
+    def pos(self) -> np.ndarray:
+        return self.d.site_xpos[self.site].copy()
+
+    def rot(self) -> np.ndarray:
+        return self.d.site_xmat[self.site].reshape(3, 3).copy()
+
+    def target_rot(self, close_dir_world: np.ndarray) -> np.ndarray:
+        """Rotation with the fingers pointing down and closing along `close_dir_world` (horizontal)."""
+        down = np.array([0.0, 0.0, -1.0])
+        u = np.asarray(close_dir_world, dtype=np.float64)
+        u = u - down * (u @ down)
+        u /= np.linalg.norm(u)
+        W = np.stack([down, u, np.cross(down, u)], axis=1)
+        S = np.stack([self.a_site, self.u_site, np.cross(self.a_site, self.u_site)], axis=1)
+        return W @ S.T
+
+    def closing_dir(self) -> np.ndarray:
+        return self.rot() @ self.u_site
+
+    def action(self, v: np.ndarray, R_target: np.ndarray, grip: float, max_speed: float = 0.04,
+               rot_gain: float = 1.0, smooth: bool = False) -> np.ndarray:
+        """Action for linear velocity `v` (m per control step), orientation target, gripper (+1 close)."""
+        R = self.rot()
+        err = 0.5 * sum(np.cross(R[:, i], R_target[:, i]) for i in range(3))
+        w = rot_gain * err
+        ang = np.linalg.norm(w)
+        if smooth and ang > 0.08:  # turn at most ~5 degrees per step
+            w = w * (0.08 / ang)
+        speed = np.linalg.norm(v)
+        if speed > max_speed:
+            v = v * (max_speed / speed)
+        a = np.zeros(self.act_dim)
+        if self.kind == "osc":
+            a[:3] = v / self.out_max[:3]
+            a[3:6] = w / self.out_max[3:6]
+        else:
+            jp = np.zeros((3, self.m.nv))
+            jr = np.zeros((3, self.m.nv))
+            self.mj.mj_jacSite(self.m, self.d, jp, jr, self.site)
+            J = np.vstack([jp[:, self.dofs], jr[:, self.dofs]])
+            lam = 0.05
+            JJt = J @ J.T + lam ** 2 * np.eye(6)
+            J_pinv = J.T @ np.linalg.solve(JJt, np.eye(6))
+            dq = J_pinv @ np.r_[v, w]
+            # null space: drift towards the initial posture (keeps the elbow where it started)
+            q = self.d.qpos[self.qpos_idx]
+            dq += (np.eye(len(self.dofs)) - J_pinv @ J) @ (0.05 * (self.q0 - q))
+            n = len(self.dofs)
+            a[:n] = self.joint_gain * dq / self.out_max[:n]
+            peak = np.max(np.abs(a[:n]))
+            if smooth and peak > 1.0:  # scale all joints together: clipping one by one would bend the path
+                a[:n] /= peak
+        a[self.act_dim - self.grip_dim:] = grip
+        return np.clip(a, -1.0, 1.0)
+
+
+def _snap_axis(x: np.ndarray) -> np.ndarray:
+    """The signed unit basis vector nearest to x."""
+    out = np.zeros(3)
+    i = int(np.argmax(np.abs(x)))
+    out[i] = 1.0 if x[i] >= 0 else -1.0
+    return out
+
+
+def _aabb(m, d, gid: int) -> tuple[np.ndarray, np.ndarray]:
+    """World axis-aligned bounds of a box / cylinder / capsule / sphere geom."""
+    size = m.geom_size[gid]
+    R = d.geom_xmat[gid].reshape(3, 3)
+    t = int(m.geom_type[gid])
+    if t == 6:  # box
+        half = size
+    elif t == 5:  # cylinder
+        half = np.array([size[0], size[0], size[1]])
+    elif t == 3:  # capsule
+        half = np.array([size[0], size[0], size[1] + size[0]])
+    else:
+        half = np.full(3, size[0])
+    h = np.abs(R) @ half
+    c = d.geom_xpos[gid]
+    return c - h, c + h
+
+
+# ============================================================================ waypoint experts
+
+
+#: the same options as the Meta-World experts' (``noise=<std>``)
+RoboticsExpertConfig = ExpertConfig
+
+
+class Phase:
+    """One waypoint: target(expert) -> eef position, gripper command, tolerance, step limits."""
+
+    def __init__(self, name, target, grip, tol=0.01, min_steps=0, max_steps=120, speed=0.04, check=None, rot=None,
+                 smooth=False):
+        self.name, self.target, self.grip, self.tol, self.rot = name, target, grip, tol, rot
+        self.smooth = smooth  # large re-orientations: cap the turn rate, scale joint deltas together
+        self.min_steps, self.max_steps, self.speed, self.check = min_steps, max_steps, speed, check
+
+
+class WaypointExpert(Policy):
+    """Shared machinery: bind to a robosuite env, plan phases at reset, step through them."""
+
+    gain = 0.6  # fraction of the remaining distance commanded per step (before the speed cap)
+
+    def __init__(self, task_name: str, config: RoboticsExpertConfig | None = None):
+        self.task_name = task_name
+        self.cfg = config or RoboticsExpertConfig()
+        self.spec = "expert" + (f":noise={self.cfg.noise}" if self.cfg.noise else "")
+        self.rng = np.random.default_rng(0)
+        self.rs = None
+        self.arm = None
+        self._fresh = True
+
+    # -- Policy API
+    def bind(self, env) -> None:
+        """Attach to the env the policy acts in (its robosuite env is found under the wrappers)."""
+        rs = find_robosuite(env)
+        if rs is not self.rs:
+            self.rs = rs
+            self.arm = None
+        self._fresh = True
+
+    def reset(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self._fresh = True
+
+    def act(self, obs):
+        if self.rs is None:
+            raise RuntimeError(f"{type(self).__name__}: call bind(env) before act() (it reads the simulator)")
+        if self._fresh:  # first step of an episode: the scene is the reset one
+            self._fresh = False
+            if self.arm is None or self.arm.rs is not self.rs or self.arm.m is not self.rs.sim.model._model:
+                self.arm = Arm(self.rs)
+            else:
+                self.arm.calibrate()
+            self.t = 0
+            self.err_sum = np.zeros(3)
+            self.phase_i = 0
+            self.phase_t = 0
+            self.plan()
+        a = self.step_phases()
+        self.t += 1
+        if self.cfg.noise > 0:
+            a = a + self.cfg.noise * self.rng.standard_normal(a.shape)
+        return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+    def config(self) -> dict:
+        return {"expert": type(self).__name__, **asdict(self.cfg)}
+
+    # -- helpers for subclasses
+    def m_d(self):
+        return self.arm.m, self.arm.d
+
+    def body_pos(self, body_id) -> np.ndarray:
+        return self.arm.d.xpos[body_id].copy()
+
+    def geoms_aabb(self, names) -> tuple[np.ndarray, np.ndarray]:
+        m, d = self.m_d()
+        boxes = [_aabb(m, d, m.geom(n).id) for n in names]
+        return np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)
+
+    def step_phases(self) -> np.ndarray:
+        while True:
+            if self.phase_i >= len(self.phases):
+                ph = self.phases[-1]
+            else:
+                ph = self.phases[self.phase_i]
+            target = ph.target()
+            p = self.arm.pos()
+            err = target - p
+            done = np.linalg.norm(err) < ph.tol and self.phase_t >= ph.min_steps
+            if ph.check is not None and self.phase_i < len(self.phases):
+                jump = ph.check()
+                if jump is not None:  # e.g. the object slipped: start over from phase `jump`
+                    self.phase_i, self.phase_t = jump, 0
+                    continue
+            if self.phase_i < len(self.phases) and (done or self.phase_t >= ph.max_steps):
+                self.phase_i += 1
+                self.phase_t = 0
+                if self.phase_i < len(self.phases):
+                    self.on_phase_start(self.phases[self.phase_i])
+                    continue
+            break
+        self.phase_t += 1
+        v = self.gain * err
+        if self.arm.kind == "joint":  # integral term: the soft joint controller sags under gravity
+            self.err_sum = np.clip(0.97 * self.err_sum + err, -0.3, 0.3)
+            v = v + 0.05 * self.err_sum
+        return self.arm.action(v, self.R_target, ph.grip, max_speed=ph.speed, smooth=ph.smooth)
+
+    def on_phase_start(self, phase) -> None:
+        self.phase_start_pos = self.arm.pos()
+        if phase.rot is not None:  # a new orientation target from this phase on
+            self.R_target = phase.rot()
+
+    def plan(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+OPEN, CLOSE = -1.0, 1.0
+
+
+class ComposuiteExpert(WaypointExpert):
+    """Pick the object (grasp chosen per object shape), carry it over the obstacles, and finish the
+    objective: PickPlace (lower into bin 2 and hold), Trashcan (drop into the can), Shelf (slide
+    onto the shelf board), Push (carry low to the goal, keeping under the height limit, release)."""
+
+    def plan(self) -> None:
+        rs, arm = self.rs, self.arm
+        m, d = self.m_d()
+        self.objective = type(rs).__name__.replace("Subtask", "")
+        self.obj_type = rs.object_type
+        self.obj_geoms = list(rs.object.contact_geoms)
+        # fingers close along world y (the scene's long axis runs along y: bins, shelf, trashcan)
+        cd = arm.closing_dir()
+        sign = 1.0 if cd[1] >= 0 else -1.0
+        self.R_target = arm.target_rot(np.array([0.0, sign, 0.0]))
+        obst = getattr(rs, "obstacle_type", None)
+        self.obstacle_top = 0.0
+        self.obstacle_kind = obst
+        if obst is not None:
+            lo, hi = self.geoms_aabb(rs.obstacle.contact_geoms)
+            self.obstacle_top = float(hi[2])
+            self.obstacle_lo, self.obstacle_hi = lo, hi
+        self.table_z = float(rs.bin1_pos[2]) + 0.02
+        lo, hi = self.geoms_aabb(self.obj_geoms)
+        self.obj_h = float(hi[2] - lo[2])
+        # approach height: fingertips above bins and obstacles
+        self.z_clear = max(1.0, self.obstacle_top + 0.06)
+        P = []
+        P.append(Phase("rise", lambda: np.r_[self.phase_start_pos[:2], self.z_clear], OPEN, tol=0.03, max_steps=60))
+        P.append(Phase("over", lambda: np.r_[self.grasp_point()[:2], self.z_clear], OPEN, tol=0.03, max_steps=120))
+        P.append(Phase("pre", self.pre_grasp, OPEN, tol=0.006, max_steps=80))
+        P.append(Phase("down", lambda: self.grasp_point(), OPEN, tol=0.006, max_steps=60, speed=0.02))
+        P.append(Phase("grasp", lambda: self.grasp_point(), CLOSE, tol=0.0, min_steps=12, max_steps=12, speed=0.01))
+        self.grasp_phase = len(P) - 1
+        P.extend(getattr(self, "_plan_" + self.objective)())
+        self.phases = P
+        self.phase_start_pos = arm.pos()
+
+    # -- grasp geometry (world frame; fingers close along y)
+    def grasp_point(self) -> np.ndarray:
+        m, d = self.m_d()
+        t = self.obj_type
+        if t == "Dumbbell":  # pinch a chord of the top disk beside the handle (the disks hide the handle)
+            disks = sorted(self.obj_geoms, key=lambda n: d.geom_xpos[m.geom(n).id][2])
+            c = d.geom_xpos[m.geom(disks[-1]).id]
+            return np.array([c[0] - 0.043, c[1], c[2] - 0.006])
+        if t == "Plate":  # pinch a chord of the plate's rim
+            disk = max(self.obj_geoms, key=lambda n: m.geom_size[m.geom(n).id][0])
+            c = d.geom_xpos[m.geom(disk).id]
+            return np.array([c[0] - 0.056, c[1], c[2] - 0.005])
+        lo, hi = self.geoms_aabb(self.obj_geoms)
+        c = 0.5 * (lo + hi)
+        if t == "Hollowbox":  # straddle the wall on the -y side
+            wall = min(self.obj_geoms, key=lambda n: d.geom_xpos[m.geom(n).id][1])
+            wlo, whi = _aabb(m, d, m.geom(wall).id)
+            return np.array([c[0], 0.5 * (wlo[1] + whi[1]), whi[2] - 0.018])
+        return np.array([c[0], c[1], hi[2] - 0.025])  # Box: the upper half of its sides
+
+    def pre_grasp(self) -> np.ndarray:
+        """Above the grasp point with the fingertips over the object's top."""
+        g = self.grasp_point()
+        top = float(self.geoms_aabb(self.obj_geoms)[1][2])
+        return np.r_[g[:2], max(g[2] + 0.04, top + 0.03)]
+
+    def obj_bottom(self) -> float:
+        return float(self.geoms_aabb(self.obj_geoms)[0][2])
+
+    def obj_center(self) -> np.ndarray:
+        lo, hi = self.geoms_aabb(self.obj_geoms)
+        return 0.5 * (lo + hi)
+
+    def held_offset(self) -> np.ndarray:
+        """eef - object centre while held (from the grasp geometry)."""
+        return self.arm.pos() - self.obj_center()
+
+    def slipped(self):
+        """Back to the approach when the object is no longer between the fingers."""
+        off = self.arm.pos() - self.obj_center()
+        if np.linalg.norm(off[:2]) > 0.09 or off[2] > self.obj_h / 2 + 0.06:
+            return 0
+        return None
+
+    def carry_z(self, bottom: float) -> float:
+        """eef height that puts the held object's bottom at `bottom`."""
+        return float(bottom + (self.arm.pos()[2] - self.obj_bottom()))
+
+    def _goal_xy(self) -> np.ndarray:
+        return self.rs.sim.model.body_pos[self.rs.goal_body_id][:2].copy()
+
+    def _carry_phases(self, dest_xy, bottom_z, end_tol=0.025):
+        """Lift to the travel height, move over dest (object centre over dest_xy)."""
+        z_travel_bottom = max(bottom_z, 0.93, self.obstacle_top + 0.04 if self.obstacle_kind == "GoalWall" else 0.0)
+
+        def lift():
+            return np.r_[self.phase_start_pos[:2], self.carry_z(z_travel_bottom)]
+
+        def over():
+            off = self.held_offset()
+            return np.r_[np.asarray(dest_xy()) + off[:2], self.carry_z(z_travel_bottom)]
+
+        return [
+            Phase("lift", lift, CLOSE, tol=0.03, max_steps=80, check=self.slipped),
+            Phase("carry", over, CLOSE, tol=end_tol, max_steps=150, check=self.slipped),
+        ]
+
+    def _plan_PickPlace(self):
+        bin_floor = float(self.rs.bin2_pos[2]) + 0.02  # bin 2's floor surface
+
+        def place():
+            off = self.held_offset()
+            return np.r_[self._goal_xy() + off[:2], self.carry_z(bin_floor + 0.012)]
+
+        return self._carry_phases(self._goal_xy, 0.93) + [
+            Phase("place", place, CLOSE, tol=0.01, max_steps=120, speed=0.025, check=self.slipped),
+            Phase("hold", place, CLOSE, tol=0.0, max_steps=10 ** 6, speed=0.01),
+        ]
+
+    def _plan_Trashcan(self):
+        rs = self.rs
+        can_xy = np.asarray(rs.trashcan_pos[:2], dtype=np.float64)
+        rim = float(rs.trashcan_pos[2]) + 0.165  # top of the can's walls
+
+        def drop():
+            off = self.held_offset()
+            return np.r_[can_xy + off[:2], self.carry_z(rim + 0.025)]
+
+        def up():
+            return np.r_[self.phase_start_pos[:2], max(self.phase_start_pos[2], rim + 0.08)]
+
+        return self._carry_phases(lambda: can_xy, rim + 0.04) + [
+            Phase("lower", drop, CLOSE, tol=0.012, max_steps=80, speed=0.02, check=self.slipped),
+            Phase("release", lambda: self.phase_start_pos, OPEN, tol=0.0, min_steps=15, max_steps=15),
+            Phase("up", up, OPEN, tol=0.0, max_steps=10 ** 6, speed=0.02),
+        ]
+
+    def _plan_Shelf(self):
+        """The board sits under a top 15 cm above it: a gripper pointing straight down cannot reach in
+        (its wrist hits the top). The held object is carried in front of the shelf, pitched forward
+        (fingers towards +y, wrist back and up), slid in low over the board, released, and the
+        gripper backs out."""
+        rs = self.rs
+        board = float(rs.shelf_pos[2] + rs.shelf_z_offset)  # top of the shelf board
+        front = float(rs.shelf_pos[1] - 2 * rs.shelf_y_size)  # front edge of the shelf (y)
+        x = float(rs.shelf_pos[0])
+        inside_y = front + 0.09  # object centre: past the success region's front (front + 0.04)
+        th = np.deg2rad(60.0)
+        c, s_ = math.cos(th), math.sin(th)
+        Rx = np.array([[1.0, 0, 0], [0, c, -s_], [0, s_, c]])  # fingers from down towards +y
+        R_down = self.R_target.copy()
+
+        def to(y, bottom):
+            def f():
+                off = self.held_offset()
+                return np.r_[x + off[0], y + off[1], self.carry_z(bottom)]
+            return f
+
+        def back():
+            return np.r_[self.phase_start_pos[0], front - 0.12, self.phase_start_pos[2] + 0.01]
+
+        return self._carry_phases(lambda: np.array([x, front - 0.1]), board + 0.05) + [
+            Phase("tilt", lambda: self.phase_start_pos, CLOSE, tol=0.0, min_steps=30, max_steps=30, speed=0.01,
+                  rot=lambda: Rx @ R_down, smooth=True),
+            Phase("stage", to(front - 0.07, board + 0.025), CLOSE, tol=0.015, max_steps=80, speed=0.02,
+                  check=self.slipped, smooth=True),
+            Phase("slide", to(inside_y, board + 0.015), CLOSE, tol=0.015, max_steps=100, speed=0.015,
+                  check=self.slipped, smooth=True),
+            Phase("release", lambda: self.phase_start_pos, OPEN, tol=0.0, min_steps=15, max_steps=15, smooth=True),
+            Phase("back", back, OPEN, tol=0.0, max_steps=10 ** 6, speed=0.015, smooth=True),
+        ]
+
+    def _plan_Push(self):
+        low = self.table_z + 0.02  # object bottom while carried: well under the 0.1 m height limit
+        gap_x = None
+        if self.obstacle_kind == "GoalWall":  # the wall spans x up to hi[0]; pass beside it
+            gap_x = float(self.obstacle_hi[0]) + 0.1
+
+        def lift():
+            return np.r_[self.phase_start_pos[:2], self.carry_z(low)]
+
+        def via():
+            off = self.held_offset()
+            c = self.obj_center()
+            return np.r_[gap_x + off[0], c[1] + off[1] if c[1] > -0.06 else -0.06 + off[1], self.carry_z(low)]
+
+        def via2():
+            off = self.held_offset()
+            return np.r_[gap_x + off[0], 0.06 + off[1], self.carry_z(low)]
+
+        def over():
+            off = self.held_offset()
+            return np.r_[self._goal_xy() + off[:2], self.carry_z(low)]
+
+        def place():
+            off = self.held_offset()
+            return np.r_[self._goal_xy() + off[:2], self.carry_z(self.table_z + 0.003)]
+
+        P = [Phase("lift", lift, CLOSE, tol=0.01, max_steps=40, check=self.slipped)]
+        if gap_x is not None:
+            P += [Phase("via", via, CLOSE, tol=0.015, max_steps=120, speed=0.025, check=self.slipped),
+                  Phase("via2", via2, CLOSE, tol=0.015, max_steps=120, speed=0.025, check=self.slipped)]
+        P += [Phase("carry", over, CLOSE, tol=0.006, max_steps=200, speed=0.025, check=self.slipped),
+              Phase("place", place, CLOSE, tol=0.006, max_steps=40, speed=0.01, check=self.slipped),
+              Phase("release", lambda: self.phase_start_pos, OPEN, tol=0.0, min_steps=12, max_steps=12),
+              Phase("up", lambda: self.phase_start_pos + [0, 0, 0.08], OPEN, tol=0.0, max_steps=10 ** 6,
+                    speed=0.01)]
+        return P
+
+
+class MimicgenExpert(WaypointExpert):
+    """Mimicgen Stack / StackThree (and their D1 variants): pick a cube with the fingers turned to its
+    faces, carry it over the target cube, lower until it rests on it, release, rise; StackThree
+    does it twice (A on B, then C on A)."""
+
+    gain = 1.0
+
+    def plan(self) -> None:
+        rs, arm = self.rs, self.arm
+        name = type(rs).__name__
+        base = name.rsplit("_D", 1)[0]
+        self.table_z = float(rs.table_offset[2])
+        self.close_dir = arm.closing_dir()
+        self.R_target = arm.target_rot(self.close_dir)
+        if base == "Stack":
+            pairs = [(rs.cubeA_body_id, rs.cubeA, rs.cubeB_body_id, rs.cubeB)]
+        elif base == "StackThree":
+            pairs = [(rs.cubeA_body_id, rs.cubeA, rs.cubeB_body_id, rs.cubeB),
+                     (rs.cubeC_body_id, rs.cubeC, rs.cubeA_body_id, rs.cubeA)]
+        else:
+            raise ValueError(f"mimicgen expert: no scripted expert for {name} (have: Stack_D*, StackThree_D*)")
+        P = []
+        self._n_phases = 0
+        for pick_id, pick_obj, place_id, place_obj in pairs:
+            P += self._pick_place(pick_id, pick_obj, place_id, place_obj)
+        P.append(Phase("wait", lambda: self.phase_start_pos, OPEN, tol=0.0, max_steps=10 ** 6, speed=0.01))
+        self.phases = P
+        self.phase_start_pos = arm.pos()
+
+    def _half(self, obj) -> float:
+        return float(np.max(obj.size)) if hasattr(obj, "size") else 0.02
+
+    def _align(self, body_id):
+        """Orientation target turning the closing axis onto the nearest face normal of the body."""
+        R = self.arm.d.xmat[body_id].reshape(3, 3)
+        cur = self.arm.closing_dir()
+        cands = [s * R[:, i] for i in (0, 1) for s in (1.0, -1.0)]
+        best = max(cands, key=lambda c: float(c[:2] @ cur[:2]) / max(np.linalg.norm(c[:2]), 1e-9))
+        return self.arm.target_rot(best)
+
+    def _pick_place(self, pick_id, pick_obj, place_id, place_obj):
+        hp, hq = self._half(pick_obj), self._half(place_obj)
+        z_clear = self.table_z + 0.15
+
+        def pos(i):
+            return self.arm.d.xpos[i].copy()
+
+        def start_align():
+            self.R_target = self._align(pick_id)
+            return np.r_[pos(pick_id)[:2], z_clear]
+
+        def held():
+            return self.arm.pos() - pos(pick_id)
+
+        def slipped():
+            off = held()
+            if np.linalg.norm(off) > 0.05:
+                return first
+            return None
+
+        def above_place():
+            return np.r_[pos(place_id)[:2] + held()[:2], z_clear]
+
+        def on_place():
+            return np.r_[pos(place_id)[:2] + held()[:2], pos(place_id)[2] + hq + hp + 0.006 + held()[2]]
+
+        first = getattr(self, "_n_phases", 0)
+        P = [
+            Phase("rise", lambda: np.r_[self.phase_start_pos[:2], max(self.phase_start_pos[2], z_clear)], OPEN,
+                  tol=0.02, max_steps=40),
+            Phase("over", start_align, OPEN, tol=0.01, max_steps=80),
+            Phase("pre", lambda: pos(pick_id) + [0, 0, 0.05], OPEN, tol=0.008, max_steps=60),
+            Phase("down", lambda: pos(pick_id) + [0, 0, 0.002], OPEN, tol=0.006, max_steps=50, speed=0.02),
+            Phase("grasp", lambda: pos(pick_id), CLOSE, tol=0.0, min_steps=10, max_steps=10, speed=0.005),
+            Phase("lift", lambda: np.r_[pos(pick_id)[:2] + held()[:2], z_clear], CLOSE, tol=0.02, max_steps=60,
+                  check=slipped),
+            Phase("carry", above_place, CLOSE, tol=0.006, max_steps=100, check=slipped),
+            Phase("lower", on_place, CLOSE, tol=0.004, max_steps=60, speed=0.015, check=slipped),
+            Phase("release", lambda: self.phase_start_pos, OPEN, tol=0.0, min_steps=8, max_steps=8),
+            Phase("up", lambda: self.phase_start_pos + [0, 0, 0.08], OPEN, tol=0.01, max_steps=40, speed=0.02),
+        ]
+        self._n_phases = first + len(P)
+        return P
+
+
+def robotics_expert(task_id: str, config: RoboticsExpertConfig | None = None) -> WaypointExpert:
+    """The scripted expert for a ``composuite/...`` or ``mimicgen/...`` task id (or TaskSpec)."""
+    tid = getattr(task_id, "id", task_id)
+    domain, _, name = str(tid).partition("/")
+    if domain == "composuite":
+        parts = name.split("_")
+        if len(parts) != 4 or parts[3] not in COMPOSUITE_OBJECTIVES:
+            raise ValueError(f"composuite expert: {tid!r} is not <Robot>_<Object>_<Obstacle>_<Objective> with "
+                             f"Objective in {COMPOSUITE_OBJECTIVES}")
+        return ComposuiteExpert(name, config)
+    if domain == "mimicgen":
+        base = name.split("-")[0].rsplit("_D", 1)[0]
+        if base not in MIMICGEN_TASKS:
+            raise ValueError(f"mimicgen expert: no scripted expert for {tid!r}; have Stack_D*, StackThree_D*")
+        return MimicgenExpert(name, config)
+    raise ValueError(f"robotics expert: {tid!r} is not a composuite/ or mimicgen/ task")
