@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lramlab import REPO_ROOT
-from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command
+from lramlab._dataclass_cli import ArgumentParser, JsonOutput, add_json_option, command, json_dumps
 from lramlab._optional import require
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -655,7 +655,7 @@ def _write_summary(path: Path, res: PipelineResult) -> None:
     record["runs"] = sorted(kept + record["runs"], key=lambda r: (NOTEBOOKS + (r.get("name"),)).index(r.get("name")))
     record["this_run"] = sorted(mine, key=NOTEBOOKS.index)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.write_text(json_dumps(record, indent=2, default=str))  # strict JSON: a NaN metric is null
     os.replace(tmp, path)
 
 

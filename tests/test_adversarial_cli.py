@@ -187,3 +187,23 @@ def test_ctrl_c_swallowed_by_a_finaliser_still_stops_eval(model_file, capsys, mo
     assert len(calls) < 10  # stopped at the next step, not after the 100-step episode
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
     signal.signal(signal.SIGINT, before)
+
+
+def test_pipeline_json_is_strict_and_keeps_other_notebooks(tmp_path):
+    """pipeline.json: a NaN metric is written as null (bare NaN is not JSON), and an `--only` run
+    keeps the records of the notebooks it did not run."""
+    from lramlab.pipeline import NotebookRun, PipelineResult, _write_summary
+
+    path = tmp_path / "pipeline.json"
+    first = PipelineResult(str(tmp_path), [NotebookRun("01_data_prep", "ran", 1.0, "a.ipynb", {"x": 1.0})],
+                           1.0, "python3", False, None)
+    _write_summary(path, first)
+    second = PipelineResult(str(tmp_path), [NotebookRun("02_training", "ran", 2.0, "b.ipynb",
+                                                        {"loss": float("nan"), "ppl": math.inf})],
+                            2.0, "python3", False, None)
+    _write_summary(path, second)
+    rec = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in pipeline.json"))
+    runs = {r["name"]: r for r in rec["runs"]}
+    assert set(runs) == {"01_data_prep", "02_training"}
+    assert runs["02_training"]["metrics"] == {"loss": None, "ppl": None}
+    assert rec["this_run"] == ["02_training"]

@@ -468,44 +468,98 @@ def _quality_table(d: Sequence[Mapping]) -> str:
          "random score"], body, ["l", "l", "l"] + ["r"] * 6)
 
 
+#: issue 18's targets per domain, on the domain's paper score: (description, test(data, random))
+QUALITY_TARGETS = {
+    "atari": ("human-normalised >= random + 0.2 x (human - random), i.e. >= 0.2",
+              lambda d, r: d is not None and d >= 0.2),
+    "procgen": ("min-max normalised >= random + 0.15", lambda d, r: d is not None and r is not None and d >= r + 0.15),
+    "dmcontrol": ("data-normalised >= 0.5", lambda d, r: d is not None and d >= 0.5),
+}
+
+
+def _quality_targets(d: Sequence[Mapping]) -> str:
+    """Per domain: tasks meeting issue 18's target / tasks, the misses by name, the domain's mean data score."""
+    lines = []
+    for dom in sorted({r["domain"] for r in d}):
+        rows = [r for r in d if r["domain"] == dom]
+        scores = [r["data_score"] for r in rows if r["data_score"] is not None]
+        mean = num(statistics.fmean(scores), 2) if scores else "-"
+        if dom in QUALITY_TARGETS:
+            what, ok = QUALITY_TARGETS[dom]
+            met = [r for r in rows if ok(r["data_score"], r["random_score"])]
+            miss = [f"{r['task'].split('/', 1)[1]} {num(r['data_score'], 3)}" for r in rows if r not in met]
+            lines.append(f"- {dom}: {len(met)} of {len(rows)} tasks meet {what}; mean data score {mean}"
+                         + (f"; missed: {', '.join(miss)}" if miss else ""))
+        else:
+            lines.append(f"- {dom}: {len(rows)} tasks; mean data score {mean}")
+    return "\n".join(lines)
+
+
 def section_quality(root: Path) -> dict[str, str]:
-    return _optional(root, "quality.section", f"{RESULTS}/data6-cpu/quality.json", "the data quality table",
-                     "lramlab pipeline --params studies/data6-cpu.yaml --out runs/data6-cpu --only 01", _quality_table)
+    out = _optional(root, "quality.section", f"{RESULTS}/data6-cpu/quality.json", "the data quality table",
+                    "lramlab pipeline --params studies/data6-cpu.yaml --out runs/data6-cpu --only 01", _quality_table)
+    d = load(root, f"{RESULTS}/data6-cpu/quality.json")
+    out["quality.targets"] = "(not run yet)" if d is None else _quality_targets(d)
+    return out
 
 
-def _generic_rows(d: Any) -> list[dict]:
-    if isinstance(d, Mapping):
-        for k in ("rows", "experts", "policies", "tasks"):
-            if isinstance(d.get(k), list):
-                return d[k]
-        return [{"name": k, **(v if isinstance(v, Mapping) else {"value": v})} for k, v in d.items()]
-    return list(d)
+def _rate(x: Any) -> str:
+    return "-" if x is None else num(x, 2)
 
 
-def _generic_table(d: Any) -> str:
-    """A table of whatever rows the JSON holds (its scalar fields as columns)."""
-    rows = _generic_rows(d)
-    cols = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, (dict, list))))
-
-    def cell(v):
-        if isinstance(v, bool) or v is None:
-            return "-" if v is None else str(v).lower()
-        if isinstance(v, int):
-            return count(v)
-        if isinstance(v, float):
-            return num(v, 2)
-        return str(v)
-    return table(cols, [[cell(r.get(c)) for c in cols] for r in rows], ["l"] + ["r"] * (len(cols) - 1))
+def _robotics_table(d: Mapping) -> str:
+    """Mimicgen per task; Composuite by robot / objective / object / obstacle; Panda's mean; the misses."""
+    tasks = d["tasks"]
+    sm = d["summary"]
+    mg = [t for t in tasks if t["task"].startswith("mimicgen/")]
+    out = ["Mimicgen (`" + f"{RESULTS}/robotics-experts/experts.json`):", "",
+           table(["task", "expert success", "episodes", "mean steps", "random success"],
+                 [[t["task"], _rate(t["expert_success"]), count(t["expert_episodes"]), num(t["expert_steps_mean"], 0),
+                   _rate(t.get("random_success"))] for t in mg], ["l", "r", "r", "r", "r"])]
+    n_mg = sum(1 for t in mg if (t["expert_success"] or 0) >= 0.7)
+    out += ["", f"Mimicgen tasks at >= 0.7: {n_mg} (target: >= 4).", ""]
+    cs = [t for t in tasks if t["task"].startswith("composuite/")]
+    groups = []
+    for key, label in (("composuite_by_robot", "robot"), ("composuite_by_objective", "objective"),
+                       ("composuite_by_object", "object"), ("composuite_by_obstacle", "obstacle")):
+        for name, v in sm.get(key, {}).items():
+            n = sum(1 for t in cs if name in t["task"].split("/", 1)[1].split("_"))
+            groups.append([label, name, _rate(v), count(n)])
+    out += ["Composuite, expert success by factor (one episode per task; other robots: Box tasks only):", "",
+            table(["factor", "value", "success", "tasks"], groups, ["l", "l", "r", "r"]), "",
+            f"Composuite Panda: mean success **{num(sm.get('composuite_panda_mean'), 2)}** over "
+            f"{count(sm.get('composuite_panda_tasks'))} tasks (target: >= 0.8, **not met**); "
+            f"{len(sm.get('composuite_below_0.5', []))} tasks below 0.5 (per task: the JSON's `tasks`). "
+            f"Wall time of the longest shard: {minutes(d['wall_seconds_longest_shard'])} ({d['how']})."]
+    return "\n".join(out)
 
 
 def section_robotics_experts(root: Path) -> dict[str, str]:
     return _optional(root, "robotics.section", f"{RESULTS}/robotics-experts/experts.json", "the robotics experts",
-                     "lramlab data generate (robotics experts)", _generic_table)
+                     "python benchmarks/robotics_experts.py --episodes 3 --json "
+                     "docs/results/robotics-experts/experts.json", _robotics_table)
+
+
+def _atari_table(d: Mapping) -> str:
+    body = []
+    for g in d["games"]:
+        cfg = g.get("data_policy_config") or g.get("policy_config") or {}
+        kind = cfg.get("kind", "-")
+        if kind == "planner":
+            kind = f"planner (horizon {cfg.get('horizon')}, every {cfg.get('every')}, {len(cfg.get('candidates', []))} actions)"
+        body.append([g["task"], kind, count(g["data_episodes"]), count(g["data_transitions"]), num(g["data_return"], 1),
+                     num(g["data_score"], 2), num(g["random_return"], 1), num(g["random_score"], 2),
+                     "met" if g.get("meets_0.2") else "**missed**"])
+    return (table(["game", "policy", "episodes", "transitions", "data return", "data score", "random return",
+                   "random score", ">= 0.2"], body, ["l", "l"] + ["r"] * 7)
+            + f"\n\nMean human-normalised data score {num(d['mean_score'], 2)} (target >= 0.5), median "
+              f"{num(d['median_score'], 2)}. Protocol: {d['protocol']}. Command: `{d['command']}`.")
 
 
 def section_atari_policies(root: Path) -> dict[str, str]:
     return _optional(root, "atari.section", f"{RESULTS}/atari-policies/policies.json", "the Atari policies",
-                     "lramlab data generate (Atari policies)", _generic_table)
+                     "python benchmarks/atari_policies.py --episodes 3 --json docs/results/atari-policies/policies.json",
+                     _atari_table)
 
 
 SECTIONS: list[Callable[[Path], dict[str, str]]] = [
