@@ -2,7 +2,8 @@
 
 Opens `tests/assets/widget_demo.ipynb` (a real Dark-Room history and a Meta-World episode in
 `lramlab.widgets.RolloutViewer`), runs all cells through the menu, waits for the kernel by the status
-bar text, moves the Dark-Room step slider with the keyboard and checks that the title and the step
+bar text, checks that the viewers' plotly figures draw their traces (not empty axes), moves the
+Dark-Room step slider with the keyboard and checks that the title and the step
 table change, then finds the Meta-World arm as a rendered frame (an <img> holding a PNG of the scene,
 re-rendered from the episode's seed). Screenshots go to `artifacts/browser/`.
 
@@ -151,6 +152,14 @@ def test_rollout_viewer_slider_drives_figure(jupyter_lab):
             page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
             page.wait_for_selector("text=LRAM-DEMO-READY", timeout=240_000)
             _wait_idle(page, 120)
+            # the viewers' plotly FigureWidgets draw their data live (not empty axes)
+            page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+            drawn = 0
+            deadline = time.time() + 60
+            while not drawn and time.time() < deadline:
+                drawn = page.locator(".js-plotly-plot g.trace, .js-plotly-plot .imagelayer image").count()
+                page.wait_for_timeout(250)
+            n_plots = page.locator(".js-plotly-plot").count()
             slider = page.locator(".widget-slider").first
             slider.wait_for(timeout=60_000)
             title = page.locator(".lram-frame-title").first  # the Dark-Room viewer's (the first)
@@ -184,9 +193,11 @@ def test_rollout_viewer_slider_drives_figure(jupyter_lab):
             raise
         finally:
             browser.close()
+    assert drawn > 0, f"{n_plots} plotly figures on the page, none with a drawn trace (empty axes)"
     assert before_title != after_title and "step 5" in after_title
     assert before_info != after_info
     assert (ARTIFACTS / "widget_demo.png").stat().st_size > 10_000
     assert frame_size[0] > 100 and frame_size[1] > 100, frame_size
     assert "matches the stored states" in arm_note, arm_note  # replayed from the seed, checked
     assert (ARTIFACTS / "metaworld_frame.png").stat().st_size > 20_000  # a scene, not a blank image
+
