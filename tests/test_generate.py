@@ -107,7 +107,7 @@ def test_cli_errors_are_reported(tmp_path, capsys):
     assert main(["--task", "darkroom/goal-77-1", "--episodes", "2", "--out", str(tmp_path)]) == 2
     assert main(["--task", "darkroom/goal-1-1", "--episodes", "2", "--out", str(tmp_path),
                  "--policy", "expert"]) == 2
-    assert "Meta-World only" in capsys.readouterr().err
+    assert "scripted experts exist for Meta-World, Composuite and Mimicgen" in capsys.readouterr().err
     assert main(["--task", "darkroom/goal-1-1", "--episodes", "2", "--out", str(tmp_path),
                  "--policy", "noisy:0.2"]) == 2
     assert "inner policy" in capsys.readouterr().err
