@@ -95,3 +95,77 @@ def test_a_missing_committed_study_is_named(copy_root, capsys):
     (copy_root / R.RESULTS / "throughput-cpu" / "results.json").unlink()
     assert R.main(["--check", "--root", str(copy_root)]) == 2
     assert "throughput-cpu/results.json" in capsys.readouterr().err
+
+
+def test_six_domain_targets_say_met_or_not_per_domain(copy_root):
+    six = {"domains": {"metaworld": {"random": 0.0, "data": 0.98, "backbones": {
+        "dt": {"params": 10, "seeds": [0.4, 0.5]}, "xlstm": {"params": 10, "seeds": [0.6, None]}}},
+        "darkroom": {"random": 0.02, "data": 0.7, "backbones": {"dt": {"params": 10, "seeds": [0.1, 0.3]}}}}}
+    t = R._six_targets(six).splitlines()
+    assert "| metaworld | xlstm 0.60 | 0.49 | 0.61 | **met** |" in t      # 0.0 + 0.5 x 0.98; (0.6 - 0) / 0.98
+    assert "| darkroom | dt 0.20 | 0.36 | 0.26 | not met |" in t
+
+
+def _fake_study_run(root: Path, png: bool = True) -> Path:
+    """A pipeline --out directory as 06 leaves it: pipeline.json, metrics.json with absolute paths."""
+    nb = root / "run" / "06_multitask"
+    nb.mkdir(parents=True)
+    fig = nb / "scores.png"
+    if png:
+        fig.write_bytes(b"\x89PNG fake figure bytes")
+    metrics = {"out_dir": str(nb), "train_tasks": ["metaworld/reach-v2"], "holdout_tasks": ["metaworld/door-lock-v2"],
+               "figures": {"scores": {"html": str(nb / "scores.html"), "png": str(fig)}},
+               "backbones": {"dt": {"params": 10, "embedding_file": str(nb / "embeddings" / "dt-s0.npz"),
+                                    "silhouette": 0.25, "silhouette_2d": 0.5, "embedding_agent": "dt-s0",
+                                    "scores": {"zeroshot": {"metaworld": {"mean": 0.1, "std": 0.05, "n": 2}}}}},
+               "verdicts": {"metaworld": {"xlstm >= dt": {"verdict": "inside seed spread", "diff": 0.05,
+                                                          "spread": 0.1, "n_a": 2, "n_b": 2}}},
+               "score": float("nan")}
+    (nb / "metrics.json").write_text(json.dumps(metrics))
+    (nb / "summary.json").write_text(json.dumps({"domains": {}}))
+    (root / "run" / "pipeline.json").write_text(json.dumps(
+        {"runs": [{"name": "06_multitask", "status": "ran", "seconds": 600.0}]}))
+    return root / "run"
+
+
+def test_publish_copies_a_run_into_docs_results_relative_and_keeps_wall_segments(tmp_path, copy_root, capsys):
+    from lramlab.analysis import publish as P
+
+    run = _fake_study_run(tmp_path)
+    dest = copy_root / R.RESULTS / "six-domain-cpu"
+    assert P.main([str(run), "06_multitask", str(dest), "--preset", str(ROOT / "studies/six-domain-cpu.yaml"),
+                   "--note", "first segment"]) == 0
+    d = json.loads((dest / "results.json").read_text())
+    m = d["metrics"]
+    assert m["out_dir"] == "" and m["backbones"]["dt"]["embedding_file"] == "embeddings/dt-s0.npz"
+    assert m["figures"]["scores"] == {"png": "scores.png"} and (dest / "scores.png").read_bytes().startswith(b"\x89PNG")
+    assert m["score"] is None                                  # strict JSON: NaN -> null
+    assert d["config"]["seeds"] == [0, 1] and d["wall"] == [{"seconds": 600.0, "finished": None, "note": "first segment"}]
+    # a resumed run (another segment) keeps the first segment's wall time
+    pipe = json.loads((run / "pipeline.json").read_text())
+    pipe["runs"][0]["seconds"] = 300.0
+    (run / "pipeline.json").write_text(json.dumps(pipe))
+    assert P.main([str(run), "06_multitask", str(dest), "--note", "resumed"]) == 0
+    d = json.loads((dest / "results.json").read_text())
+    assert [w["seconds"] for w in d["wall"]] == [600.0, 300.0]
+    sec = R.values(copy_root)["six.section"]
+    assert "wall 15.0 min over 2 segments: 10.0 min (first segment); 5.0 min (resumed)" in sec
+    assert "![Fig. 3 analogue" in sec and "(results/six-domain-cpu/scores.png)" in sec
+    assert "| metaworld | `xlstm >= dt` | 0.05 | 0.10 | 2 / 2 | inside seed spread |" in sec
+    assert "| dt | metaworld | 0.10 ± 0.05 | - |" in sec and "| dt | 0.250 | 0.500 | dt-s0 |" in sec
+
+
+def test_publish_names_what_is_missing(tmp_path, capsys):
+    from lramlab.analysis import publish as P
+
+    assert P.main([str(tmp_path), "06_multitask", str(tmp_path / "d")]) == 2
+    assert "pipeline.json: not found" in capsys.readouterr().err
+    run = _fake_study_run(tmp_path, png=False)
+    assert P.main([str(run), "03_icl", str(tmp_path / "d")]) == 2
+    assert "notebook '03_icl' did not run there (runs: 06_multitask)" in capsys.readouterr().err
+    assert P.main([str(run), "06_multitask", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "scores.png" in err and "figure 'scores'" in err and not (tmp_path / "d" / "results.json").exists()
+    (run / "06_multitask" / "metrics.json").write_text("{not json")
+    assert P.main([str(run), "06_multitask", str(tmp_path / "d")]) == 2
+    assert "metrics.json: not valid JSON" in capsys.readouterr().err

@@ -455,9 +455,118 @@ def _six_domain_table(d: Mapping) -> str:
             f"{RESULTS}/six-domain-cpu/summary.json`):\n\n" + table(head, body))
 
 
+def _ms(st: Mapping | None) -> str:
+    """'mean ± std (n seeds)' of a seed_stats row; '-' when it has no finite score."""
+    if not st or st.get("mean") is None:
+        return "-"
+    return num(st["mean"], 2) + (f" ± {num(st['std'], 2)}" if st.get("n", 0) > 1 else "")
+
+
+def _six_targets(summary: Mapping) -> str:
+    """Issue 19's per-domain target: the best backbone's seed mean >= random + 0.5 x (data - random)."""
+    rows = []
+    for dom, v in summary["domains"].items():
+        means = {n: statistics.fmean(s) for n, b in v.get("backbones", {}).items()
+                 if (s := [x for x in b.get("seeds", []) if x is not None])}
+        if not means or v.get("random") is None or v.get("data") is None:
+            rows.append([dom, "-", "-", "-", "no score"])
+            continue
+        best = max(means, key=lambda n: means[n])
+        bar = v["random"] + 0.5 * (v["data"] - v["random"])
+        rows.append([dom, f"{best} {num(means[best], 2)}", num(bar, 2),
+                     num((means[best] - v["random"]) / (v["data"] - v["random"]), 2) if v["data"] != v["random"] else "-",
+                     "**met**" if means[best] >= bar else "not met"])
+    return ("Target (issue 19): in every domain the best backbone's mean >= random + 0.5 x (data - random):\n\n"
+            + table(["domain", "best backbone (mean)", "target", "(best - random) / (data - random)", ""], rows,
+                    ["l", "l", "r", "r", "l"]))
+
+
+def _verdict_rows(tab: Mapping) -> list[list[str]]:
+    rows = []
+    for dom, pairs in sorted(tab.items()):
+        for pair, v in pairs.items():
+            rows.append([dom, f"`{pair}`", num(v.get("diff"), 2), num(v.get("spread"), 2),
+                         f"{v.get('n_a')} / {v.get('n_b')}", f"**{v['verdict']}**" if v["verdict"] in ("holds", "does not")
+                         else v["verdict"]])
+    return rows
+
+
+def _six_study(d: Mapping) -> str:
+    """The parts of the six-domain section that come from results.json (publish.py's output)."""
+    m = d["metrics"]
+    bb = m.get("backbones", {})
+    parts = []
+    wall = d.get("wall") or [{"seconds": sum(_pipeline_seconds(d).values()), "note": ""}]
+    total = sum(float(w.get("seconds") or 0.0) for w in wall)
+    segs = "; ".join(f"{minutes(w['seconds'])}" + (f" ({w['note']})" if w.get("note") else "") for w in wall)
+    one = f" ({wall[0]['note']})" if wall[0].get("note") else ""
+    parts.append(f"Run: `{d.get('command')}` -- wall {minutes(total)}" + (f" over {len(wall)} segments: {segs}"
+                                                                             if len(wall) > 1 else one)
+                 + f", code {str(d.get('code') or '?')[:7]}, {d.get('versions', {}).get('machine', '?')}, "
+                 f"torch {d.get('versions', {}).get('torch', '?')}. {len(m.get('train_tasks', []))} train tasks, "
+                 f"{len(m.get('holdout_tasks', []))} hold-out tasks: "
+                 + ", ".join(f"`{t}`" for t in m.get("holdout_tasks", [])) + ".")
+    figs = m.get("figures") or {}
+    for name, cap in (("scores", "Fig. 3 analogue: normalised score per domain, bars = seed mean, dots = seeds"),
+                      ("holdout", "hold-out tasks: zero-shot (hatched) and after fine-tuning on the top 5 %"),
+                      ("silhouette", "domain separation of the hidden states (silhouette by domain)")):
+        if isinstance(figs.get(name), dict) and figs[name].get("png"):
+            parts.append(f"![{cap}](results/six-domain-cpu/{figs[name]['png']})")
+    pm = m.get("param_match") or {}
+    if pm.get("groups"):
+        rows = [[f"width {w}", ", ".join(f"{n} {count(c)}" for n, c in g["params"].items()), num(g["ratio"], 3)]
+                for w, g in pm["groups"].items()]
+        hows = [f"{n}: {v['how']} ({v['n_layers']} blocks)" for k, per in pm.items() if isinstance(per, dict)
+                and k not in ("groups",) for n, v in per.items() if isinstance(v, dict) and "how" in v]
+        parts.append(f"Parameters (tolerance {num(100 * pm.get('tolerance', 0), 0)} %; DT matched: "
+                     + ("; ".join(hows) or "-") + "):\n\n" + table(["group", "parameters", "largest / smallest"], rows,
+                                                               ["l", "l", "r"]))
+    mw = m.get("metaworld_success") or {}
+    if mw:
+        best = m.get("best_metaworld", {})
+        parts.append("Meta-World success rate (train tasks, seed mean): " + ", ".join(f"{n} {num(x, 2)}"
+                                                                                     for n, x in mw.items())
+                     + f". Target >= 0.6 for a recurrent backbone: "
+                     + ("**met**" if any(x >= 0.6 for n, x in mw.items() if not n.startswith("dt")) else "not met")
+                     + f" (best: {best.get('backbone')} {num(best.get('success_rate'), 2)}).")
+    if m.get("verdicts"):
+        parts.append("Verdicts \"xLSTM / Mamba >= DT\" per domain (train tasks; diff = difference of the seed "
+                     "means, spread = the larger seed range; `lramlab.multitask.compare`):\n\n"
+                     + table(["domain", "claim", "diff", "spread", "seeds", "verdict"], _verdict_rows(m["verdicts"]),
+                             ["l", "l", "r", "r", "r", "l"]))
+    if m.get("scaling"):
+        parts.append("Scaling (paper §4.2: does the wider model score higher?):\n\n"
+                     + table(["domain", "claim", "diff", "spread", "seeds", "verdict"], _verdict_rows(m["scaling"]),
+                             ["l", "l", "r", "r", "r", "l"]))
+    hold = [[n, dom, _ms(b.get("scores", {}).get("zeroshot", {}).get(dom)),
+             _ms(b.get("scores", {}).get("finetuned", {}).get(dom))]
+            for n, b in bb.items() for dom in sorted(set(b.get("scores", {}).get("zeroshot", {}))
+                                                    | set(b.get("scores", {}).get("finetuned", {})))]
+    if hold:
+        parts.append("Hold-out tasks (normalised score, mean ± std over seeds):\n\n"
+                     + table(["backbone", "domain", "zero-shot", "fine-tuned"], hold, ["l", "l", "r", "r"]))
+    sil = [[n, num(b.get("silhouette"), 3), num(b.get("silhouette_2d"), 3), b.get("embedding_agent", "-")]
+           for n, b in bb.items() if b.get("silhouette") is not None]
+    if sil:
+        parts.append("Embeddings (notebook 04's method on these checkpoints; silhouette of the domains in the hidden "
+                     "space and in the UMAP plane):\n\n" + table(["backbone", "hidden", "UMAP 2-D", "agent"], sil, ["l", "r", "r", "l"])
+                     + "\n\n" + " ".join(f"![UMAP {n}](results/six-domain-cpu/{f['png']})"
+                                        for k, f in sorted(figs.items()) if k.startswith("umap_")
+                                        and isinstance(f, dict) and f.get("png") for n in [k[5:]]))
+    return "\n\n".join(parts)
+
+
 def section_six_domain(root: Path) -> dict[str, str]:
-    return _optional(root, "six.section", f"{RESULTS}/six-domain-cpu/summary.json", "the six-domain study",
-                     "lramlab pipeline --params studies/six-domain-cpu.yaml --out runs/six-domain-cpu", _six_domain_table)
+    summary = load(root, f"{RESULTS}/six-domain-cpu/summary.json")
+    if summary is None:
+        return {"six.section": not_run("the six-domain study",
+                                       "lramlab pipeline --params studies/six-domain-cpu.yaml --out runs/six-domain-cpu",
+                                       f"{RESULTS}/six-domain-cpu/summary.json")}
+    text = _six_domain_table(summary) + "\n\n" + _six_targets(summary)
+    res = load(root, f"{RESULTS}/six-domain-cpu/results.json")
+    if res is not None:
+        text = _six_study(res) + "\n\n" + text
+    return {"six.section": text}
 
 
 def _quality_table(d: Sequence[Mapping]) -> str:
