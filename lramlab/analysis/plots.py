@@ -236,17 +236,34 @@ def data_quality_bars(rows: Sequence[Mapping]):
 
     rows = [r for r in rows if r.get("data_score") is not None]
     kinds = list(dict.fromkeys(r["score_kind"] for r in rows))
-    fig = make_subplots(rows=max(len(kinds), 1), cols=1, subplot_titles=[f"score: {k}" for k in kinds] or None)
+    # x labels: the task without its domain when a panel holds one domain (the bar's colour says it);
+    # long labels (many tasks, rotated) get room below their panel so they do not run into the next one
+    label = {r["task"]: r["task"] for r in rows}
+    for kind in kinds:
+        sel = [r for r in rows if r["score_kind"] == kind]
+        if len({r["domain"] for r in sel}) == 1:
+            label.update({r["task"]: r["task"].split("/", 1)[-1] for r in sel})
+    longest = max((len(label[r["task"]]) for r in rows if len([x for x in rows if x["score_kind"] == r["score_kind"]]) > 8),
+                  default=0)
+    pad = 7 * longest                                  # px under a panel whose labels are rotated
+    panel = 220
+    n = max(len(kinds), 1)
+    height = n * (panel + pad) + 120
+    fig = make_subplots(rows=n, cols=1, subplot_titles=[f"score: {k}" for k in kinds] or None,
+                        vertical_spacing=min(0.9 / n, (pad + 60) / height) if n > 1 else 0.1)
     for i, kind in enumerate(kinds, start=1):
         sel = [r for r in rows if r["score_kind"] == kind]
-        fig.add_trace(go.Bar(x=[r["task"] for r in sel], y=[r["data_score"] for r in sel], name="data",
+        x = [label[r["task"]] for r in sel]
+        fig.add_trace(go.Bar(x=x, y=[r["data_score"] for r in sel], name="data",
                              marker_color=[color_of(r["domain"]) for r in sel], showlegend=i == 1,
-                             customdata=[[r.get("policy", "unknown")] for r in sel],
-                             hovertemplate="%{x}: %{y:.3f} (%{customdata[0]})<extra>data</extra>"), row=i, col=1)
-        fig.add_trace(go.Bar(x=[r["task"] for r in sel], y=[r.get("random_score") for r in sel], name="random policy",
+                             customdata=[[r["task"], r.get("policy", "unknown")] for r in sel],
+                             hovertemplate="%{customdata[0]}: %{y:.3f} (%{customdata[1]})<extra>data</extra>"),
+                      row=i, col=1)
+        fig.add_trace(go.Bar(x=x, y=[r.get("random_score") for r in sel], name="random policy",
                              marker_color="#9e9e9e", showlegend=i == 1), row=i, col=1)
+    fig.update_xaxes(tickmode="linear", dtick=1)          # every task named (plotly skips labels otherwise)
     fig.update_layout(title="Data quality: the data's score vs a random policy's", barmode="group",
-                      template="plotly_white", height=260 * max(len(kinds), 1) + 80)
+                      template="plotly_white", height=height)
     return fig
 
 

@@ -609,6 +609,20 @@ def section_quality(root: Path) -> dict[str, str]:
                     "lramlab pipeline --params studies/data6-cpu.yaml --out runs/data6-cpu --only 01", _quality_table)
     d = load(root, f"{RESULTS}/data6-cpu/quality.json")
     out["quality.targets"] = "(not run yet)" if d is None else _quality_targets(d)
+    run = load(root, f"{RESULTS}/data6-cpu/results.json")
+    if run is None:
+        out["quality.run"] = "The preset `studies/data6-cpu.yaml` has no committed run (no wall time here yet)."
+    else:
+        wall = run.get("wall") or []
+        m = run.get("metrics", {})
+        segs = "; ".join(f"{minutes(w['seconds'])}" + (f" ({w['note']})" if w.get("note") else "") for w in wall)
+        fig = (m.get("figures") or {}).get("quality") or {}
+        out["quality.run"] = (f"The preset's run: `{run.get('command')}`: {count(m.get('n_tasks', 0))} tasks, "
+                              f"{count(m.get('n_episodes', 0))} episodes, {count(m.get('n_transitions', 0))} transitions; "
+                              f"wall {segs} (code {str(run.get('code') or '?')[:7]}, "
+                              f"{run.get('versions', {}).get('machine', '?')})."
+                              + (f"\n\n![data vs random policy per task](results/data6-cpu/{fig['png']})"
+                                 if fig.get("png") else ""))
     return out
 
 
