@@ -17,7 +17,7 @@ from lramlab.manifests import get_task
 pytest.importorskip("ale_py")
 
 #: agent steps per game for the short seeded comparison (planners are slower per step)
-#   boxing: the first points come after ~100 steps; gopher: after ~250 (seed 0: 120 vs 0 at 300 steps)
+#   boxing: the first points come after ~100 steps; gopher: after ~200 (seed 0: 40 vs 0 at 300 steps)
 STEPS = {"freeway": 400, "breakout": 400, "boxing": 150, "gopher": 300}
 DEFAULT_STEPS = 150
 
@@ -38,6 +38,34 @@ def test_policy_beats_random_in_its_game(game):
     good, _ = _return(f"atari/{game}", "atari", steps)
     rand, _ = _return(f"atari/{game}", "random", steps)
     assert good > rand, f"{game}: policy {good} <= random {rand} over {steps} steps"
+
+
+def test_gopher_policy_bonks_the_gopher_and_keeps_carrots():
+    """The scripted farmer reads the gopher's position from RAM: it bonks it (a 100-point reward; filling
+    a hole gives 20) and keeps carrots longer than random (seed 0: random's game is over before 1500
+    steps, the policy's goes on), with offset and lead drawn per episode (deterministic per seed)."""
+    task = get_task("atari/gopher")
+    eps = {}
+    for spec in ("atari", "random"):
+        env = make_env(task, seed=0)
+        try:
+            eps[spec] = rollout_episode(env, P.make_policy(spec, task), episode_seed(0, 0), task.obs_kind, max_steps=1500)
+        finally:
+            env.close()
+    good, rand = eps["atari"]["rewards"], eps["random"]["rewards"]
+    assert (good == 100).any(), f"no bonk in {len(good)} steps (rewards {np.unique(good)})"
+    assert len(good) == 1500 and len(rand) < 1500, (len(good), len(rand))
+    assert good.sum() > rand.sum()
+    pol = P.make_policy("atari", task)
+    assert pol.config()["kind"] == "gopher"
+    draws = set()
+    for i in range(8):
+        pol.reset(episode_seed(0, i))
+        first = (pol.offset, pol.lead)
+        pol.reset(episode_seed(0, i))
+        assert (pol.offset, pol.lead) == first  # the draw depends on the seed only
+        draws.add(first)
+    assert len(draws) > 1
 
 
 def test_planner_deterministic_and_does_not_disturb_the_game():
