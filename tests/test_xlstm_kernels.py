@@ -242,3 +242,29 @@ def test_kernel_field_is_validated_and_the_path_recorded():
             auto(x)
     with pytest.raises(RuntimeError, match="torch.bfloat16"):
         auto.to(torch.bfloat16)(x.to(torch.bfloat16))
+
+
+def test_a_built_kernel_is_imported_without_rebuilding(monkeypatch):
+    """Once the extension's .so exists (its name hashes source, flags, torch and CPU), a new process
+    imports it directly: torch's ninja step (seen to recompile ~1 min in every process) is not run."""
+    import torch.utils.cpp_extension as ce
+
+    from lramlab.models.backbones import _xlstm_train as X
+
+    try:
+        X.load_kernels()                                   # built (or already loaded) here
+    except RuntimeError as err:
+        pytest.skip(f"no compiler here: {err}")
+    monkeypatch.setattr(X, "_EXT", None)
+    monkeypatch.setattr(ce, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("rebuilt")))
+    mod = X.load_kernels()
+    assert mod is not None and hasattr(mod, "__file__") and mod.__file__.endswith(".so")
+
+
+def test_an_unreadable_built_kernel_falls_back_to_building(tmp_path):
+    from lramlab.models.backbones import _xlstm_train as X
+
+    bad = tmp_path / "lramlab_xlstm_cpu_bad.so"
+    bad.write_bytes(b"not an ELF file")
+    assert X._import_built("lramlab_xlstm_cpu_bad", bad) is None
+    assert X._import_built("lramlab_xlstm_cpu_none", tmp_path / "absent.so") is None

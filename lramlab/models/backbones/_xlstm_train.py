@@ -58,6 +58,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LRAMLAB_KERNEL_CACHE", Path.home() / ".cache" / "lramlab" / "kernels"))
 
 
+def _import_built(name: str, so: Path):
+    """The module of an already built `so`, or None (absent, or unreadable: being linked by another
+    process). The build's name hashes the source, flags, torch version and CPU, so a file with that
+    name is this build: importing it directly skips torch's ninja step, which was seen to recompile
+    (~1 min) in every new process on a machine where two environments' build commands alternate."""
+    if not so.is_file():
+        return None
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location(name, so)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    except (ImportError, OSError):
+        return None
+    return mod
+
+
 def load_kernels():
     """The compiled extension module; builds it on first use. Raises RuntimeError if it cannot."""
     global _EXT, _ERR
@@ -82,7 +100,9 @@ def load_kernels():
             tmp = build / f"xlstm_cpu.cpp.{os.getpid()}.tmp"
             tmp.write_text(SOURCE)
             os.replace(tmp, src)
-        _EXT = load(name, sources=[str(src)], extra_cflags=_CFLAGS, build_directory=str(build), verbose=False)
+        _EXT = _import_built(name, build / f"{name}.so")
+        if _EXT is None:
+            _EXT = load(name, sources=[str(src)], extra_cflags=_CFLAGS, build_directory=str(build), verbose=False)
     except Exception as err:  # noqa: BLE001 - no compiler, no headers, a failed build: all mean "unavailable"
         _ERR = (f"the xLSTM CPU training kernels could not be built in {build} ({type(err).__name__}: "
                 f"{str(err).strip()[-500:]})")
