@@ -9,11 +9,22 @@ the 20 hold-out goals and on the goals it was trained on.
 
 Variants (`backbones`): "dt", "mamba", "xlstm" (= "xlstm:7:1", the size's [7:1] placement) and
 "xlstm:<a>:<b>", an mLSTM:sLSTM ratio (e.g. "xlstm:1:0", mLSTM only; `models.config.slstm_positions_for_ratio`).
-All variants share one size preset (`size`); their parameter counts are reported per variant.
+All variants share one size preset (`size`); their parameter counts are reported per agent.
+`dt_match` chooses the DT's blocks (and its width where no block count at the recurrent width is
+close enough) so that its parameters match the recurrent variants' (`lramlab.models.params`, as the
+multi-task study); with `param_tolerance` > 0 the config refuses variants whose counts are further
+apart than that, naming the counts.
+
+Token layouts (`tokens`, `lramlab.models.config.TOKEN_MODES`): "srr" = (s, R̂, r) per step, the
+paper's (App. D.4); "sr" = (s, r), the same without R̂ (App. E.2); "ad" = AD's one (s, a_prev, r_prev)
+token per step (the CPU recipe; it adds the previous action, which the paper removes). One layout
+(a string) names runs `<variant>-s<seed>`; a list (e.g. ["srr", "sr", "ad"]) trains one agent per
+variant x layout x seed, runs `<variant>-<layout>-s<seed>`, and the summary, claims and metrics are
+grouped per layout.
 
 Run layout, one directory per agent (resumable: a finished run is reused, a killed one resumes):
 
-    out_dir/<variant>-s<seed>/     a training run (config.json, model.pt, metrics.json, checkpoints/)
+    out_dir/<variant>[-<layout>]-s<seed>/   a training run (config.json, model.pt, metrics.json, checkpoints/)
         icl-holdout.json           ICL returns (G, trials) on the hold-out goals, with what made them
         icl-train.json             ... on the train goals
 
@@ -46,6 +57,10 @@ LAST_TRIALS = 10       # the last 10 trials (31-40 of the paper's 40)
 #: rough relative CPU cost of a training update (notes/icl-research.md): the slowest runs start
 #: first, so the last worker is not left alone with an xLSTM run
 _COST = {"xlstm": 3.0, "mamba": 1.0, "dt": 1.0}
+#: tokens per timestep of each layout (LRAMConfig.tokens_per_step): the cost of an update scales with it
+_TOKENS_PER_STEP = {"srr": 3, "s": 1, "srra": 4, "sr": 2, "ad": 1}
+_LAYOUT_HELP = ("srr: the paper's (s, R̂, r); sr: (s, r) without R̂; ad: AD's (s, a_prev, r_prev); s: states only; "
+                "srra: (s, R̂, r, a)")
 _LABELS = {"dt": "DT", "mamba": "Mamba", "xlstm": "xLSTM"}
 
 
@@ -85,9 +100,32 @@ def variant_label(spec: str) -> str:
     return _LABELS[backbone] + (f" [{ratio}]" if ratio else "")
 
 
-def run_dir_name(variant: str, seed: int) -> str:
-    """'xlstm:7:1', 0 -> 'xlstm-7-1-s0'."""
-    return f"{variant_name(variant).replace(':', '-')}-s{int(seed)}"
+def run_dir_name(variant: str, seed: int, layout: str | None = None) -> str:
+    """'xlstm:7:1', 0 -> 'xlstm-7-1-s0'; with a token layout: 'xlstm:7:1', 0, 'srr' -> 'xlstm-7-1-srr-s0'."""
+    name = variant_name(variant).replace(":", "-")
+    return f"{name}-{layout}-s{int(seed)}" if layout else f"{name}-s{int(seed)}"
+
+
+def check_layouts(tokens) -> str | tuple[str, ...]:
+    """A token layout (a string, kept) or a list of distinct layouts (a tuple); a ValueError naming
+    the bad value and the layouts there are."""
+    from lramlab.models.config import TOKEN_MODES
+
+    if isinstance(tokens, str):
+        if tokens not in TOKEN_MODES:
+            raise ValueError(f"ICLStudyConfig: tokens={tokens!r}: expected one of {', '.join(TOKEN_MODES)} "
+                             f"({_LAYOUT_HELP}), or a list of them")
+        return tokens
+    if not isinstance(tokens, (list, tuple)) or not tokens:
+        raise ValueError(f"ICLStudyConfig.tokens={tokens!r}: expected a token layout ({', '.join(TOKEN_MODES)}) "
+                         f"or a non-empty list of them")
+    for t in tokens:
+        if t not in TOKEN_MODES:
+            raise ValueError(f"ICLStudyConfig.tokens={list(tokens)}: layout {t!r} is not one of "
+                             f"{', '.join(TOKEN_MODES)} ({_LAYOUT_HELP})")
+    if len(set(tokens)) != len(tokens):
+        raise ValueError(f"ICLStudyConfig.tokens={list(tokens)}: a layout is given twice")
+    return tuple(tokens)
 
 
 # ----------------------------------------------------------------------------------------
@@ -103,7 +141,8 @@ class ICLStudyConfig:
     backbones: tuple[str, ...] = ("dt", "mamba", "xlstm:7:1")  # variants: dt | mamba | xlstm[:a:b] (paper: xlstm:7:1, xlstm:1:0, mamba, dt)
     seeds: tuple[int, ...] = (0,)               # training (and sampling) seeds, one agent per variant and seed
     size: str = "tiny"                          # model preset of every variant (paper: 16M)
-    tokens: str = "ad"                          # "ad": AD's (s, a_prev, r_prev) per step (recipe); "srr": the paper's
+    tokens: str | tuple[str, ...] = "ad"        # "ad": AD's (s, a_prev, r_prev) per step (recipe); "srr": the paper's
+                                                # (s, R̂, r); "sr": (s, r), no R̂; a list: one agent per variant x layout
     train_goals: str = "train"                  # "train": every train-goal history in data_dir, or a comma list of tasks
     eval_goals: tuple[str, ...] = ("holdout", "train")  # goal sets: "holdout" (the 20) and/or "train" (the trained goals)
     eval_max_goals: int = 20                    # evaluate at most this many goals per set (0: all, the study)
@@ -118,6 +157,10 @@ class ICLStudyConfig:
     greedy: bool = False                        # greedy actions (paper: sampled)
     amp: bool = False                           # bf16 autocast (off is faster on most CPUs)
     device: str = "auto"                        # auto | cpu | cuda
+    dt_match: bool = False                      # choose DT's blocks (width where blocks cannot) to match the recurrent
+                                                # variants' parameters, per layout (lramlab.models.params)
+    param_tolerance: float = 0.0                # refuse to start unless each layout's variants are within this fraction
+                                                # of each other in parameters (0: no check; with dt_match: 0.10)
     workers: int = 2                            # agents trained at once, one process each (one per CPU core)
     threads: int = 1                            # torch threads per agent process (0: torch's default)
     out_dir: str = "runs/notebooks/03_icl"      # metrics.json, figures; each agent in out_dir/<variant>-s<seed>
@@ -127,6 +170,7 @@ class ICLStudyConfig:
         self.backbones = _as_tuple(self.backbones, "backbones")
         self.seeds = _as_tuple(self.seeds, "seeds")
         self.eval_goals = _as_tuple(self.eval_goals, "eval_goals")
+        self.tokens = check_layouts(self.tokens)
         check_fields(self)
         if not self.backbones:
             raise ValueError("ICLStudyConfig.backbones is empty: expected variants such as 'dt', 'xlstm:7:1'")
@@ -158,28 +202,110 @@ class ICLStudyConfig:
                 raise ValueError(f"ICLStudyConfig.{name}={v!r}: expected an integer >= {low}")
         if not self.data_dir:
             raise ValueError("ICLStudyConfig.data_dir='': expected the dataset root (01_data_prep's data_dir)")
+        if not 0 <= self.param_tolerance < 1:
+            raise ValueError(f"ICLStudyConfig.param_tolerance={self.param_tolerance!r}: expected 0 <= value < 1 "
+                             f"(0: no check)")
+        self._shapes: dict[str, dict] = {}   # layout -> the matched DT's {"d_model", "n_layers"}
+        self._match: dict[str, dict] = {}    # layout -> what match_dt chose, and the counts it matched
         try:  # every other field as the agents' ICLConfig checks it
-            self.agent_config(self.backbones[0], self.seeds[0])
+            for layout in self.layouts:
+                self.agent_config(self.backbones[0], self.seeds[0], layout)
         except ValueError as err:
             raise ValueError(f"ICLStudyConfig: {err}") from None
+        if self.dt_match:
+            self._match_dts()
+        if self.param_tolerance > 0:
+            from lramlab.models.params import check_param_match
 
-    def agent_config(self, variant: str, seed: int):
-        """The ICLConfig of one agent (its run in out_dir/<variant>-s<seed>)."""
+            check_param_match(self.param_counts(), self.param_tolerance, owner="ICLStudyConfig", group="with tokens",
+                              hint="set dt_match: true to choose DT's blocks (and width) to match, or "
+                                   "param_tolerance: 0 (no check)")
+
+    # -------------------------------------------------------------------- token layouts
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """The token layouts of the study (one for a string `tokens`)."""
+        return (self.tokens,) if isinstance(self.tokens, str) else tuple(self.tokens)
+
+    @property
+    def named_layouts(self) -> bool:
+        """True when `tokens` is a list: run directories, tables and metrics name each agent's layout."""
+        return not isinstance(self.tokens, str)
+
+    def layout_of(self, layout: str | None = None) -> str:
+        """`layout`, checked; None: the study's only layout (a ValueError when it has several)."""
+        if layout is None:
+            if len(self.layouts) > 1:
+                raise ValueError(f"the study has token layouts {list(self.layouts)}: name one")
+            return self.layouts[0]
+        if layout not in self.layouts:
+            raise ValueError(f"token layout {layout!r} is not in the study's {list(self.layouts)}")
+        return layout
+
+    # -------------------------------------------------------------------- parameters
+    def model_config(self, variant: str, layout: str | None = None):
+        """The LRAMConfig an agent of `variant` with `layout` trains (as its training run builds it)."""
+        from lramlab.icl import train_config_for
+        from lramlab.train.loop import make_model_config
+
+        return make_model_config(train_config_for(self.agent_config(variant, 0, layout), tasks=()))
+
+    def param_counts(self) -> dict[str, dict[str, int]]:
+        """{layout: {variant: parameters}} of the models the agents train (meta device, no memory)."""
+        from lramlab.models.params import count_params
+
+        if not hasattr(self, "_counts"):
+            self._counts = {lay: {v: count_params(self.model_config(v, lay)) for v in self.backbones}
+                            for lay in self.layouts}
+        return {lay: dict(c) for lay, c in self._counts.items()}
+
+    def _match_dts(self) -> None:
+        from lramlab.models.config import preset
+        from lramlab.models.params import count_params, match_dt
+
+        if "dt" not in self.backbones:
+            return
+        ref = [v for v in self.backbones if v != "dt"] or ["xlstm:7:1"]  # none: the paper's model
+        width, layers = preset("xlstm", self.size)["d_model"], preset("xlstm", self.size)["n_layers"]
+        for lay in self.layouts:
+            targets = [count_params(self.model_config(v, lay)) for v in ref]
+            dt = self.model_config("dt", lay)  # the preset DT: what the match may change is its blocks and width
+            m = match_dt(targets, width, layers, {"size": dt.size, "context_steps": dt.context_steps, "tokens": lay,
+                                                  "n_heads": dt.n_heads}, self.param_tolerance or 0.10)
+            self._shapes[lay] = {"d_model": m["d_model"], "n_layers": m["n_layers"]}
+            self._match[lay] = {**m, "matched_to": dict(zip(ref, targets))}
+
+    def param_match(self) -> dict:
+        """What the parameter matching did: per layout the counts and largest/smallest ratio, and per
+        layout the matched DT's blocks / width and the counts it was matched to."""
+        from lramlab.models.params import ratio
+
+        counts = self.param_counts()
+        return {"tolerance": self.param_tolerance, "dt_match": self.dt_match,
+                "layouts": {lay: {"params": c, "ratio": ratio(list(c.values()))} for lay, c in counts.items()},
+                "dt": {lay: dict(m) for lay, m in self._match.items()}}
+
+    # -------------------------------------------------------------------- agents
+    def agent_config(self, variant: str, seed: int, layout: str | None = None):
+        """The ICLConfig of one agent (its run in out_dir/<variant>[-<layout>]-s<seed>)."""
         from lramlab.icl import ICLConfig
 
+        layout = self.layout_of(layout)
         backbone, ratio = parse_variant(variant)
+        shape = self._shapes.get(layout, {}) if backbone == "dt" else {}
+        name = run_dir_name(variant, seed, layout if self.named_layouts else None)
         return ICLConfig(data=str(Path(self.data_dir).resolve()), backbone=backbone, slstm_at=ratio, size=self.size,
-                         tokens=self.tokens, train_goals=self.train_goals, context_episodes=self.context_episodes,
+                         d_model=shape.get("d_model"), n_layers=shape.get("n_layers"),
+                         tokens=layout, train_goals=self.train_goals, context_episodes=self.context_episodes,
                          steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup=self.warmup,
                          history_start=self.history_start, trials=self.trials, target_return=self.target_return,
                          greedy=self.greedy, seed=int(seed), amp=self.amp, device=self.device,
-                         num_threads=self.threads, out=str(Path(self.out_dir).resolve() / run_dir_name(variant, seed)),
-                         progress=False)
+                         num_threads=self.threads, out=str(Path(self.out_dir).resolve() / name), progress=False)
 
-    def jobs(self) -> list[tuple[str, int]]:
-        """(variant, seed) of every agent, the slowest to train first."""
-        order = [(v, s) for s in self.seeds for v in self.backbones]
-        return sorted(order, key=lambda j: -_COST[parse_variant(j[0])[0]])
+    def jobs(self) -> list[tuple[str, int, str]]:
+        """(variant, seed, layout) of every agent, the slowest to train first."""
+        order = [(v, s, lay) for s in self.seeds for lay in self.layouts for v in self.backbones]
+        return sorted(order, key=lambda j: -_COST[parse_variant(j[0])[0]] * _TOKENS_PER_STEP[j[2]])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -308,19 +434,21 @@ def run_icl_study(cfg: ICLStudyConfig, progress: bool = True) -> "ICLStudy":
     from tqdm.auto import tqdm
 
     jobs = cfg.jobs()
-    records: dict[tuple[str, int], dict] = {}
+    records: dict[tuple[str, int, str], dict] = {}
     bar = tqdm(total=len(jobs), desc="ICL agents", unit="agent", disable=not progress)
 
     def done(job, rec):
         records[job] = rec
         h = rec["evals"].get(cfg.eval_goals[0], {}).get("returns")
         last = float(np.mean(np.asarray(h)[:, -LAST_TRIALS:])) if h else float("nan")
-        bar.set_postfix_str(f"{job[0]} s{job[1]}: {cfg.eval_goals[0]} last trials {last:.1f}")
+        lay = f" {job[2]}" if cfg.named_layouts else ""
+        bar.set_postfix_str(f"{job[0]}{lay} s{job[1]}: {cfg.eval_goals[0]} last trials {last:.1f}")
         bar.update(1)
 
     def failed(job, err) -> ICLStudyError:
         d = cfg.agent_config(*job).out
-        return ICLStudyError(f"ICL agent {job[0]} seed {job[1]} ({d}) failed: {type(err).__name__}: {err}")
+        lay = f" tokens {job[2]}" if cfg.named_layouts else ""
+        return ICLStudyError(f"ICL agent {job[0]}{lay} seed {job[1]} ({d}) failed: {type(err).__name__}: {err}")
 
     try:
         if cfg.workers == 1 or len(jobs) == 1:
@@ -363,7 +491,7 @@ def run_icl_study(cfg: ICLStudyConfig, progress: bool = True) -> "ICLStudy":
                 ex.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
-    runs = {v: {s: records[(v, s)] for s in cfg.seeds} for v in cfg.backbones}
+    runs = {lay: {v: {s: records[(v, s, lay)] for s in cfg.seeds} for v in cfg.backbones} for lay in cfg.layouts}
     return ICLStudy(cfg, runs)
 
 
@@ -393,79 +521,176 @@ def set_summary(returns: np.ndarray) -> dict:
             "first": first, "last": last, "ratio": ratio}
 
 
+def compare(a: dict, b: dict, seeds: int) -> dict:
+    """Window stats `a` against `b` (`window_stats`): the gap, whether a >= b, and whether the gap is
+    no larger than the larger std over seeds (None with one seed)."""
+    diff = a["mean"] - b["mean"]
+    return {"diff": diff, "holds": diff >= 0,
+            "within_seed_spread": abs(diff) <= max(a["std_seeds"], b["std_seeds"]) if seeds > 1 else None,
+            "std_seeds": max(a["std_seeds"], b["std_seeds"])}
+
+
+def verdict(c: dict) -> str:
+    """What a `compare` allows: with one seed a gap is a direction; with several it counts only
+    beyond the spread over seeds."""
+    if c["within_seed_spread"] is None:
+        return f"one seed: {'ahead' if c['holds'] else 'behind'} here, not a result (run >= 2 seeds)"
+    if c["within_seed_spread"]:
+        return "within the spread over seeds: not shown"
+    return "holds beyond the seed spread" if c["holds"] else "fails beyond the seed spread"
+
+
 @dataclass
 class ICLStudy:
-    """The finished study: `runs[variant][seed]` = `run_agent`'s record."""
+    """The finished study: `runs[layout][variant][seed]` = `run_agent`'s record. Methods taking
+    `layout` default to the study's only layout (name one when it has several)."""
 
     config: ICLStudyConfig
-    runs: dict[str, dict[int, dict]] = field(default_factory=dict)
+    runs: dict[str, dict[str, dict[int, dict]]] = field(default_factory=dict)
 
-    def returns(self, variant: str, goal_set: str) -> np.ndarray:
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        return self.config.layouts
+
+    def _label(self, variant: str, layout: str) -> str:
+        return variant_label(variant) + (f" · {layout}" if self.config.named_layouts else "")
+
+    def returns(self, variant: str, goal_set: str, layout: str | None = None) -> np.ndarray:
         """(S, G, N) returns of a variant on a goal set, seeds in config order."""
-        return np.stack([np.asarray(self.runs[variant][s]["evals"][goal_set]["returns"], dtype=np.float64)
+        runs = self.runs[self.config.layout_of(layout)][variant]
+        return np.stack([np.asarray(runs[s]["evals"][goal_set]["returns"], dtype=np.float64)
                          for s in self.config.seeds])
 
-    def curves(self, goal_set: str) -> dict[str, np.ndarray]:
+    def curves(self, goal_set: str, layout: str | None = None) -> dict[str, np.ndarray]:
         """{variant label: (S, N) per-seed mean return per trial} (the figure's lines and bands)."""
-        return {variant_label(v): self.returns(v, goal_set).mean(axis=1) for v in self.config.backbones}
+        return {variant_label(v): self.returns(v, goal_set, layout).mean(axis=1) for v in self.config.backbones}
 
-    def summary(self) -> dict[str, dict]:
-        """Per variant: label, params, training numbers, and per goal set `set_summary`."""
+    def summary(self, layout: str | None = None) -> dict[str, dict]:
+        """Per variant (of one layout): label, tokens, params, training numbers, and per goal set
+        `set_summary` (per-seed window means, mean, spreads)."""
+        lay = self.config.layout_of(layout)
         out = {}
         for v in self.config.backbones:
-            recs = [self.runs[v][s] for s in self.config.seeds]
-            out[v] = {"label": variant_label(v), "model": recs[0]["model"], "params": recs[0]["params"],
+            recs = [self.runs[lay][v][s] for s in self.config.seeds]
+            out[v] = {"label": variant_label(v), "tokens": lay, "model": recs[0]["model"], "params": recs[0]["params"],
                       "seeds": list(self.config.seeds), "run_dirs": [r["run_dir"] for r in recs],
                       "train_wall_s": [r["train"]["wall_s"] for r in recs],
                       "train_loss": [r["train"]["loss"] for r in recs], "val_loss": [r["train"]["val_loss"] for r in recs],
-                      **{g: set_summary(self.returns(v, g)) for g in self.config.eval_goals}}
+                      **{g: set_summary(self.returns(v, g, lay)) for g in self.config.eval_goals}}
         return out
 
-    def claim(self) -> dict[str, dict] | None:
+    def agents(self) -> dict[str, dict]:
+        """{run directory name: variant, tokens, seed, parameters, training wall time} of every agent."""
+        out = {}
+        for lay in self.layouts:
+            for v in self.config.backbones:
+                for s in self.config.seeds:
+                    r = self.runs[lay][v][s]
+                    out[Path(r["run_dir"]).name] = {"variant": v, "tokens": lay, "seed": s,
+                                                    "params": r["params"]["total"], "model": r["model"],
+                                                    "train_wall_s": r["train"]["wall_s"]}
+        return out
+
+    def _last(self, variant: str, goal_set: str, layout: str) -> dict:
+        return window_stats(self.returns(variant, goal_set, layout), "last")
+
+    def claim(self, layout: str | None = None) -> dict[str, dict] | None:
         """Whether xLSTM [7:1]'s mean over its last trials is >= the DT's, per goal set (None when the
         study lacks either); `within_seed_spread`: the gap is no larger than the larger std over seeds
         (None with one seed)."""
         a, b = CLAIM
+        lay = self.config.layout_of(layout)
         if a not in self.config.backbones or b not in self.config.backbones:
             return None
         out = {}
         for g in self.config.eval_goals:
-            la, lb = set_summary(self.returns(a, g))["last"], set_summary(self.returns(b, g))["last"]
-            diff = la["mean"] - lb["mean"]
-            out[g] = {"trials": la["trials"], a: la["mean"], b: lb["mean"], "diff": diff, "holds": diff >= 0,
-                      "within_seed_spread": (abs(diff) <= max(la["std_seeds"], lb["std_seeds"])
-                                             if len(self.config.seeds) > 1 else None),
+            la, lb = self._last(a, g, lay), self._last(b, g, lay)
+            c = compare(la, lb, len(self.config.seeds))
+            out[g] = {"trials": la["trials"], a: la["mean"], b: lb["mean"], "diff": c["diff"], "holds": c["holds"],
+                      "within_seed_spread": c["within_seed_spread"],
                       "std_seeds": {a: la["std_seeds"], b: lb["std_seeds"]}}
         return out
 
     def claim_rows(self) -> list[dict]:
-        """`claim()` as table rows with a verdict that says what the evidence allows: with one seed a
-        gap is a direction, not a result; with several it counts only beyond the spread over seeds."""
+        """`claim()` of every layout as table rows with a verdict that says what the evidence allows:
+        with one seed a gap is a direction, not a result; with several it counts only beyond the
+        spread over seeds."""
         a, b = CLAIM
         rows = []
-        for g, c in (self.claim() or {}).items():
-            if c["within_seed_spread"] is None:
-                verdict = f"one seed: {'ahead' if c['holds'] else 'behind'} here, not a result (run >= 2 seeds)"
-            elif c["within_seed_spread"]:
-                verdict = "within the spread over seeds: not shown"
-            else:
-                verdict = "holds beyond the seed spread" if c["holds"] else "fails beyond the seed spread"
-            rows.append({"goals": g, "trials": f"{c['trials'][0]}-{c['trials'][1]}", a: round(c[a], 1),
-                         b: round(c[b], 1), "gap": round(c["diff"], 1), "verdict": verdict})
+        for lay in self.layouts:
+            for g, c in (self.claim(lay) or {}).items():
+                row = {"tokens": lay} if self.config.named_layouts else {}
+                row.update({"goals": g, "trials": f"{c['trials'][0]}-{c['trials'][1]}", a: round(c[a], 1),
+                            b: round(c[b], 1), "gap": round(c["diff"], 1), "verdict": verdict(c)})
+                rows.append(row)
+        return rows
+
+    def paper_claims(self) -> list[dict]:
+        """The paper's ICL claims that this study can test, one row per claim, layout and goal set:
+        "learns in context" (§4.3: last trials above trials 1-5, per variant and layout), "xLSTM [7:1]
+        >= DT" (§4.3, per layout), and across layouts: "same ranking without R̂" (App. E.2: the sign of
+        [7:1] - DT in "sr" as in "srr"), "R̂ helps" (E.2: "srr" >= "sr", per variant), and "ad" against
+        "srr" (lramlab's recipe against the paper's layout, per variant). Gaps and spreads are of the
+        means over goals; a verdict counts a gap only beyond the larger std over seeds."""
+        cfg, S, rows = self.config, len(self.config.seeds), []
+
+        def row(claim, g, a_name, b_name, a, b, c, extra=None):
+            rows.append({"claim": claim, "goals": g, "compared": f"{a_name} vs {b_name}",
+                         "means": f"{a['mean']:.1f} vs {b['mean']:.1f}", "gap": round(c["diff"], 1),
+                         "std over seeds": round(c["std_seeds"], 1), "verdict": extra or verdict(c)})
+        for g in cfg.eval_goals:
+            for lay in self.layouts:
+                for v in cfg.backbones:
+                    r = self.returns(v, g, lay)
+                    last, first = window_stats(r, "last"), window_stats(r, "first")
+                    row("learns in context (last > first trials)", g, f"{self._label(v, lay)} last",
+                        "first", last, first, compare(last, first, S))
+            a, b = CLAIM
+            if a in cfg.backbones and b in cfg.backbones:
+                gaps = {}
+                for lay in self.layouts:
+                    la, lb = self._last(a, g, lay), self._last(b, g, lay)
+                    gaps[lay] = compare(la, lb, S)
+                    row("xLSTM [7:1] >= DT", g, self._label(a, lay), self._label(b, lay), la, lb, gaps[lay])
+                if "srr" in gaps and "sr" in gaps:
+                    same = (gaps["srr"]["holds"] == gaps["sr"]["holds"])
+                    shown = not gaps["srr"]["within_seed_spread"] and not gaps["sr"]["within_seed_spread"]
+                    if S == 1:
+                        text = "one seed: " + ("same sign" if same else "signs differ") + ", not a result"
+                    elif shown:
+                        text = "holds: same sign beyond the spread" if same else "fails: opposite signs beyond the spread"
+                    else:
+                        text = f"not shown: {'same sign' if same else 'signs differ'}, a gap within the spread"
+                    rows.append({"claim": "same ranking without R̂ (E.2)", "goals": g,
+                                 "compared": "[7:1] - DT with srr vs with sr",
+                                 "means": f"{gaps['srr']['diff']:.1f} vs {gaps['sr']['diff']:.1f}",
+                                 "gap": round(gaps["srr"]["diff"] - gaps["sr"]["diff"], 1),
+                                 "std over seeds": round(max(gaps["srr"]["std_seeds"], gaps["sr"]["std_seeds"]), 1),
+                                 "verdict": text})
+            for claim, x, y in (("R̂ helps: srr >= sr (E.2)", "srr", "sr"), ("lramlab's ad vs the paper's srr", "ad", "srr")):
+                if x in self.layouts and y in self.layouts:
+                    for v in cfg.backbones:
+                        lx, ly = self._last(v, g, x), self._last(v, g, y)
+                        row(claim, g, self._label(v, x), self._label(v, y), lx, ly, compare(lx, ly, S))
         return rows
 
     def table(self) -> list[dict]:
-        """One row per variant and goal set: trials 1-5 / last 10 means, ratio, spreads, params."""
+        """One row per variant (and layout) and goal set: trials 1-5 / last 10 means, ratio, spreads, params."""
         rows = []
-        for v, s in self.summary().items():
-            for g in self.config.eval_goals:
-                f, l_ = s[g]["first"], s[g]["last"]
-                rows.append({"variant": s["label"], "goals": f"{g} ({s[g]['goals']})", "seeds": len(s["seeds"]),
-                             "trials": f"{f['trials'][0]}-{f['trials'][1]} / {l_['trials'][0]}-{l_['trials'][1]}",
-                             "first": round(f["mean"], 1), "last": round(l_["mean"], 1),
-                             "ratio": None if s[g]["ratio"] is None else round(s[g]["ratio"], 2),
-                             "std over seeds": round(l_["std_seeds"], 1), "std over goals": round(l_["std_goals"], 1),
-                             "params": s["params"]["total"]})
+        for lay in self.layouts:
+            for v, s in self.summary(lay).items():
+                for g in self.config.eval_goals:
+                    f, l_ = s[g]["first"], s[g]["last"]
+                    row = {"variant": s["label"]}
+                    if self.config.named_layouts:
+                        row["tokens"] = lay
+                    row.update({"goals": f"{g} ({s[g]['goals']})", "seeds": len(s["seeds"]),
+                                "trials": f"{f['trials'][0]}-{f['trials'][1]} / {l_['trials'][0]}-{l_['trials'][1]}",
+                                "first": round(f["mean"], 1), "last": round(l_["mean"], 1),
+                                "ratio": None if s[g]["ratio"] is None else round(s[g]["ratio"], 2),
+                                "std over seeds": round(l_["std_seeds"], 1), "std over goals": round(l_["std_goals"], 1),
+                                "params": s["params"]["total"]})
+                    rows.append(row)
         return rows
 
     def table_markdown(self) -> str:
@@ -480,13 +705,25 @@ class ICLStudy:
                                     "means over seeds and over goals")
 
     def metrics(self) -> dict:
-        """What 03_icl writes to metrics.json."""
-        claim = self.claim()
-        return {"config": self.config.to_dict(), "variants": self.summary(), "claim": claim,
-                "xlstm_7_1_ge_dt": None if claim is None else claim.get("holdout", next(iter(claim.values())))["holds"],
-                "table": self.table()}
+        """What 03_icl writes to metrics.json: per layout the variants' summaries (per-seed window
+        means, mean and spreads) and the [7:1] >= DT claim; every agent's parameters; the parameter
+        matching; the table and the paper's claims. One layout (a string `tokens`): also its
+        `variants`, `claim` and `xlstm_7_1_ge_dt` at the top, as before layouts."""
+        def ge(claim):
+            return None if claim is None else claim.get("holdout", next(iter(claim.values())))["holds"]
+
+        layouts = {}
+        for lay in self.layouts:
+            c = self.claim(lay)
+            layouts[lay] = {"variants": self.summary(lay), "claim": c, "xlstm_7_1_ge_dt": ge(c)}
+        out = {"config": self.config.to_dict(), "layouts": layouts, "agents": self.agents(),
+               "params": self.config.param_match(), "table": self.table(), "claims": self.paper_claims()}
+        if not self.config.named_layouts:
+            one = layouts[self.layouts[0]]
+            out.update(variants=one["variants"], claim=one["claim"], xlstm_7_1_ge_dt=one["xlstm_7_1_ge_dt"])
+        return out
 
 
-__all__ = ["CLAIM", "EVAL_SETS", "ICLStudy", "ICLStudyConfig", "ICLStudyError", "eval_goal_set", "parse_variant",
-           "run_agent", "run_dir_name", "run_icl_study", "set_summary", "variant_label", "variant_name",
-           "window_stats"]
+__all__ = ["CLAIM", "EVAL_SETS", "ICLStudy", "ICLStudyConfig", "ICLStudyError", "check_layouts", "compare",
+           "eval_goal_set", "parse_variant", "run_agent", "run_dir_name", "run_icl_study", "set_summary", "variant_label",
+           "variant_name", "verdict", "window_stats"]
