@@ -241,3 +241,26 @@ def test_dt_kv_cache_equals_full_forward_over_its_window_per_layout(root, layout
             assert len(set(starts)) >= 4   # it did hop, several times
     # and past the window the full forward is NOT what the DT computes (the window matters here)
     assert not torch.allclose(stepped[:, T - 1], full[:, T - 1], atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the preset
+def test_tokens_preset_is_the_icl_cpu_recipe_over_three_layouts_with_a_matched_dt():
+    pytest.importorskip("papermill")
+    from lramlab import pipeline as P
+    from lramlab.studies import DataPrepConfig
+
+    repo = P.NOTEBOOK_DIR.parent
+    params, base = (P.load_params(repo / "studies" / n) for n in ("icl-tokens-cpu.yaml", "icl-cpu.yaml"))
+    assert set(params) == {"01_data_prep", "03_icl"} and params["01_data_prep"] == base["01_data_prep"]
+    for nb in params:
+        declared = P.notebook_parameters(P.NOTEBOOK_DIR / f"{nb}.ipynb")
+        P.check_overrides(params, nb, declared)
+        P.check_values(params, nb, declared)
+    DataPrepConfig(**params["01_data_prep"])
+    mine, recipe = dict(params["03_icl"]), dict(base["03_icl"])
+    changed = {"backbones", "tokens", "seeds", "dt_match", "param_tolerance"}
+    assert {k: v for k, v in mine.items() if k not in changed} == {k: v for k, v in recipe.items() if k not in changed}
+    cfg = ICLStudyConfig(data_dir="d", **mine)
+    assert cfg.backbones == ("xlstm:7:1", "dt") and cfg.layouts == LAYOUTS and cfg.seeds == (0, 1, 2)
+    assert len(cfg.jobs()) == 18 and cfg.dt_match and cfg.param_tolerance == 0.10
+    assert all(r["ratio"] <= 1.10 for r in cfg.param_match()["layouts"].values())
