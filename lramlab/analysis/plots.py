@@ -327,7 +327,7 @@ def icl_curves(returns: Mapping[str, Any], title: str = "In-context learning on 
                or (color_of(name) if name in BACKBONE_ORDER else _PALETTE[i % len(_PALETTE)]))
         if band and a.shape[0] > 1:
             fig.add_trace(go.Scatter(x=np.concatenate([trials, trials[::-1]]),
-                                     y=np.concatenate([mean + std, (mean - std)[::-1]]), fill="toself",
+                                     y=np.concatenate([mean + std, (mean - std)[::-1]]), fill="toself", mode="lines",
                                      line={"width": 0}, fillcolor=col, opacity=0.2, hoverinfo="skip",
                                      showlegend=False, name=f"{name} ±1 std over {band_over}"))
         fig.add_trace(go.Scatter(x=trials, y=mean, mode="lines+markers", name=name, line={"color": col},

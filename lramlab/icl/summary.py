@@ -155,9 +155,9 @@ class ICLStudy:
         means over goals; a verdict counts a gap only beyond the larger std over seeds."""
         cfg, S, rows = self.config, len(self.config.seeds), []
 
-        def row(claim, g, a_name, b_name, a, b, c, extra=None):
+        def row(claim, g, a_name, b_name, a, b, c, extra=None):  # gaps: + 0.0 turns a rounded -0.0 into 0.0
             rows.append({"claim": claim, "goals": g, "compared": f"{a_name} vs {b_name}",
-                         "means": f"{a['mean']:.1f} vs {b['mean']:.1f}", "gap": round(c["diff"], 1),
+                         "means": f"{a['mean']:.1f} vs {b['mean']:.1f}", "gap": round(c["diff"], 1) + 0.0,
                          "std over seeds": round(c["std_seeds"], 1), "verdict": extra or verdict(c)})
         for g in cfg.eval_goals:
             for lay in self.layouts:
@@ -185,7 +185,7 @@ class ICLStudy:
                     rows.append({"claim": "same ranking without R̂ (E.2)", "goals": g,
                                  "compared": "[7:1] - DT with srr vs with sr",
                                  "means": f"{gaps['srr']['diff']:.1f} vs {gaps['sr']['diff']:.1f}",
-                                 "gap": round(gaps["srr"]["diff"] - gaps["sr"]["diff"], 1),
+                                 "gap": round(gaps["srr"]["diff"] - gaps["sr"]["diff"], 1) + 0.0,
                                  "std over seeds": round(max(gaps["srr"]["std_seeds"], gaps["sr"]["std_seeds"]), 1),
                                  "verdict": text})
             for claim, x, y in (("R̂ helps: srr >= sr (E.2)", "srr", "sr"), ("lramlab's ad vs the paper's srr", "ad", "srr")):

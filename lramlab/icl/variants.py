@@ -2,9 +2,11 @@
 "xlstm:a:b"), their labels, token layouts and run directory names."""
 from __future__ import annotations
 
-#: rough relative CPU cost of a training update (notes/icl-research.md): the slowest runs start
-#: first, so the last worker is not left alone with an xLSTM run
-_COST = {"xlstm": 3.0, "mamba": 1.0, "dt": 1.0}
+#: rough relative CPU cost of an agent per token of a timestep: the slowest runs start first, so the
+#: last worker is not left alone with a long run. xLSTM / DT: benchmarks/icl_tokens_cost.py (tiny, 1500
+#: updates + 40 trials: xLSTM [7:1] 120 / 243 / ~400 CPU s with ad / sr / srr, the matched DT 141 / 292 /
+#: 525); Mamba: not re-measured, as the DT (notes/icl-research.md had them equal)
+_COST = {"xlstm": 1.0, "mamba": 1.2, "dt": 1.2}
 #: tokens per timestep of each layout (LRAMConfig.tokens_per_step): the cost of an update scales with it
 _TOKENS_PER_STEP = {"srr": 3, "s": 1, "srra": 4, "sr": 2, "ad": 1}
 _LAYOUT_HELP = ("srr: the paper's (s, R̂, r); sr: (s, r) without R̂; ad: AD's (s, a_prev, r_prev); s: states only; "
