@@ -6,7 +6,8 @@
 For each (backbone variant, token layout) of the preset's 03_icl section (one seed; DT matched as
 the study matches it), trains one agent at two update counts on the Dark-Room histories under
 DATA_DIR (the preset's 01_data_prep data) and plays `--trials` ICL trials on all 20 hold-out and
-all trained goals. Times are CPU seconds of this process with one thread (time.process_time), so a
+all trained goals (after one untimed warm-up trial). With `--steps 4 8` it checks itself in ~2 min;
+the preset's header figures come from `--steps 40 120 --trials 4`. Times are CPU seconds of this process with one thread (time.process_time), so a
 loaded shared machine still gives the wall time of an unloaded core. Per agent: seconds per update
 (the difference of the two runs), the fixed start-up (data index, model), seconds per ICL trial per
 goal set; the estimate for the preset scales them to its `steps` and `trials`, adds them over its
@@ -60,6 +61,10 @@ def main(argv=None) -> int:
             per = (cpu[hi] - cpu[lo]) / (hi - lo)
             model = load_model_from_checkpoint(str(Path(ac.out) / "model.pt"), map_location="cpu")
             trial = {}
+            # one untimed trial first: the first rollout of a process pays a one-time warm-up (~8 s for the
+            # xLSTM here) that the study's worker processes pay once, not per agent
+            icl_rollouts(model, eval_goal_set(cfg.eval_goals[0], Path(ac.out), 1), 1, seed=0, context_steps=ac.context,
+                         dt_window_mode=ac.dt_window_mode)
             for g in cfg.eval_goals:
                 goals = eval_goal_set(g, Path(ac.out), cfg.eval_max_goals)
                 c0 = time.process_time()
