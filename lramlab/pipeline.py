@@ -252,14 +252,15 @@ def check_overrides(params: Params, nb: str, declared: Mapping[str, dict]) -> No
 
 #: notebook -> the config its parameters feed (same field names): values are checked by the config itself
 _CONFIG_OF = {"02_training": ("lramlab.train.config", "TrainConfig", {"data": ("x",), "out": "x"}),
-              "03_icl": ("lramlab.icl", "ICLConfig", {"data": "x"}),
+              "03_icl": ("lramlab.icl.study", "ICLStudyConfig", {"data_dir": "x"}),
               "06_multitask": ("lramlab.multitask.config", "MultiTaskConfig", {})}
 
 
 def check_values(params: Params, nb: str, declared: Mapping[str, dict]) -> None:
     """Values out of range, before any kernel starts: a number below zero where the notebook's default
-    is not, and every override the notebook hands to a config (02: TrainConfig, 03: ICLConfig, 06:
-    MultiTaskConfig) put through that config's own checks. A ValueError naming FILE:LINE."""
+    is not, and every override the notebook hands to a config (02: TrainConfig, 03: ICLStudyConfig,
+    with its parameter match; 06: MultiTaskConfig) put through that config's own checks. A ValueError
+    naming FILE:LINE."""
     import dataclasses
     import importlib
 
@@ -278,7 +279,7 @@ def check_values(params: Params, nb: str, declared: Mapping[str, dict]) -> None:
     module, cls_name, required = _CONFIG_OF[nb]
     cls = getattr(importlib.import_module(module), cls_name)
     names = {f.name for f in dataclasses.fields(cls)}
-    kw = {k: v for k, v in given.items() if k in names and (nb == "06_multitask" or not isinstance(v, (list, dict)))}
+    kw = {k: v for k, v in given.items() if k in names and (nb in ("03_icl", "06_multitask") or not isinstance(v, (list, dict)))}
     if not kw:
         return
     try:

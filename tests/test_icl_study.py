@@ -73,8 +73,8 @@ def test_config_agents_and_order(tmp_path):
                          out_dir=str(tmp_path / "o"), steps=7, threads=1)
     assert cfg.backbones == ("dt", "xlstm:1:0", "mamba", "xlstm:7:1")  # canonical
     jobs = cfg.jobs()
-    assert sorted(jobs) == sorted((v, s) for v in cfg.backbones for s in (3, 1))
-    assert {v for v, _ in jobs[:4]} == {"xlstm:1:0", "xlstm:7:1"}  # the slowest start first
+    assert sorted(jobs) == sorted((v, s, "ad") for v in cfg.backbones for s in (3, 1))  # one layout: the default
+    assert {v for v, *_ in jobs[:4]} == {"dt", "mamba"}  # the slowest start first (variants._COST)
     a = cfg.agent_config("xlstm:1:0", 3)
     assert (a.backbone, a.slstm_at, a.seed, a.steps, a.num_threads) == ("xlstm", "1:0", 3, 7, 1)
     assert a.out == str((tmp_path / "o" / "xlstm-1-0-s3").resolve()) and Path(a.data).is_absolute()
@@ -116,7 +116,7 @@ def test_study_runs_agents_in_processes_and_reuses_them(root, tmp_path):
     for v in cfg.backbones:
         for s in cfg.seeds:
             d = tmp_path / "study" / run_dir_name(v, s)
-            rec = study.runs[v][s]
+            rec = study.runs["ad"][v][s]
             assert rec["run_dir"] == str(d) and rec["train"]["step"] == 2
             saved = json.loads((d / "config.json").read_text())
             assert saved["train"]["seed"] == s and sorted(saved["tasks"]) == sorted(TRAIN)
@@ -147,7 +147,7 @@ def test_study_runs_agents_in_processes_and_reuses_them(root, tmp_path):
                          progress=False)
     d = tmp_path / "study" / "dt-s0"
     assert os.stat(d / "model.pt").st_mtime_ns == stamp[d / "model.pt"]
-    assert np.asarray(more.runs["dt"][0]["evals"]["holdout"]["returns"]).shape == (2, 4)
+    assert np.asarray(more.runs["ad"]["dt"][0]["evals"]["holdout"]["returns"]).shape == (2, 4)
     # a change that would make another model is refused, naming the field and the run
     with pytest.raises(ICLStudyError, match=r"dt seed 0 .*dt-s0.*lr=0\.001 -> 0\.002"):
         run_icl_study(_base(root, tmp_path / "study", lr=0.002, workers=1, backbones=["dt"], seeds=[0]),

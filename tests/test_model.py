@@ -149,9 +149,11 @@ def test_step_through_three_episodes_equals_parallel_forward(tiny_episodes, back
     assert (stepped - parallel).abs().max().item() <= ATOL_FP32
 
 
-@pytest.mark.parametrize("tokens", ["s", "srra", "sr"])
-def test_token_variants_step_equals_forward(tiny_episodes, tokens):
-    model = tiny_model("xlstm", "7:1", tokens=tokens)
+@pytest.mark.parametrize("backbone, slstm_at", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("tokens", ["s", "srra"])
+def test_token_variants_step_equals_forward(tiny_episodes, tokens, backbone, slstm_at):
+    # every layout x backbone: "srr" above, "ad" and "sr" below (tests/test_icl_tokens.py: the DT past its window)
+    model = tiny_model(backbone, slstm_at, tokens=tokens)
     batch = stream_batch(tiny_episodes["classic/cartpole"], lengths=(6, 6), n_streams=2, scale=10.0)
     with torch.no_grad():
         parallel = model(batch)

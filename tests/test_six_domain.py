@@ -10,7 +10,7 @@ import pytest
 
 from lramlab.multitask import MultiTaskConfig, parse_backbone, plan_jobs
 from lramlab.multitask import compare as C
-from lramlab.multitask.params import check_param_match, count_params, match_dt
+from lramlab.models.params import check_param_match, count_params, match_dt
 
 REPO = Path(__file__).parent.parent
 FOUR = ["xlstm:7:1", "xlstm:1:0", "mamba", "dt"]

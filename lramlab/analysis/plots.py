@@ -344,7 +344,7 @@ def icl_curves(returns: Mapping[str, Any], title: str = "In-context learning on 
                or (color_of(name) if name in BACKBONE_ORDER else _PALETTE[i % len(_PALETTE)]))
         if band and a.shape[0] > 1:
             fig.add_trace(go.Scatter(x=np.concatenate([trials, trials[::-1]]),
-                                     y=np.concatenate([mean + std, (mean - std)[::-1]]), fill="toself",
+                                     y=np.concatenate([mean + std, (mean - std)[::-1]]), fill="toself", mode="lines",
                                      line={"width": 0}, fillcolor=col, opacity=0.2, hoverinfo="skip",
                                      showlegend=False, name=f"{name} ±1 std over {band_over}"))
         fig.add_trace(go.Scatter(x=trials, y=mean, mode="lines+markers", name=name, line={"color": col},
@@ -356,16 +356,33 @@ def icl_curves(returns: Mapping[str, Any], title: str = "In-context learning on 
 
 def icl_study_figures(study) -> dict:
     """Fig. 4 / 16 of the paper from an `lramlab.icl.study.ICLStudy`: one figure per goal set
-    ("icl_holdout", "icl_train"), the mean return per trial per variant, ±1 std over seeds."""
+    ("icl_holdout", "icl_train"), the mean return per trial per variant, ±1 std over seeds; a study
+    of several token layouts: one panel per layout, the same y axis, one colour per variant."""
     names = {"holdout": "hold-out", "train": "train"}
     figs = {}
+    layouts = study.layouts
     for g in study.config.eval_goals:
-        curves = study.curves(g)
-        n_goals = next(iter(study.summary().values()))[g]["goals"]
+        n_goals = next(iter(study.summary(layouts[0]).values()))[g]["goals"]
         seeds = len(study.config.seeds)
-        figs[f"icl_{g}"] = icl_curves(curves, band_over="seeds",
-                                      title=f"ICL on Dark-Room, {n_goals} {names[g]} goals: mean over goals"
-                                            + (f", band ±1 std over {seeds} seeds" if seeds > 1 else " (one seed: no band)"))
+        title = (f"ICL on Dark-Room, {n_goals} {names[g]} goals: mean over goals"
+                 + (f", band ±1 std over {seeds} seeds" if seeds > 1 else " (one seed: no band)"))
+        if not study.config.named_layouts:
+            figs[f"icl_{g}"] = icl_curves(study.curves(g), band_over="seeds", title=title)
+            continue
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=len(layouts), shared_yaxes=True, horizontal_spacing=0.04,
+                            subplot_titles=[f"tokens {lay}" for lay in layouts])
+        for col, lay in enumerate(layouts, start=1):
+            for tr in icl_curves(study.curves(g, lay), band_over="seeds").data:
+                tr.legendgroup = tr.name.split(" ±")[0]
+                tr.showlegend = col == 1 and tr.showlegend is not False
+                fig.add_trace(tr, row=1, col=col)
+            fig.update_xaxes(title_text="ICL trial (episode)", row=1, col=col)
+        fig.update_yaxes(title_text="return", row=1, col=1)
+        fig.update_layout(title=title + " (one panel per token layout)", template="plotly_white",
+                          width=max(700, 380 * len(layouts)), height=450)
+        figs[f"icl_{g}"] = fig
     return figs
 
 

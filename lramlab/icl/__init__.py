@@ -133,6 +133,8 @@ class ICLConfig:
     backbone: str = "xlstm"               # xlstm | mamba | dt
     size: str = "16M"                     # paper: 16M agents
     slstm_at: str | None = None           # xLSTM ratio/positions (None: [7:1])
+    d_model: int | None = None            # width (None: the size preset's; the ICL study's parameter-matched DT)
+    n_layers: int | None = None           # blocks (None: the size preset's)
     tokens: str = "srr"                   # "srr" (s, R̂, r): the paper; "sr" (s, r): no R̂; "ad" (s, a_prev, r_prev) summed
     #                                       into one token: no R̂, previous action included (the paper removes actions)
     train_goals: str = "train"            # "train" (the 80 goals found in data) or a comma list of tasks
@@ -166,6 +168,9 @@ class ICLConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 1")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed!r}: expected >= 0")
+        for name in ("d_model", "n_layers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected >= 1 (or None: the size preset's)")
         if not self.target_return > 0:
             raise ValueError(f"target_return={self.target_return!r}: expected > 0")
         from lramlab.models.config import TOKEN_MODES
@@ -199,13 +204,16 @@ class ICLResult:
                 "run_dir": str(self.run_dir) if self.run_dir else None, "train_metrics": self.train_metrics}
 
 
-def train_config_for(cfg: ICLConfig):
-    """The TrainConfig of the AD training run (history windows, context of 2 episodes)."""
+def train_config_for(cfg: ICLConfig, tasks: Sequence[str] | None = None):
+    """The TrainConfig of the AD training run (history windows, context of 2 episodes); `tasks`
+    given (e.g. () to count a model's parameters): used as they are, the data is not looked at."""
     from lramlab.envs import darkroom as dr
     from lramlab.train import TrainConfig
     from lramlab.train.loop import found_tasks
 
-    if cfg.train_goals == "train":
+    if tasks is not None:
+        tasks = tuple(tasks)
+    elif cfg.train_goals == "train":
         found = set(found_tasks([cfg.data]))
         tasks = tuple(t for t in dr.all_tasks("train") if t in found)
         if not tasks:
@@ -214,7 +222,7 @@ def train_config_for(cfg: ICLConfig):
         tasks = tuple(dr.task_name(g) for g in goals_of(cfg.train_goals))
     return TrainConfig(data=(cfg.data,), tasks=tasks, window="history", history_start=cfg.history_start,
                        val_fraction=cfg.val_fraction, backbone=cfg.backbone, size=cfg.size, slstm_at=cfg.slstm_at,
-                       tokens=cfg.tokens,
+                       d_model=cfg.d_model, n_layers=cfg.n_layers, tokens=cfg.tokens,
                        steps=cfg.steps, batch_size=cfg.batch_size, context=cfg.context, lr=cfg.lr,
                        warmup=cfg.warmup, amp=cfg.amp, seed=cfg.seed, device=cfg.device,
                        out=cfg.out, val_every=0, ckpt_every=max(1, cfg.steps // 4), log_every=10,

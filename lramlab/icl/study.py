@@ -9,11 +9,22 @@ the 20 hold-out goals and on the goals it was trained on.
 
 Variants (`backbones`): "dt", "mamba", "xlstm" (= "xlstm:7:1", the size's [7:1] placement) and
 "xlstm:<a>:<b>", an mLSTM:sLSTM ratio (e.g. "xlstm:1:0", mLSTM only; `models.config.slstm_positions_for_ratio`).
-All variants share one size preset (`size`); their parameter counts are reported per variant.
+All variants share one size preset (`size`); their parameter counts are reported per agent.
+`dt_match` chooses the DT's blocks (and its width where no block count at the recurrent width is
+close enough) so that its parameters match the recurrent variants' (`lramlab.models.params`, as the
+multi-task study); with `param_tolerance` > 0 the config refuses variants whose counts are further
+apart than that, naming the counts.
+
+Token layouts (`tokens`, `lramlab.models.config.TOKEN_MODES`): "srr" = (s, R̂, r) per step, the
+paper's (App. D.4); "sr" = (s, r), the same without R̂ (App. E.2); "ad" = AD's one (s, a_prev, r_prev)
+token per step (the CPU recipe; it adds the previous action, which the paper removes). One layout
+(a string) names runs `<variant>-s<seed>`; a list (e.g. ["srr", "sr", "ad"]) trains one agent per
+variant x layout x seed, runs `<variant>-<layout>-s<seed>`, and the summary, claims and metrics are
+grouped per layout.
 
 Run layout, one directory per agent (resumable: a finished run is reused, a killed one resumes):
 
-    out_dir/<variant>-s<seed>/     a training run (config.json, model.pt, metrics.json, checkpoints/)
+    out_dir/<variant>[-<layout>]-s<seed>/   a training run (config.json, model.pt, metrics.json, checkpoints/)
         icl-holdout.json           ICL returns (G, trials) on the hold-out goals, with what made them
         icl-train.json             ... on the train goals
 
@@ -29,7 +40,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -37,57 +48,10 @@ import numpy as np
 
 from lramlab._dataclass_cli import check_fields, json_dumps
 from lramlab._io import file_sha256
+from lramlab.icl.summary import CLAIM, LAST_TRIALS, ICLStudy, compare, set_summary, verdict, window_stats
+from lramlab.icl.variants import check_layouts, job_cost, parse_variant, run_dir_name, variant_label, variant_name
 
 EVAL_SETS = ("holdout", "train")
-#: the paper's claim (§4.3): xLSTM [7:1] attains the highest ICL scores -- compared with the DT here
-CLAIM = ("xlstm:7:1", "dt")
-FIRST_TRIALS = 5       # trials 1-5
-LAST_TRIALS = 10       # the last 10 trials (31-40 of the paper's 40)
-#: rough relative CPU cost of a training update (notes/icl-research.md): the slowest runs start
-#: first, so the last worker is not left alone with an xLSTM run
-_COST = {"xlstm": 3.0, "mamba": 1.0, "dt": 1.0}
-_LABELS = {"dt": "DT", "mamba": "Mamba", "xlstm": "xLSTM"}
-
-
-# ----------------------------------------------------------------------------------------
-# variants
-
-
-def parse_variant(spec: str) -> tuple[str, str | None]:
-    """'dt' | 'mamba' | 'xlstm' | 'xlstm:a:b' -> (backbone, sLSTM ratio); "xlstm" is "xlstm:7:1"."""
-    from lramlab.models.config import BACKBONES, slstm_positions_for_ratio
-
-    if not isinstance(spec, str):
-        raise ValueError(f"backbone variant {spec!r}: expected a string such as 'dt' or 'xlstm:7:1'")
-    backbone, _, ratio = spec.strip().partition(":")
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone variant {spec!r}: unknown backbone {backbone!r}; expected one of "
-                         f"{', '.join(BACKBONES)}, xLSTM with a ratio as 'xlstm:7:1' or 'xlstm:1:0'")
-    if backbone != "xlstm":
-        if ratio:
-            raise ValueError(f"backbone variant {spec!r}: only xlstm takes an mLSTM:sLSTM ratio")
-        return backbone, None
-    ratio = ratio or "7:1"
-    slstm_positions_for_ratio(ratio, 2, "tiny")  # the ratio's syntax (its ValueError names it)
-    a, b = (int(x) for x in ratio.split(":"))
-    return backbone, f"{a}:{b}"
-
-
-def variant_name(spec: str) -> str:
-    """The canonical name of a variant: 'xlstm' -> 'xlstm:7:1', ' dt' -> 'dt'."""
-    backbone, ratio = parse_variant(spec)
-    return backbone if ratio is None else f"{backbone}:{ratio}"
-
-
-def variant_label(spec: str) -> str:
-    """'xlstm:7:1' -> 'xLSTM [7:1]', 'dt' -> 'DT' (figure legends and tables)."""
-    backbone, ratio = parse_variant(spec)
-    return _LABELS[backbone] + (f" [{ratio}]" if ratio else "")
-
-
-def run_dir_name(variant: str, seed: int) -> str:
-    """'xlstm:7:1', 0 -> 'xlstm-7-1-s0'."""
-    return f"{variant_name(variant).replace(':', '-')}-s{int(seed)}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -103,7 +67,8 @@ class ICLStudyConfig:
     backbones: tuple[str, ...] = ("dt", "mamba", "xlstm:7:1")  # variants: dt | mamba | xlstm[:a:b] (paper: xlstm:7:1, xlstm:1:0, mamba, dt)
     seeds: tuple[int, ...] = (0,)               # training (and sampling) seeds, one agent per variant and seed
     size: str = "tiny"                          # model preset of every variant (paper: 16M)
-    tokens: str = "ad"                          # "ad": AD's (s, a_prev, r_prev) per step (recipe); "srr": the paper's
+    tokens: str | tuple[str, ...] = "ad"        # "ad": AD's (s, a_prev, r_prev) per step (recipe); "srr": the paper's
+                                                # (s, R̂, r); "sr": (s, r), no R̂; a list: one agent per variant x layout
     train_goals: str = "train"                  # "train": every train-goal history in data_dir, or a comma list of tasks
     eval_goals: tuple[str, ...] = ("holdout", "train")  # goal sets: "holdout" (the 20) and/or "train" (the trained goals)
     eval_max_goals: int = 20                    # evaluate at most this many goals per set (0: all, the study)
@@ -118,6 +83,10 @@ class ICLStudyConfig:
     greedy: bool = False                        # greedy actions (paper: sampled)
     amp: bool = False                           # bf16 autocast (off is faster on most CPUs)
     device: str = "auto"                        # auto | cpu | cuda
+    dt_match: bool = False                      # choose DT's blocks (width where blocks cannot) to match the recurrent
+                                                # variants' parameters, per layout (lramlab.models.params)
+    param_tolerance: float = 0.0                # refuse to start unless each layout's variants are within this fraction
+                                                # of each other in parameters (0: no check; with dt_match: 0.10)
     workers: int = 2                            # agents trained at once, one process each (one per CPU core)
     threads: int = 1                            # torch threads per agent process (0: torch's default)
     out_dir: str = "runs/notebooks/03_icl"      # metrics.json, figures; each agent in out_dir/<variant>-s<seed>
@@ -127,6 +96,7 @@ class ICLStudyConfig:
         self.backbones = _as_tuple(self.backbones, "backbones")
         self.seeds = _as_tuple(self.seeds, "seeds")
         self.eval_goals = _as_tuple(self.eval_goals, "eval_goals")
+        self.tokens = check_layouts(self.tokens)
         check_fields(self)
         if not self.backbones:
             raise ValueError("ICLStudyConfig.backbones is empty: expected variants such as 'dt', 'xlstm:7:1'")
@@ -158,28 +128,110 @@ class ICLStudyConfig:
                 raise ValueError(f"ICLStudyConfig.{name}={v!r}: expected an integer >= {low}")
         if not self.data_dir:
             raise ValueError("ICLStudyConfig.data_dir='': expected the dataset root (01_data_prep's data_dir)")
+        if not 0 <= self.param_tolerance < 1:
+            raise ValueError(f"ICLStudyConfig.param_tolerance={self.param_tolerance!r}: expected 0 <= value < 1 "
+                             f"(0: no check)")
+        self._shapes: dict[str, dict] = {}   # layout -> the matched DT's {"d_model", "n_layers"}
+        self._match: dict[str, dict] = {}    # layout -> what match_dt chose, and the counts it matched
         try:  # every other field as the agents' ICLConfig checks it
-            self.agent_config(self.backbones[0], self.seeds[0])
+            for layout in self.layouts:
+                self.agent_config(self.backbones[0], self.seeds[0], layout)
         except ValueError as err:
             raise ValueError(f"ICLStudyConfig: {err}") from None
+        if self.dt_match:
+            self._match_dts()
+        if self.param_tolerance > 0:
+            from lramlab.models.params import check_param_match
 
-    def agent_config(self, variant: str, seed: int):
-        """The ICLConfig of one agent (its run in out_dir/<variant>-s<seed>)."""
+            check_param_match(self.param_counts(), self.param_tolerance, owner="ICLStudyConfig", group="with tokens",
+                              hint="set dt_match: true to choose DT's blocks (and width) to match, or "
+                                   "param_tolerance: 0 (no check)")
+
+    # -------------------------------------------------------------------- token layouts
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """The token layouts of the study (one for a string `tokens`)."""
+        return (self.tokens,) if isinstance(self.tokens, str) else tuple(self.tokens)
+
+    @property
+    def named_layouts(self) -> bool:
+        """True when `tokens` is a list: run directories, tables and metrics name each agent's layout."""
+        return not isinstance(self.tokens, str)
+
+    def layout_of(self, layout: str | None = None) -> str:
+        """`layout`, checked; None: the study's only layout (a ValueError when it has several)."""
+        if layout is None:
+            if len(self.layouts) > 1:
+                raise ValueError(f"the study has token layouts {list(self.layouts)}: name one")
+            return self.layouts[0]
+        if layout not in self.layouts:
+            raise ValueError(f"token layout {layout!r} is not in the study's {list(self.layouts)}")
+        return layout
+
+    # -------------------------------------------------------------------- parameters
+    def model_config(self, variant: str, layout: str | None = None):
+        """The LRAMConfig an agent of `variant` with `layout` trains (as its training run builds it)."""
+        from lramlab.icl import train_config_for
+        from lramlab.train.loop import make_model_config
+
+        return make_model_config(train_config_for(self.agent_config(variant, 0, layout), tasks=()))
+
+    def param_counts(self) -> dict[str, dict[str, int]]:
+        """{layout: {variant: parameters}} of the models the agents train (meta device, no memory)."""
+        from lramlab.models.params import count_params
+
+        if not hasattr(self, "_counts"):
+            self._counts = {lay: {v: count_params(self.model_config(v, lay)) for v in self.backbones}
+                            for lay in self.layouts}
+        return {lay: dict(c) for lay, c in self._counts.items()}
+
+    def _match_dts(self) -> None:
+        from lramlab.models.config import preset
+        from lramlab.models.params import count_params, match_dt
+
+        if "dt" not in self.backbones:
+            return
+        ref = [v for v in self.backbones if v != "dt"] or ["xlstm:7:1"]  # none: the paper's model
+        width, layers = preset("xlstm", self.size)["d_model"], preset("xlstm", self.size)["n_layers"]
+        for lay in self.layouts:
+            targets = [count_params(self.model_config(v, lay)) for v in ref]
+            dt = self.model_config("dt", lay)  # the preset DT: what the match may change is its blocks and width
+            m = match_dt(targets, width, layers, {"size": dt.size, "context_steps": dt.context_steps, "tokens": lay,
+                                                  "n_heads": dt.n_heads}, self.param_tolerance or 0.10)
+            self._shapes[lay] = {"d_model": m["d_model"], "n_layers": m["n_layers"]}
+            self._match[lay] = {**m, "matched_to": dict(zip(ref, targets))}
+
+    def param_match(self) -> dict:
+        """What the parameter matching did: per layout the counts and largest/smallest ratio, and per
+        layout the matched DT's blocks / width and the counts it was matched to."""
+        from lramlab.models.params import ratio
+
+        counts = self.param_counts()
+        return {"tolerance": self.param_tolerance, "dt_match": self.dt_match,
+                "layouts": {lay: {"params": c, "ratio": ratio(list(c.values()))} for lay, c in counts.items()},
+                "dt": {lay: dict(m) for lay, m in self._match.items()}}
+
+    # -------------------------------------------------------------------- agents
+    def agent_config(self, variant: str, seed: int, layout: str | None = None):
+        """The ICLConfig of one agent (its run in out_dir/<variant>[-<layout>]-s<seed>)."""
         from lramlab.icl import ICLConfig
 
+        layout = self.layout_of(layout)
         backbone, ratio = parse_variant(variant)
+        shape = self._shapes.get(layout, {}) if backbone == "dt" else {}
+        name = run_dir_name(variant, seed, layout if self.named_layouts else None)
         return ICLConfig(data=str(Path(self.data_dir).resolve()), backbone=backbone, slstm_at=ratio, size=self.size,
-                         tokens=self.tokens, train_goals=self.train_goals, context_episodes=self.context_episodes,
+                         d_model=shape.get("d_model"), n_layers=shape.get("n_layers"),
+                         tokens=layout, train_goals=self.train_goals, context_episodes=self.context_episodes,
                          steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup=self.warmup,
                          history_start=self.history_start, trials=self.trials, target_return=self.target_return,
                          greedy=self.greedy, seed=int(seed), amp=self.amp, device=self.device,
-                         num_threads=self.threads, out=str(Path(self.out_dir).resolve() / run_dir_name(variant, seed)),
-                         progress=False)
+                         num_threads=self.threads, out=str(Path(self.out_dir).resolve() / name), progress=False)
 
-    def jobs(self) -> list[tuple[str, int]]:
-        """(variant, seed) of every agent, the slowest to train first."""
-        order = [(v, s) for s in self.seeds for v in self.backbones]
-        return sorted(order, key=lambda j: -_COST[parse_variant(j[0])[0]])
+    def jobs(self) -> list[tuple[str, int, str]]:
+        """(variant, seed, layout) of every agent, the slowest to train first."""
+        order = [(v, s, lay) for s in self.seeds for lay in self.layouts for v in self.backbones]
+        return sorted(order, key=lambda j: -job_cost(j[0], j[2]))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -308,19 +360,21 @@ def run_icl_study(cfg: ICLStudyConfig, progress: bool = True) -> "ICLStudy":
     from tqdm.auto import tqdm
 
     jobs = cfg.jobs()
-    records: dict[tuple[str, int], dict] = {}
+    records: dict[tuple[str, int, str], dict] = {}
     bar = tqdm(total=len(jobs), desc="ICL agents", unit="agent", disable=not progress)
 
     def done(job, rec):
         records[job] = rec
         h = rec["evals"].get(cfg.eval_goals[0], {}).get("returns")
         last = float(np.mean(np.asarray(h)[:, -LAST_TRIALS:])) if h else float("nan")
-        bar.set_postfix_str(f"{job[0]} s{job[1]}: {cfg.eval_goals[0]} last trials {last:.1f}")
+        lay = f" {job[2]}" if cfg.named_layouts else ""
+        bar.set_postfix_str(f"{job[0]}{lay} s{job[1]}: {cfg.eval_goals[0]} last trials {last:.1f}")
         bar.update(1)
 
     def failed(job, err) -> ICLStudyError:
         d = cfg.agent_config(*job).out
-        return ICLStudyError(f"ICL agent {job[0]} seed {job[1]} ({d}) failed: {type(err).__name__}: {err}")
+        lay = f" tokens {job[2]}" if cfg.named_layouts else ""
+        return ICLStudyError(f"ICL agent {job[0]}{lay} seed {job[1]} ({d}) failed: {type(err).__name__}: {err}")
 
     try:
         if cfg.workers == 1 or len(jobs) == 1:
@@ -363,130 +417,10 @@ def run_icl_study(cfg: ICLStudyConfig, progress: bool = True) -> "ICLStudy":
                 ex.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
-    runs = {v: {s: records[(v, s)] for s in cfg.seeds} for v in cfg.backbones}
+    runs = {lay: {v: {s: records[(v, s, lay)] for s in cfg.seeds} for v in cfg.backbones} for lay in cfg.layouts}
     return ICLStudy(cfg, runs)
 
 
-def _window(n: int, which: str) -> tuple[int, int]:
-    """1-based inclusive trial range of the "first" (1-5) or "last" (last 10) window of n trials."""
-    return (1, min(FIRST_TRIALS, n)) if which == "first" else (max(1, n - LAST_TRIALS + 1), n)
-
-
-def window_stats(returns: np.ndarray, which: str) -> dict:
-    """Stats of one window of (S, G, N) returns: mean, std over seeds, std over goals, per seed."""
-    r = np.asarray(returns, dtype=np.float64)
-    a, b = _window(r.shape[-1], which)
-    per_goal = r[:, :, a - 1:b].mean(axis=2)          # (S, G)
-    per_seed = per_goal.mean(axis=1)                   # (S,)
-    return {"trials": [a, b], "mean": float(per_seed.mean()), "std_seeds": float(per_seed.std()),
-            "std_goals": float(per_goal.std(axis=1).mean()), "per_seed": per_seed.tolist()}
-
-
-def set_summary(returns: np.ndarray) -> dict:
-    """Summary of one variant on one goal set from its (S, G, N) returns."""
-    r = np.asarray(returns, dtype=np.float64)
-    curves = r.mean(axis=1)                            # (S, N) per-seed mean over goals
-    first, last = window_stats(r, "first"), window_stats(r, "last")
-    ratio = last["mean"] / first["mean"] if first["mean"] > 0 else None
-    return {"goals": int(r.shape[1]), "trials": int(r.shape[2]), "seeds": int(r.shape[0]),
-            "curve_mean": curves.mean(axis=0).tolist(), "curve_std_seeds": curves.std(axis=0).tolist(),
-            "first": first, "last": last, "ratio": ratio}
-
-
-@dataclass
-class ICLStudy:
-    """The finished study: `runs[variant][seed]` = `run_agent`'s record."""
-
-    config: ICLStudyConfig
-    runs: dict[str, dict[int, dict]] = field(default_factory=dict)
-
-    def returns(self, variant: str, goal_set: str) -> np.ndarray:
-        """(S, G, N) returns of a variant on a goal set, seeds in config order."""
-        return np.stack([np.asarray(self.runs[variant][s]["evals"][goal_set]["returns"], dtype=np.float64)
-                         for s in self.config.seeds])
-
-    def curves(self, goal_set: str) -> dict[str, np.ndarray]:
-        """{variant label: (S, N) per-seed mean return per trial} (the figure's lines and bands)."""
-        return {variant_label(v): self.returns(v, goal_set).mean(axis=1) for v in self.config.backbones}
-
-    def summary(self) -> dict[str, dict]:
-        """Per variant: label, params, training numbers, and per goal set `set_summary`."""
-        out = {}
-        for v in self.config.backbones:
-            recs = [self.runs[v][s] for s in self.config.seeds]
-            out[v] = {"label": variant_label(v), "model": recs[0]["model"], "params": recs[0]["params"],
-                      "seeds": list(self.config.seeds), "run_dirs": [r["run_dir"] for r in recs],
-                      "train_wall_s": [r["train"]["wall_s"] for r in recs],
-                      "train_loss": [r["train"]["loss"] for r in recs], "val_loss": [r["train"]["val_loss"] for r in recs],
-                      **{g: set_summary(self.returns(v, g)) for g in self.config.eval_goals}}
-        return out
-
-    def claim(self) -> dict[str, dict] | None:
-        """Whether xLSTM [7:1]'s mean over its last trials is >= the DT's, per goal set (None when the
-        study lacks either); `within_seed_spread`: the gap is no larger than the larger std over seeds
-        (None with one seed)."""
-        a, b = CLAIM
-        if a not in self.config.backbones or b not in self.config.backbones:
-            return None
-        out = {}
-        for g in self.config.eval_goals:
-            la, lb = set_summary(self.returns(a, g))["last"], set_summary(self.returns(b, g))["last"]
-            diff = la["mean"] - lb["mean"]
-            out[g] = {"trials": la["trials"], a: la["mean"], b: lb["mean"], "diff": diff, "holds": diff >= 0,
-                      "within_seed_spread": (abs(diff) <= max(la["std_seeds"], lb["std_seeds"])
-                                             if len(self.config.seeds) > 1 else None),
-                      "std_seeds": {a: la["std_seeds"], b: lb["std_seeds"]}}
-        return out
-
-    def claim_rows(self) -> list[dict]:
-        """`claim()` as table rows with a verdict that says what the evidence allows: with one seed a
-        gap is a direction, not a result; with several it counts only beyond the spread over seeds."""
-        a, b = CLAIM
-        rows = []
-        for g, c in (self.claim() or {}).items():
-            if c["within_seed_spread"] is None:
-                verdict = f"one seed: {'ahead' if c['holds'] else 'behind'} here, not a result (run >= 2 seeds)"
-            elif c["within_seed_spread"]:
-                verdict = "within the spread over seeds: not shown"
-            else:
-                verdict = "holds beyond the seed spread" if c["holds"] else "fails beyond the seed spread"
-            rows.append({"goals": g, "trials": f"{c['trials'][0]}-{c['trials'][1]}", a: round(c[a], 1),
-                         b: round(c[b], 1), "gap": round(c["diff"], 1), "verdict": verdict})
-        return rows
-
-    def table(self) -> list[dict]:
-        """One row per variant and goal set: trials 1-5 / last 10 means, ratio, spreads, params."""
-        rows = []
-        for v, s in self.summary().items():
-            for g in self.config.eval_goals:
-                f, l_ = s[g]["first"], s[g]["last"]
-                rows.append({"variant": s["label"], "goals": f"{g} ({s[g]['goals']})", "seeds": len(s["seeds"]),
-                             "trials": f"{f['trials'][0]}-{f['trials'][1]} / {l_['trials'][0]}-{l_['trials'][1]}",
-                             "first": round(f["mean"], 1), "last": round(l_["mean"], 1),
-                             "ratio": None if s[g]["ratio"] is None else round(s[g]["ratio"], 2),
-                             "std over seeds": round(l_["std_seeds"], 1), "std over goals": round(l_["std_goals"], 1),
-                             "params": s["params"]["total"]})
-        return rows
-
-    def table_markdown(self) -> str:
-        rows = self.table()
-        if not rows:
-            return ""
-        cols = list(rows[0])
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in rows]
-        return "\n".join(lines) + ("\n\nfirst / last: mean return over the first 5 / last 10 trials (mean over goals "
-                                    "and seeds); ratio = last / first; spreads: population std of the last trials' "
-                                    "means over seeds and over goals")
-
-    def metrics(self) -> dict:
-        """What 03_icl writes to metrics.json."""
-        claim = self.claim()
-        return {"config": self.config.to_dict(), "variants": self.summary(), "claim": claim,
-                "xlstm_7_1_ge_dt": None if claim is None else claim.get("holdout", next(iter(claim.values())))["holds"],
-                "table": self.table()}
-
-
-__all__ = ["CLAIM", "EVAL_SETS", "ICLStudy", "ICLStudyConfig", "ICLStudyError", "eval_goal_set", "parse_variant",
-           "run_agent", "run_dir_name", "run_icl_study", "set_summary", "variant_label", "variant_name",
-           "window_stats"]
+__all__ = ["CLAIM", "EVAL_SETS", "ICLStudy", "ICLStudyConfig", "ICLStudyError", "check_layouts", "compare",
+           "eval_goal_set", "parse_variant", "run_agent", "run_dir_name", "run_icl_study", "set_summary", "variant_label",
+           "variant_name", "verdict", "window_stats"]

@@ -6,7 +6,7 @@ variant at its own width, e.g. `"xlstm:7:1@256"`, `"dt@256"`: the scaling compar
 training seed (`seeds`: one agent per (variant, seed), runs `<name>-s<seed>`), on the same data with
 the same budget (updates, batch, context, learning-rate schedule) and matched parameters (the
 recurrent backbones get twice the given blocks at their width; `dt_match` chooses DT's blocks, and
-its width where blocks cannot, to match them: `multitask.params`; the config fails up front when
+its width where blocks cannot, to match them: `models.params`; the config fails up front when
 the variants of one width are not within `param_tolerance`, 10 %, of each other):
 
 1. train one agent on the training tasks under `data_dir` (`lramlab.train.run`, its own run dir);

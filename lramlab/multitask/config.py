@@ -81,7 +81,7 @@ class MultiTaskConfig:
     seeds: tuple[int, ...] = ()            # training seeds: one agent per (variant, seed), runs "<name>-s<seed>"
                                            # (empty: one agent per variant trained with `seed`; paper: 3)
     dt_match: bool = True                  # choose DT's blocks (width if needed) to match the recurrent
-                                           # variants' parameters (lramlab.multitask.params; False: n_layers)
+                                           # variants' parameters (lramlab.models.params; False: n_layers)
     param_tolerance: float = 0.10          # fail up front unless each width's variants are within this
                                            # fraction of each other in parameters (0: no check)
     device: str = "cpu"                    # cpu | cuda | cuda:N (training; evaluation steps on it too)
@@ -143,13 +143,13 @@ class MultiTaskConfig:
                 raise ValueError(f"MultiTaskConfig: backbone {spec['name']!r}: {err}") from None
         if self.dt_match:
             self._match_dts()
-        from lramlab.multitask.params import check_param_match
+        from lramlab.models.params import check_param_match
 
         self.param_ratios = check_param_match(self.param_groups(), self.param_tolerance)
 
     def _match_dts(self) -> None:
         from lramlab.models.config import preset
-        from lramlab.multitask.params import count_params, match_dt
+        from lramlab.models.params import count_params, match_dt
         from lramlab.train.loop import make_model_config
 
         for spec in self.specs():
@@ -179,7 +179,7 @@ class MultiTaskConfig:
 
     def param_counts(self) -> dict[str, int]:
         """variant name -> parameters of the model it trains (counted on the meta device)."""
-        from lramlab.multitask.params import count_params
+        from lramlab.models.params import count_params
         from lramlab.train.loop import make_model_config
 
         if not hasattr(self, "_counts"):

@@ -1,4 +1,6 @@
-"""Parameter matching of the study's backbone variants (paper §4.1: "comparable parameter counts").
+"""Parameter matching of a study's backbone variants (paper §4.1: "comparable parameter counts"):
+the multi-task study (`lramlab.multitask`: variants per width) and the ICL study (`lramlab.icl.study`:
+variants per token layout) both use it.
 
 `count_params(model_config)` counts a model's parameters without allocating it (meta device).
 `match_dt(target_counts, width, ...)` chooses the Decision Transformer's blocks (and, only where no
@@ -7,7 +9,7 @@ block count at the recurrent width is close enough, its width) so that its count
 raises a ValueError naming every variant and its count when a group's largest / smallest count
 exceeds 1 + tolerance.
 
-How DT is matched (`MultiTaskConfig.dt_match=True`): the recurrent backbones keep the paper's
+How DT is matched (`MultiTaskConfig.dt_match=True`, `ICLStudyConfig.dt_match=True`): the recurrent backbones keep the paper's
 layout (twice DT's preset blocks at the given width); DT first keeps their width and takes the
 number of blocks (1 .. twice the recurrent blocks) that gives the smallest largest/smallest ratio
 among the group's counts; when that ratio is above 1 + tolerance, widths from half to twice the
@@ -43,18 +45,22 @@ def ratio(counts: Sequence[int]) -> float:
     return max(counts) / min(counts) if len(counts) > 1 else 1.0
 
 
-def check_param_match(groups: Mapping[str, Mapping[str, int]], tolerance: float) -> dict[str, float]:
+def check_param_match(groups: Mapping[str, Mapping[str, int]], tolerance: float, owner: str = "MultiTaskConfig",
+                      group: str = "at width",
+                      hint: str = "set dt_match: true to choose DT's blocks/width, or change d_model / n_layers"
+                      ) -> dict[str, float]:
     """{group: largest/smallest ratio}; a ValueError naming the group, each variant and its count and
-    the ratio when a group's ratio exceeds 1 + tolerance (tolerance 0: no check, ratios returned)."""
+    the ratio when a group's ratio exceeds 1 + tolerance (tolerance 0: no check, ratios returned).
+    `owner` (the config), `group` (what the groups are: "at width", "with tokens") and `hint` (what
+    to change) word the message."""
     out = {}
     for g, counts in groups.items():
         r = ratio(list(counts.values()))
         out[g] = r
         if tolerance > 0 and r > 1 + tolerance + 1e-12:
             listed = ", ".join(f"{n}: {c:,}" for n, c in counts.items())
-            raise ValueError(f"MultiTaskConfig: parameter counts of the variants at width {g} are not within "
-                             f"{tolerance:.0%} of each other ({listed}; largest/smallest {r:.3f}); set "
-                             f"dt_match: true to choose DT's blocks/width, or change d_model / n_layers")
+            raise ValueError(f"{owner}: parameter counts of the variants {group} {g} are not within "
+                             f"{tolerance:.0%} of each other ({listed}; largest/smallest {r:.3f}); {hint}")
     return out
 
 
