@@ -24,7 +24,9 @@ FOUR = ["xlstm:7:1", "xlstm:1:0", "mamba", "dt"]
     ([0.5, 0.7], [0.6, 0.9], C.INSIDE),                      # d = -0.15, also inside
     ([0.7], [0.6], C.HOLDS),                                 # one seed each: the sign
     ([0.6], [0.7], C.DOES_NOT),
-    ([0.5, 0.5], [0.5, 0.5], C.HOLDS),                       # equal, no spread: A >= B
+    ([0.5, 0.5], [0.5, 0.5], C.TIE),                         # every seed equal: true, but no information
+    ([0.0, 0.0], [0.0], C.TIE),                              # nobody solved anything (the six-domain run)
+    ([0.5, 0.5], [0.4, 0.4], C.HOLDS),                       # no spread: the sign
     ([None, float("nan")], [0.5], C.NO_SCORE),
 ])
 def test_verdict_on_constructed_seed_scores(a, b, want):

@@ -9,6 +9,8 @@ side a list of per-seed scores): d = mean(a) - mean(b); spread = the larger of t
 - "does not"            when d < 0 and |d| > spread (same proviso),
 - "inside seed spread"  when spread > 0 and |d| <= spread: the seeds of one side alone vary as
                         much as the difference, so the data do not decide;
+- "tie"                 when every seed of both sides scores the same (e.g. all 0: no agent
+                        solved a task): "A >= B" is true but says nothing about the backbones,
 - "no score"            when a side has no finite score.
 
 So a verdict is only "holds" / "does not" when the difference of the means is larger than the
@@ -20,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-HOLDS, DOES_NOT, INSIDE, NO_SCORE = "holds", "does not", "inside seed spread", "no score"
+HOLDS, DOES_NOT, INSIDE, TIE, NO_SCORE = "holds", "does not", "inside seed spread", "tie", "no score"
 
 
 def _finite(xs: Sequence[Any]) -> list[float]:
@@ -47,7 +49,9 @@ def verdict(a: Sequence[Any], b: Sequence[Any]) -> dict[str, Any]:
         return {"verdict": NO_SCORE, "diff": None, "spread": None, "n_a": len(sa), "n_b": len(sb)}
     d = sum(sa) / len(sa) - sum(sb) / len(sb)
     spread = max(max(sa) - min(sa), max(sb) - min(sb))
-    if spread > 0 and abs(d) <= spread:
+    if len(set(sa) | set(sb)) == 1:
+        v = TIE
+    elif spread > 0 and abs(d) <= spread:
         v = INSIDE
     else:
         v = HOLDS if d >= 0 else DOES_NOT
