@@ -133,6 +133,7 @@ def test_publish_copies_a_run_into_docs_results_relative_and_keeps_wall_segments
 
     run = _fake_study_run(tmp_path)
     dest = copy_root / R.RESULTS / "six-domain-cpu"
+    (dest / "results.json").unlink(missing_ok=True)            # the committed run's (its wall segments)
     assert P.main([str(run), "06_multitask", str(dest), "--preset", str(ROOT / "studies/six-domain-cpu.yaml"),
                    "--note", "first segment"]) == 0
     d = json.loads((dest / "results.json").read_text())

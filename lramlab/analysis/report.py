@@ -559,14 +559,22 @@ def _six_study(d: Mapping) -> str:
 def section_six_domain(root: Path) -> dict[str, str]:
     summary = load(root, f"{RESULTS}/six-domain-cpu/summary.json")
     if summary is None:
-        return {"six.section": not_run("the six-domain study",
+        return {"six.budget": "(not run yet)", "six.section": not_run("the six-domain study",
                                        "lramlab pipeline --params studies/six-domain-cpu.yaml --out runs/six-domain-cpu",
                                        f"{RESULTS}/six-domain-cpu/summary.json")}
     text = _six_domain_table(summary) + "\n\n" + _six_targets(summary)
     res = load(root, f"{RESULTS}/six-domain-cpu/results.json")
+    budget = "(no committed run)"
     if res is not None:
         text = _six_study(res) + "\n\n" + text
-    return {"six.section": text}
+        c = res.get("config") or {}
+        doms = len(summary.get("domains", {}))
+        if c.get("steps") and c.get("batch_size"):
+            windows = int(c["steps"]) * int(c["batch_size"]) * doms
+            budget = (f"{count(c['steps'])} updates x {doms} domains x {c['batch_size']} windows of context "
+                      f"{c.get('context')} = {count(windows)} training windows per agent (lr {c.get('lr')}, "
+                      f"{c.get('warmup')} warm-up steps, cosine)")
+    return {"six.section": text, "six.budget": budget}
 
 
 def _quality_table(d: Sequence[Mapping]) -> str:
