@@ -228,7 +228,8 @@ class MultiTaskResult:
         figs: dict[str, Any] = {}
         if self.scores("train"):
             figs["scores"] = F.score_bars(self.scores("train"), self.scores("train", "score_iqm"),
-                                          ytitle="normalised score (Dark-Room: return / best return)",
+                                          ytitle="normalised score" + (" (Dark-Room: return / best return)"
+                                                                       if "darkroom" in (self.reference or {}) else ""),
                                           seeds=self.seed_scores("train"), reference=self.reference)
             # (a domain without a normalised score -- every task capped -- shows no bar: None)
         zs, ft = self.scores("zeroshot"), self.scores("finetuned")
