@@ -251,7 +251,7 @@ def test_tiny_preset_writes_summary_and_verdicts(tiny_study):
         v = m["verdicts"][dom]["xlstm-1-0 >= dt"]
         want = C.verdict(s["domains"][dom]["backbones"]["xlstm-1-0"]["seeds"], s["domains"][dom]["backbones"]["dt"]["seeds"])
         assert v == want
-        assert v["verdict"] in ((C.HOLDS, C.DOES_NOT, C.INSIDE) if dom == "metaworld" else (C.NO_SCORE,))
+        assert v["verdict"] in ((C.HOLDS, C.DOES_NOT, C.INSIDE, C.TIE) if dom == "metaworld" else (C.NO_SCORE,))
     assert m["scaling"] == {}  # one width: nothing to scale
 
 
