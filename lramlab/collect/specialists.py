@@ -209,8 +209,8 @@ DMC_DEFAULT_SPECS: dict[str, str] = {
     # data 0.78 (return 254.1; 0.5 is 163.6), random 0.004; 313 CPU s (40K decisions, 160K env steps).
     # At 10K decisions 0.17, 30K 0.48: the return still rises at 40K.
     "cheetah-run": f"sac:steps=40000,{SAC_NET},action_repeat=4,deterministic=1",
-    # walker-run: cheetah-run's recipe (dense reward; a standing walker earns ~1/6 of the maximum);
-    # measured in the data6 preset run (docs/results/data6-cpu/quality.json)
+    # walker-run: cheetah-run's recipe (dense reward; a standing walker earns ~1/6 of the maximum):
+    # data score 0.42 (random 0.00), 40K decisions; 80K gave 0.42 too (589 s CPU) -- under 0.5 (return 184)
     "walker-run": f"sac:steps=40000,{SAC_NET},action_repeat=4,deterministic=1",
     # data 0.05 (76.2), random 0.003: does NOT learn here. 50K decisions (408 CPU s) did not help:
     # 20K 0.05, 30K 0.05, 40K 0.05, 50K -0.03 (sampling instead of the mode: -0.03); the policy
