@@ -238,21 +238,19 @@ def data_quality_bars(rows: Sequence[Mapping]):
     kinds = list(dict.fromkeys(r["score_kind"] for r in rows))
     # x labels: the task without its domain when a panel holds one domain (the bar's colour says it);
     # long labels (many tasks, rotated) get room below their panel so they do not run into the next one
+    by_kind = {k: [r for r in rows if r["score_kind"] == k] for k in kinds}
     label = {r["task"]: r["task"] for r in rows}
-    for kind in kinds:
-        sel = [r for r in rows if r["score_kind"] == kind]
+    for sel in by_kind.values():
         if len({r["domain"] for r in sel}) == 1:
             label.update({r["task"]: r["task"].split("/", 1)[-1] for r in sel})
-    longest = max((len(label[r["task"]]) for r in rows if len([x for x in rows if x["score_kind"] == r["score_kind"]]) > 8),
-                  default=0)
+    longest = max((len(label[r["task"]]) for sel in by_kind.values() if len(sel) > 8 for r in sel), default=0)
     pad = 7 * longest                                  # px under a panel whose labels are rotated
     panel = 220
     n = max(len(kinds), 1)
     height = n * (panel + pad) + 120
     fig = make_subplots(rows=n, cols=1, subplot_titles=[f"score: {k}" for k in kinds] or None,
                         vertical_spacing=min(0.9 / n, (pad + 60) / height) if n > 1 else 0.1)
-    for i, kind in enumerate(kinds, start=1):
-        sel = [r for r in rows if r["score_kind"] == kind]
+    for i, sel in enumerate(by_kind.values(), start=1):
         x = [label[r["task"]] for r in sel]
         fig.add_trace(go.Bar(x=x, y=[r["data_score"] for r in sel], name="data",
                              marker_color=[color_of(r["domain"]) for r in sel], showlegend=i == 1,

@@ -19,18 +19,17 @@ import argparse
 import json
 import platform
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from lramlab._dataclass_cli import command, strict_json
+from lramlab._dataclass_cli import command, json_dumps
 from lramlab._io import atomic_write_text
 
 
 def atomic_json(path: Path, data: Any) -> None:
     """Strict JSON (a NaN score becomes null), written atomically."""
-    atomic_write_text(path, json.dumps(strict_json(data), indent=1, allow_nan=False) + "\n")
+    atomic_write_text(path, json_dumps(data, indent=1) + "\n")
 
 
 def _relative(x: Any, root: str) -> Any:
@@ -53,24 +52,12 @@ def _read_json(path: Path, what: str) -> Any:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); expected {what}") from None
 
 
-def _git_commit(cwd: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+def _versions() -> dict[str, Any]:
+    """The run directory's version record (`train.runlog.versions`: packages, git commit) plus the
+    machine and its CPU count, which the results page names beside a wall time."""
+    from lramlab.train.runlog import versions
 
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version(), "machine": f"{platform.machine()}, {_cpus()} CPUs"}
-    for pkg in ("lramlab", "torch", "xlstm", "mamba-ssm", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return {**versions(), "machine": f"{platform.machine()}, {_cpus()} CPUs"}
 
 
 def _cpus() -> int:
@@ -128,8 +115,9 @@ def publish(run_out: str | Path, notebook: str, dest: str | Path, preset: str | 
     out_name = run_out.name
     cmd = (f"lramlab pipeline --params {preset} --only {notebook.split('_')[0]} --out runs/{out_name}"
            if preset else None)
+    vers = _versions()
     doc = {"preset": preset, "command": cmd, "pipeline_seconds": {notebook: round(seconds, 1)}, "wall": wall,
-           "code": _git_commit(Path.cwd()), "versions": _versions(), "config": config, "metrics": metrics}
+           "code": vers.get("git_commit"), "versions": vers, "config": config, "metrics": metrics}
     atomic_json(old_path, doc)
     if (nb_dir / "summary.json").is_file():
         atomic_json(dest / "summary.json", _read_json(nb_dir / "summary.json", "the study's summary"))

@@ -491,6 +491,11 @@ def _verdict_rows(tab: Mapping) -> list[list[str]]:
     return rows
 
 
+def _segments(wall: Sequence[Mapping]) -> str:
+    """A run's wall time per segment (publish.py's `wall` list): "68.4 min (note); 0.2 min"."""
+    return "; ".join(minutes(w["seconds"]) + (f" ({w['note']})" if w.get("note") else "") for w in wall)
+
+
 def _six_study(d: Mapping) -> str:
     """The parts of the six-domain section that come from results.json (publish.py's output)."""
     m = d["metrics"]
@@ -498,7 +503,7 @@ def _six_study(d: Mapping) -> str:
     parts = []
     wall = d.get("wall") or [{"seconds": sum(_pipeline_seconds(d).values()), "note": ""}]
     total = sum(float(w.get("seconds") or 0.0) for w in wall)
-    segs = "; ".join(f"{minutes(w['seconds'])}" + (f" ({w['note']})" if w.get("note") else "") for w in wall)
+    segs = _segments(wall)
     one = f" ({wall[0]['note']})" if wall[0].get("note") else ""
     parts.append(f"Run: `{d.get('command')}` -- wall {minutes(total)}" + (f" over {len(wall)} segments: {segs}"
                                                                              if len(wall) > 1 else one)
@@ -623,7 +628,7 @@ def section_quality(root: Path) -> dict[str, str]:
     else:
         wall = run.get("wall") or []
         m = run.get("metrics", {})
-        segs = "; ".join(f"{minutes(w['seconds'])}" + (f" ({w['note']})" if w.get("note") else "") for w in wall)
+        segs = _segments(wall)
         fig = (m.get("figures") or {}).get("quality") or {}
         out["quality.run"] = (f"The preset's run: `{run.get('command')}`: {count(m.get('n_tasks', 0))} tasks, "
                               f"{count(m.get('n_episodes', 0))} episodes, {count(m.get('n_transitions', 0))} transitions; "
