@@ -51,6 +51,16 @@ def test_composuite_expert_solves_each_objective(task):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("task", ["composuite/Panda_Box_GoalWall_PickPlace",
+                                  "composuite/Panda_Hollowbox_ObjectDoor_PickPlace"])
+def test_composuite_expert_passes_goal_wall_and_object_door(task):
+    """Over the wall between the bins; reaching over the door frame (down to the object behind it
+    and back out) without the arm folding back into the frame."""
+    end, ever, t = _episode(task, "expert", episode_seed(0, 0), stop_on_success=True)
+    assert end and ever, f"{task}: expert did not succeed in {t} steps"
+
+
+@pytest.mark.slow
 def test_composuite_random_policy_fails():
     end, ever, t = _episode("composuite/Panda_Box_None_PickPlace", "random", episode_seed(0, 0), False)
     assert t == 500 and not ever

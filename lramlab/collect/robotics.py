@@ -334,8 +334,11 @@ class ComposuiteExpert(WaypointExpert):
         self.table_z = float(rs.bin1_pos[2]) + 0.02
         lo, hi = self.geoms_aabb(self.obj_geoms)
         self.obj_h = float(hi[2] - lo[2])
-        # approach height: fingertips above bins and obstacles
-        self.z_clear = max(1.0, self.obstacle_top + 0.06)
+        self.obj_half_xy = 0.5 * (hi[:2] - lo[:2])
+        # approach height: fingertips above the bins and above an obstacle between the robot and the
+        # object (ObjectWall / ObjectDoor); the GoalWall stands between the bins, beside the approach
+        between = obst in ("ObjectWall", "ObjectDoor")
+        self.z_clear = max(1.0, self.obstacle_top + 0.06 if between else 0.0)
         P = []
         P.append(Phase("rise", lambda: np.r_[self.phase_start_pos[:2], self.z_clear], OPEN, tol=0.03, max_steps=60))
         P.append(Phase("over", lambda: np.r_[self.grasp_point()[:2], self.z_clear], OPEN, tol=0.03, max_steps=120))
@@ -344,6 +347,11 @@ class ComposuiteExpert(WaypointExpert):
         P.append(Phase("grasp", lambda: self.grasp_point(), CLOSE, tol=0.0, min_steps=12, max_steps=12, speed=0.01))
         self.grasp_phase = len(P) - 1
         P.extend(getattr(self, "_plan_" + self.objective)())
+        if obst in ("GoalWall", "ObjectDoor"):
+            # every command saturates the joint controller on these long paths: scale the joint deltas
+            # together (clipping each joint bends the path into the door frame / above Push's limit)
+            for ph in P:
+                ph.smooth = True
         self.phases = P
         self.phase_start_pos = arm.pos()
 
@@ -398,9 +406,49 @@ class ComposuiteExpert(WaypointExpert):
     def _goal_xy(self) -> np.ndarray:
         return self.rs.sim.model.body_pos[self.rs.goal_body_id][:2].copy()
 
+    push_wall_pitch = 25.0  # degrees, see _past_wall
+
+    def _past_wall(self, z, speed=0.04):
+        """Waypoints carrying the object past the GoalWall (28 cm tall, between the bins, from 10 cm
+        short of the bins' centre line to 1 cm past it). Push (the object stays under 10 cm and
+        bin 2 has 10 cm walls, open towards bin 1): through the gap between the wall's far end and
+        bin 2's front wall at height `z()`. Otherwise diagonally up over the wall's top and on: the
+        detour around its robot-side end folds the arm near its joint limits and takes ~130 steps
+        more (measured on Panda_Box_GoalWall_PickPlace)."""
+        if self.obstacle_kind != "GoalWall":
+            return []
+        lo, hi = self.obstacle_lo, self.obstacle_hi
+        hx, hy = self.obj_half_xy
+        rot = None
+        if self.objective == "Push":
+            x = float(hi[0]) + 0.09
+            # the forearm passes over the wall's top: pitch the fingers back towards the robot so the
+            # wrist sits ahead of (+x) and the forearm higher above the wall than with fingers down
+            th = np.deg2rad(self.push_wall_pitch)
+            Ry = np.array([[math.cos(th), 0.0, math.sin(th)], [0.0, 1.0, 0.0], [-math.sin(th), 0.0, math.cos(th)]])
+            R0 = self.R_target.copy()
+            rot = lambda: Ry @ R0  # noqa: E731
+
+            def at(y):
+                def f():
+                    off = self.held_offset()
+                    return np.r_[x + off[0], y + off[1], z()]
+                return f
+        else:
+            zb = float(hi[2]) + 0.03  # object bottom over the wall's top
+
+            def at(y):
+                def f():
+                    off = self.held_offset()
+                    return np.r_[self.phase_start_pos[0], y + off[1], self.carry_z(zb)]
+                return f
+        ys = (float(lo[1] - hy - 0.03), float(hi[1] + hy + 0.05))  # past it: the gripper's base too
+        return [Phase("via", at(ys[0]), CLOSE, tol=0.03, max_steps=150, speed=speed, check=self.slipped, rot=rot),
+                Phase("via2", at(ys[1]), CLOSE, tol=0.03, max_steps=100, speed=speed, check=self.slipped)]
+
     def _carry_phases(self, dest_xy, bottom_z, end_tol=0.025):
-        """Lift to the travel height, move over dest (object centre over dest_xy)."""
-        z_travel_bottom = max(bottom_z, 0.93, self.obstacle_top + 0.04 if self.obstacle_kind == "GoalWall" else 0.0)
+        """Lift to the travel height, move over dest (object centre over dest_xy), past the GoalWall."""
+        z_travel_bottom = max(bottom_z, 0.93)
 
         def lift():
             return np.r_[self.phase_start_pos[:2], self.carry_z(z_travel_bottom)]
@@ -409,10 +457,9 @@ class ComposuiteExpert(WaypointExpert):
             off = self.held_offset()
             return np.r_[np.asarray(dest_xy()) + off[:2], self.carry_z(z_travel_bottom)]
 
-        return [
-            Phase("lift", lift, CLOSE, tol=0.03, max_steps=80, check=self.slipped),
-            Phase("carry", over, CLOSE, tol=end_tol, max_steps=150, check=self.slipped),
-        ]
+        return [Phase("lift", lift, CLOSE, tol=0.03, max_steps=80, check=self.slipped),
+                *self._past_wall(lambda: self.carry_z(z_travel_bottom)),
+                Phase("carry", over, CLOSE, tol=end_tol, max_steps=150, check=self.slipped)]
 
     def _plan_PickPlace(self):
         bin_floor = float(self.rs.bin2_pos[2]) + 0.02  # bin 2's floor surface
@@ -454,7 +501,11 @@ class ComposuiteExpert(WaypointExpert):
         front = float(rs.shelf_pos[1] - 2 * rs.shelf_y_size)  # front edge of the shelf (y)
         x = float(rs.shelf_pos[0])
         inside_y = front + 0.09  # object centre: past the success region's front (front + 0.04)
-        th = np.deg2rad(60.0)
+        # GoalWall: the wall stands ~14 cm before the shelf's front; the tilted wrist leans back
+        # towards it, so tilt less and stage closer to the shelf
+        wall = self.obstacle_kind == "GoalWall"
+        stage_y = front - (0.045 if wall else 0.07)
+        th = np.deg2rad(45.0 if wall else 60.0)
         c, s_ = math.cos(th), math.sin(th)
         Rx = np.array([[1.0, 0, 0], [0, c, -s_], [0, s_, c]])  # fingers from down towards +y
         R_down = self.R_target.copy()
@@ -468,10 +519,10 @@ class ComposuiteExpert(WaypointExpert):
         def back():
             return np.r_[self.phase_start_pos[0], front - 0.12, self.phase_start_pos[2] + 0.01]
 
-        return self._carry_phases(lambda: np.array([x, front - 0.1]), board + 0.05) + [
+        return self._carry_phases(lambda: np.array([x, stage_y - 0.03]), board + 0.05) + [
             Phase("tilt", lambda: self.phase_start_pos, CLOSE, tol=0.0, min_steps=30, max_steps=30, speed=0.01,
                   rot=lambda: Rx @ R_down, smooth=True),
-            Phase("stage", to(front - 0.07, board + 0.025), CLOSE, tol=0.015, max_steps=80, speed=0.02,
+            Phase("stage", to(stage_y, board + 0.025), CLOSE, tol=0.015, max_steps=80, speed=0.02,
                   check=self.slipped, smooth=True),
             Phase("slide", to(inside_y, board + 0.015), CLOSE, tol=0.015, max_steps=100, speed=0.015,
                   check=self.slipped, smooth=True),
@@ -481,21 +532,9 @@ class ComposuiteExpert(WaypointExpert):
 
     def _plan_Push(self):
         low = self.table_z + 0.02  # object bottom while carried: well under the 0.1 m height limit
-        gap_x = None
-        if self.obstacle_kind == "GoalWall":  # the wall spans x up to hi[0]; pass beside it
-            gap_x = float(self.obstacle_hi[0]) + 0.1
 
         def lift():
             return np.r_[self.phase_start_pos[:2], self.carry_z(low)]
-
-        def via():
-            off = self.held_offset()
-            c = self.obj_center()
-            return np.r_[gap_x + off[0], c[1] + off[1] if c[1] > -0.06 else -0.06 + off[1], self.carry_z(low)]
-
-        def via2():
-            off = self.held_offset()
-            return np.r_[gap_x + off[0], 0.06 + off[1], self.carry_z(low)]
 
         def over():
             off = self.held_offset()
@@ -505,10 +544,8 @@ class ComposuiteExpert(WaypointExpert):
             off = self.held_offset()
             return np.r_[self._goal_xy() + off[:2], self.carry_z(self.table_z + 0.003)]
 
-        P = [Phase("lift", lift, CLOSE, tol=0.01, max_steps=40, check=self.slipped)]
-        if gap_x is not None:
-            P += [Phase("via", via, CLOSE, tol=0.015, max_steps=120, speed=0.025, check=self.slipped),
-                  Phase("via2", via2, CLOSE, tol=0.015, max_steps=120, speed=0.025, check=self.slipped)]
+        P = [Phase("lift", lift, CLOSE, tol=0.01, max_steps=40, check=self.slipped),
+             *self._past_wall(lambda: self.carry_z(low), speed=0.025)]
         P += [Phase("carry", over, CLOSE, tol=0.006, max_steps=200, speed=0.025, check=self.slipped),
               Phase("place", place, CLOSE, tol=0.006, max_steps=40, speed=0.01, check=self.slipped),
               Phase("release", lambda: self.phase_start_pos, OPEN, tol=0.0, min_steps=12, max_steps=12),
