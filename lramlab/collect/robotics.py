@@ -501,10 +501,10 @@ class ComposuiteExpert(WaypointExpert):
         front = float(rs.shelf_pos[1] - 2 * rs.shelf_y_size)  # front edge of the shelf (y)
         x = float(rs.shelf_pos[0])
         inside_y = front + 0.09  # object centre: past the success region's front (front + 0.04)
-        # GoalWall: the wall stands ~14 cm before the shelf's front; the tilted wrist leans back
-        # towards it, so tilt less and stage closer to the shelf
+        # GoalWall: the wall stands ~14 cm before the shelf's front and the tilted wrist leans back
+        # over it: tilt less, tilt and stage closer to the shelf and higher (the wrist over the wall)
         wall = self.obstacle_kind == "GoalWall"
-        stage_y = front - (0.045 if wall else 0.07)
+        stage_y, stage_z, dest_y = (front - 0.04, 0.06, front - 0.04) if wall else (front - 0.07, 0.025, front - 0.1)
         th = np.deg2rad(45.0 if wall else 60.0)
         c, s_ = math.cos(th), math.sin(th)
         Rx = np.array([[1.0, 0, 0], [0, c, -s_], [0, s_, c]])  # fingers from down towards +y
@@ -519,10 +519,10 @@ class ComposuiteExpert(WaypointExpert):
         def back():
             return np.r_[self.phase_start_pos[0], front - 0.12, self.phase_start_pos[2] + 0.01]
 
-        return self._carry_phases(lambda: np.array([x, stage_y - 0.03]), board + 0.05) + [
+        return self._carry_phases(lambda: np.array([x, dest_y]), board + max(0.05, stage_z)) + [
             Phase("tilt", lambda: self.phase_start_pos, CLOSE, tol=0.0, min_steps=30, max_steps=30, speed=0.01,
                   rot=lambda: Rx @ R_down, smooth=True),
-            Phase("stage", to(stage_y, board + 0.025), CLOSE, tol=0.015, max_steps=80, speed=0.02,
+            Phase("stage", to(stage_y, board + stage_z), CLOSE, tol=0.015, max_steps=80, speed=0.02,
                   check=self.slipped, smooth=True),
             Phase("slide", to(inside_y, board + 0.015), CLOSE, tol=0.015, max_steps=100, speed=0.015,
                   check=self.slipped, smooth=True),
