@@ -419,10 +419,10 @@ class ComposuiteExpert(WaypointExpert):
         return lambda: Ry @ R0
 
     def _past_wall(self, z, speed=0.04):
-        """Waypoints carrying the object past the GoalWall (28 cm tall, between the bins, from 10 cm
-        short of the bins' centre line to 1 cm past it). Push (the object stays under 10 cm and
-        bin 2 has 10 cm walls, open towards bin 1): through the gap between the wall's far end and
-        bin 2's front wall at height `z()`. Otherwise diagonally up over the wall's top and on: the
+        """Waypoints carrying the object past the GoalWall (28 cm tall, between the bins, in x from
+        20 cm before the bins' centre to 1 cm past it). Push (the object stays under 10 cm and bin 2
+        has 10 cm walls, open towards bin 1): through the gap between the wall's far end and bin 2's
+        front wall at height `z()`, the fingers pitched back. Otherwise diagonally up over the wall's top and on: the
         detour around its robot-side end folds the arm near its joint limits and takes ~130 steps
         more (measured on Panda_Box_GoalWall_PickPlace)."""
         if self.obstacle_kind != "GoalWall":
