@@ -170,3 +170,14 @@ def test_publish_names_what_is_missing(tmp_path, capsys):
     (run / "06_multitask" / "metrics.json").write_text("{not json")
     assert P.main([str(run), "06_multitask", str(tmp_path / "d")]) == 2
     assert "metrics.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_quality_targets_name_misses_and_targets_a_random_policy_meets_too():
+    rows = [{"task": "dmcontrol/a", "domain": "dmcontrol", "data_score": 0.8, "random_score": 0.0},
+            {"task": "dmcontrol/fish", "domain": "dmcontrol", "data_score": 1.17, "random_score": 1.04},
+            {"task": "dmcontrol/b", "domain": "dmcontrol", "data_score": 0.3, "random_score": 0.1},
+            {"task": "procgen/x", "domain": "procgen", "data_score": 0.9, "random_score": 0.8}]
+    lines = R._quality_targets(rows).splitlines()
+    assert lines[0] == ("- dmcontrol: 2 of 3 tasks meet data-normalised >= 0.5; mean data score 0.76; missed: b 0.300; "
+                        "met by a random policy too: fish (random 1.04)")
+    assert lines[1].startswith("- procgen: 0 of 1 tasks meet") and "random policy too" not in lines[1]
