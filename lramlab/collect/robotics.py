@@ -29,7 +29,7 @@ from lramlab.collect.base import Policy
 from lramlab.collect.experts import ExpertConfig
 
 COMPOSUITE_OBJECTIVES = ("PickPlace", "Push", "Shelf", "Trashcan")
-MIMICGEN_TASKS = ("Stack", "StackThree", "Square")  # <Task>_D<n> with these base names
+MIMICGEN_TASKS = ("Stack", "StackThree", "Square", "NutAssembly")  # <Task>_D<n> with these base names
 
 
 def find_robosuite(env):
@@ -642,7 +642,7 @@ class MimicgenExpert(WaypointExpert):
         peg_top = float(_aabb(m, d, peg_geom)[1][2])
         half_t = 0.01  # the nut's plates are 2 cm thick
         carry_c = peg_top + half_t + 0.035  # nut centre while carried: its bottom 3.5 cm over the peg
-        low_c = self.table_z + half_t + 0.012  # nut centre at the end of the descent (success: < table + 5 cm)
+        low_c = self.table_z + half_t + 0.012  # nut centre lowered to (ends within 1 cm; success: < table + 5 cm)
 
         def nut_c():
             return d.xpos[nut_id].copy()
@@ -692,13 +692,13 @@ class MimicgenExpert(WaypointExpert):
             return q7_sign * (plan["q7_final"] - float(d.qpos[q7]))  # world yaw still to turn
 
         def turning():
-            """Hold the carry height, turn the held nut to its planned direction (<= 0.4 rad per step);
-            turned: the target is where the eef is (the phase ends)."""
+            """Head for the peg at the carry height while turning the held nut to its planned direction
+            (<= 0.4 rad per step); turned: the target is where the eef is (the phase ends)."""
             rem = _turn_left()
             if abs(rem) < 0.05:
                 return self.arm.pos()
             self.R_target = _rot_z(float(np.clip(rem, -0.4, 0.4))) @ self.arm.rot()
-            return np.r_[self.phase_start_pos[:2], carry_c + held()[2]]
+            return at_c(carry_c)()
 
         def square_rot():
             """Turn the held nut so that its sides are parallel to the peg's (yaw error mod 90 deg)."""
@@ -726,17 +726,17 @@ class MimicgenExpert(WaypointExpert):
         return [
             Phase("rise", lambda: np.r_[self.phase_start_pos[:2], max(self.phase_start_pos[2], z_clear)], OPEN,
                   tol=0.02, max_steps=40),
-            Phase("over", lambda: np.r_[d.site_xpos[handle][:2], z_clear], OPEN, tol=0.01, max_steps=80,
+            Phase("over", lambda: np.r_[d.site_xpos[handle][:2], z_clear], OPEN, tol=0.015, max_steps=80,
                   rot=grasp_rot),
             Phase("pre", lambda: grasp_point() + [0, 0, 0.05], OPEN, tol=0.006, max_steps=60),
-            Phase("down", grasp_point, OPEN, tol=0.004, max_steps=50, speed=0.015),
+            Phase("down", grasp_point, OPEN, tol=0.006, max_steps=30, speed=0.015),
             Phase("grasp", grasp_point, CLOSE, tol=0.0, min_steps=12, max_steps=12, speed=0.005),
             Phase("lift", at_c(carry_c, lambda: nut_c()[:2]), CLOSE, tol=0.015, max_steps=60, check=slipped),
             Phase("turn", turning, CLOSE, tol=1e-9, max_steps=40, check=slipped),
             Phase("carry", at_c(carry_c), CLOSE, tol=0.01, max_steps=100, check=slipped, rot=square_rot),
             Phase("align", at_c(peg_top + half_t + 0.01), CLOSE, tol=0.003, max_steps=60, speed=0.01,
                   check=slipped),
-            Phase("lower", at_c(low_c), CLOSE, tol=0.004, max_steps=80, speed=0.01, check=slipped),
+            Phase("lower", at_c(low_c), CLOSE, tol=0.01, max_steps=80, speed=0.01, check=slipped),
             Phase("release", lambda: self.phase_start_pos, OPEN, tol=0.0, min_steps=10, max_steps=10),
             Phase("up", lambda: self.phase_start_pos + [0, 0, 0.1], OPEN, tol=0.01, max_steps=30, speed=0.03),
         ]
