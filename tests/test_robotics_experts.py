@@ -1,8 +1,9 @@
 """Scripted Composuite / Mimicgen experts (lramlab.collect.robotics) solve seeded episodes of the real
 suites through `make_env`, where a random policy does not; `data generate --policy expert` writes them.
 
-CI runs one Panda task per Composuite objective and one Mimicgen Stack_D0 episode; the sweep over
-all 64 Panda tasks is `exhaustive` (pytest --exhaustive).
+CI runs one Panda task per Composuite objective and one Mimicgen Stack_D0, Square_D0 and
+NutAssembly_D0 episode; the sweeps (all 64 Panda tasks, 3 episodes per Mimicgen task) are
+`exhaustive` (pytest --exhaustive).
 """
 from __future__ import annotations
 
@@ -56,13 +57,23 @@ def test_composuite_random_policy_fails():
     assert t == 500 and not ever
 
 
-def test_mimicgen_stack_expert_solves_and_random_does_not():
-    seed = episode_seed(0, 0)
-    end, ever, t = _episode("mimicgen/Stack_D0", "expert", seed, stop_on_success=False)
-    assert end, f"Stack_D0: expert ended without success after {t} steps"
-    assert t < 400  # Mimicgen episodes end on success
-    end_r, ever_r, t_r = _episode("mimicgen/Stack_D0", "random", seed, stop_on_success=False)
-    assert not ever_r and t_r == 400
+@pytest.mark.parametrize("task,episode,horizon", [
+    ("mimicgen/Stack_D0", 0, 400),
+    # the suite's own check: the nut around the square peg, below table + 5 cm, the gripper off it
+    pytest.param("mimicgen/Square_D0", 1, 400, marks=pytest.mark.slow),
+    # both nuts, each on its own peg (Sawyer)
+    pytest.param("mimicgen/NutAssembly_D0", 2, 500, marks=pytest.mark.slow),
+])
+def test_mimicgen_expert_solves_and_random_does_not(task, episode, horizon):
+    from lramlab.collect.policies import default_policy
+
+    assert default_policy("mimicgen", task.split("/")[1]) == "expert"
+    seed = episode_seed(0, episode)
+    end, ever, t = _episode(task, "expert", seed, stop_on_success=False)
+    assert end, f"{task}: expert ended without success after {t} steps"
+    assert t < horizon  # Mimicgen episodes end on success
+    end_r, ever_r, t_r = _episode(task, "random", seed, stop_on_success=False)
+    assert not ever_r and t_r == horizon
 
 
 def test_expert_noise_changes_actions_and_stays_in_range():
@@ -119,7 +130,8 @@ def test_composuite_panda_sweep_mean_success():
 
 
 @pytest.mark.exhaustive
-@pytest.mark.parametrize("task", ["mimicgen/Stack_D1", "mimicgen/StackThree_D0", "mimicgen/StackThree_D1"])
+@pytest.mark.parametrize("task", ["mimicgen/Stack_D1", "mimicgen/StackThree_D0", "mimicgen/StackThree_D1",
+                                  "mimicgen/Square_D0", "mimicgen/NutAssembly_D0"])
 def test_mimicgen_expert_sweep(task):
     succ = [_episode(task, "expert", episode_seed(0, i), stop_on_success=False)[0] for i in range(3)]
     assert np.mean(succ) >= 2 / 3, succ

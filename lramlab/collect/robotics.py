@@ -29,7 +29,7 @@ from lramlab.collect.base import Policy
 from lramlab.collect.experts import ExpertConfig
 
 COMPOSUITE_OBJECTIVES = ("PickPlace", "Push", "Shelf", "Trashcan")
-MIMICGEN_TASKS = ("Stack", "StackThree")  # <Task>_D<n> with these base names
+MIMICGEN_TASKS = ("Stack", "StackThree", "Square", "NutAssembly")  # <Task>_D<n> with these base names
 
 
 def find_robosuite(env):
@@ -520,9 +520,24 @@ class ComposuiteExpert(WaypointExpert):
 class MimicgenExpert(WaypointExpert):
     """Mimicgen Stack / StackThree (and their D1 variants): pick a cube with the fingers turned to its
     faces, carry it over the target cube, lower until it rests on it, release, rise; StackThree
-    does it twice (A on B, then C on A)."""
+    does it twice (A on B, then C on A). Square / NutAssembly: put the nut(s) on their pegs
+    (`_nut_on_peg`)."""
 
     gain = 1.0
+    #: integral gain on the position error (per step, leaky); the nut tasks turn it on: the OSC leaves
+    #: Sawyer (NutAssembly's robot) 2-3 cm short of its targets
+    i_gain = 0.0
+
+    def step_phases(self) -> np.ndarray:
+        a = super().step_phases()
+        if self.i_gain > 0:
+            i = min(self.phase_i, len(self.phases) - 1)
+            if i != getattr(self, "_i_phase", None):  # a new phase: forget the old error
+                self._i_phase, self.i_err = i, np.zeros(3)
+            err = self.phases[i].target() - self.arm.pos()
+            self.i_err = np.clip(0.95 * self.i_err + err, -0.15, 0.15)
+            a[:3] = np.clip(a[:3] + self.i_gain * self.i_err / self.arm.out_max[:3], -1.0, 1.0)
+        return a
 
     def plan(self) -> None:
         rs, arm = self.rs, self.arm
@@ -531,13 +546,24 @@ class MimicgenExpert(WaypointExpert):
         self.table_z = float(rs.table_offset[2])
         self.close_dir = arm.closing_dir()
         self.R_target = arm.target_rot(self.close_dir)
+        if base in ("Square", "NutAssembly"):  # Square: the square nut; NutAssembly: both nuts, each on its peg
+            self.i_gain, self._i_phase = 0.1, None
+            pegs = (rs.peg1_body_id, rs.peg2_body_id)
+            ids = [rs.nut_id] if base == "Square" else range(len(rs.nuts))
+            P = []
+            for i in ids:
+                P += self._nut_on_peg(rs.nuts[i], pegs[i], first=len(P), square=rs.nuts[i].name == "SquareNut")
+            P.append(Phase("wait", lambda: self.phase_start_pos, OPEN, tol=0.0, max_steps=10 ** 6, speed=0.01))
+            self.phases = P
+            self.phase_start_pos = arm.pos()
+            return
         if base == "Stack":
             pairs = [(rs.cubeA_body_id, rs.cubeA, rs.cubeB_body_id, rs.cubeB)]
         elif base == "StackThree":
             pairs = [(rs.cubeA_body_id, rs.cubeA, rs.cubeB_body_id, rs.cubeB),
                      (rs.cubeC_body_id, rs.cubeC, rs.cubeA_body_id, rs.cubeA)]
         else:
-            raise ValueError(f"mimicgen expert: no scripted expert for {name} (have: Stack_D*, StackThree_D*)")
+            raise ValueError(f"mimicgen expert: no scripted expert for {name} (have: {MIMICGEN_HAVE})")
         P = []
         self._n_phases = 0
         for pick_id, pick_obj, place_id, place_obj in pairs:
@@ -601,6 +627,133 @@ class MimicgenExpert(WaypointExpert):
         self._n_phases = first + len(P)
         return P
 
+    def _nut_on_peg(self, nut, peg_id, first: int = 0, square: bool = True):
+        """Square / NutAssembly: grasp the nut by its handle (fingers closing across it), lift it over the
+        peg's top, turn it (handle towards the robot; a square nut square to its peg), centre its hole
+        over the peg, lower it down the peg, release, rise. `first`: index of the first phase (a
+        slipped nut restarts there).
+
+        robosuite's check (`NutAssembly.on_peg`): the nut's centre within 3 cm (x and y) of the peg's
+        axis, below table + 5 cm, and the gripper off it (> ~4 cm from the nut's centre)."""
+        m, d = self.m_d()
+        nut_id = m.body(nut.root_body).id
+        handle = m.site(nut.important_sites["handle"]).id
+        peg_geom = [g for g in range(m.ngeom) if m.geom_bodyid[g] == peg_id][0]
+        peg_top = float(_aabb(m, d, peg_geom)[1][2])
+        half_t = 0.01  # the nut's plates are 2 cm thick
+        carry_c = peg_top + half_t + 0.035  # nut centre while carried: its bottom 3.5 cm over the peg
+        low_c = self.table_z + half_t + 0.012  # nut centre lowered to (ends within 1 cm; success: < table + 5 cm)
+
+        def nut_c():
+            return d.xpos[nut_id].copy()
+
+        def peg_xy():
+            return d.xpos[peg_id][:2].copy()
+
+        def held():  # eef - nut centre while held
+            return self.arm.pos() - nut_c()
+
+        q7 = self.arm.qpos_idx[-1]  # the wrist's last joint turns the gripper about the vertical
+        # +1: this joint turns the gripper like a world yaw (its axis points up), -1: the other way
+        q7_sign = 1.0 if d.xaxis[self.arm.robot._ref_joint_indexes[-1]][2] >= 0 else -1.0
+        q7_lim = 0.95 * float(np.min(np.abs(m.jnt_range[self.arm.robot._ref_joint_indexes[-1]])))
+        plan = {}
+
+        def nut_yaw():
+            R = d.xmat[nut_id].reshape(3, 3)
+            return math.atan2(R[1, 0], R[0, 0])  # the handle's direction
+
+        def grasp_rot():
+            """Fingers close across the handle (the nut's y axis). Of the two grasps (180 deg apart) and
+            the handle's final directions (nut square to the peg; handle towards the robot, else
+            sideways: the far side is out of the arm's reach), the pair nearest the robot that keeps
+            the wrist joint inside its limits, then the least turning."""
+            yaw, cur = nut_yaw(), self.arm.closing_dir()
+            c0, q_now = math.atan2(cur[1], cur[0]), float(d.qpos[q7])
+            best = None
+            for sign in (0.0, math.pi):
+                turn_g = _wrap(yaw + math.pi / 2 + sign - c0)
+                q_g = q_now + q7_sign * turn_g
+                for pref, phi in enumerate((math.pi, math.pi / 2, -math.pi / 2)):
+                    turn = _wrap(phi - yaw)
+                    q_f = q_g + q7_sign * turn
+                    if abs(q_g) > q7_lim or abs(q_f) > q7_lim:
+                        continue
+                    key = (pref, abs(turn_g) + abs(turn))
+                    if best is None or key < best[0]:
+                        best = (key, yaw + math.pi / 2 + sign, q_f)
+            if best is None:  # no turn keeps the joint in range: grasp the nearest way, turn later as far as it goes
+                best = (None, yaw + math.pi / 2 + (0.0 if math.cos(yaw + math.pi / 2 - c0) >= 0 else math.pi),
+                        float(np.clip(q_now, -q7_lim, q7_lim)))
+            plan["q7_final"] = best[2]
+            return self.arm.target_rot(np.array([math.cos(best[1]), math.sin(best[1]), 0.0]))
+
+        def _turn_left():
+            return q7_sign * (plan["q7_final"] - float(d.qpos[q7]))  # world yaw still to turn
+
+        def turning():
+            """Head for the peg at the carry height while turning the held nut to its planned direction
+            (<= 0.4 rad per step); turned: the target is where the eef is (the phase ends)."""
+            rem = _turn_left()
+            if abs(rem) < 0.05:
+                return self.arm.pos()
+            self.R_target = _rot_z(float(np.clip(rem, -0.4, 0.4))) @ self.arm.rot()
+            return at_c(carry_c)()
+
+        def square_rot():
+            """Turn the held nut so that its sides are parallel to the peg's (yaw error mod 90 deg)."""
+            if not square:  # a round nut fits its round peg at any yaw
+                return self.arm.rot()
+            err = (nut_yaw() + math.pi / 4) % (math.pi / 2) - math.pi / 4
+            return _rot_z(-err) @ self.arm.rot()
+
+        def slipped():
+            if np.linalg.norm(self.arm.pos() - d.site_xpos[handle]) > 0.035:
+                return first
+            return None
+
+        def at_c(z, xy=None):
+            def f():
+                h = held()
+                base = peg_xy() if xy is None else xy()
+                return np.r_[base + h[:2], z + h[2]]
+            return f
+
+        def grasp_point():
+            return d.site_xpos[handle] + [0.0, 0.0, 0.002]
+
+        z_clear = max(self.table_z + 0.15, carry_c + 0.02)
+        return [
+            Phase("rise", lambda: np.r_[self.phase_start_pos[:2], max(self.phase_start_pos[2], z_clear)], OPEN,
+                  tol=0.02, max_steps=40),
+            Phase("over", lambda: np.r_[d.site_xpos[handle][:2], z_clear], OPEN, tol=0.015, max_steps=80,
+                  rot=grasp_rot),
+            Phase("pre", lambda: grasp_point() + [0, 0, 0.05], OPEN, tol=0.006, max_steps=60),
+            Phase("down", grasp_point, OPEN, tol=0.006, max_steps=30, speed=0.015),
+            Phase("grasp", grasp_point, CLOSE, tol=0.0, min_steps=12, max_steps=12, speed=0.005),
+            Phase("lift", at_c(carry_c, lambda: nut_c()[:2]), CLOSE, tol=0.015, max_steps=60, check=slipped),
+            Phase("turn", turning, CLOSE, tol=1e-9, max_steps=40, check=slipped),
+            Phase("carry", at_c(carry_c), CLOSE, tol=0.01, max_steps=100, check=slipped, rot=square_rot),
+            Phase("align", at_c(peg_top + half_t + 0.01), CLOSE, tol=0.003, max_steps=60, speed=0.01,
+                  check=slipped),
+            Phase("lower", at_c(low_c), CLOSE, tol=0.01, max_steps=80, speed=0.01, check=slipped),
+            Phase("release", lambda: self.phase_start_pos, OPEN, tol=0.0, min_steps=10, max_steps=10),
+            Phase("up", lambda: self.phase_start_pos + [0, 0, 0.1], OPEN, tol=0.01, max_steps=30, speed=0.03),
+        ]
+
+
+def _wrap(a: float) -> float:
+    """Angle in [-pi, pi)."""
+    return (a + math.pi) % (2 * math.pi) - math.pi
+
+
+def _rot_z(a: float) -> np.ndarray:
+    c, s_ = math.cos(a), math.sin(a)
+    return np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+MIMICGEN_HAVE = ", ".join(f"{t}_D*" for t in MIMICGEN_TASKS)
+
 
 def robotics_expert(task_id: str, config: RoboticsExpertConfig | None = None) -> WaypointExpert:
     """The scripted expert for a ``composuite/...`` or ``mimicgen/...`` task id (or TaskSpec)."""
@@ -615,6 +768,6 @@ def robotics_expert(task_id: str, config: RoboticsExpertConfig | None = None) ->
     if domain == "mimicgen":
         base = name.split("-")[0].rsplit("_D", 1)[0]
         if base not in MIMICGEN_TASKS:
-            raise ValueError(f"mimicgen expert: no scripted expert for {tid!r}; have Stack_D*, StackThree_D*")
+            raise ValueError(f"mimicgen expert: no scripted expert for {tid!r}; have {MIMICGEN_HAVE}")
         return MimicgenExpert(name, config)
     raise ValueError(f"robotics expert: {tid!r} is not a composuite/ or mimicgen/ task")
