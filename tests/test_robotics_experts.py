@@ -52,6 +52,37 @@ def test_composuite_expert_solves_each_objective(task):
 
 
 @pytest.mark.slow
+def test_composuite_expert_topples_the_dumbbell_and_carries_it_by_the_handle():
+    """A dumbbell's disks hide its handle from above: the expert pushes it over at its top disk, grasps
+    the handle lying between the disks and places it in bin 2."""
+    task = "composuite/Panda_Dumbbell_None_PickPlace"
+    seed = episode_seed(0, 0)
+    env = make_env(task, seed=seed)
+    try:
+        pol = make_policy("expert", task)
+        bind_policy(pol, env)
+        obs, _ = env.reset(seed=seed)
+        pol.reset(seed)
+        phases, ever, t = [], False, 0
+        while not ever and t < 500:
+            obs, _r, term, trunc, info = env.step(pol.act(obs))
+            t += 1
+            ever = bool(info["success"])
+            name = pol.phases[min(pol.phase_i, len(pol.phases) - 1)].name
+            if not phases or phases[-1] != name:
+                phases.append(name)
+            if term or trunc:
+                break
+        assert ever, f"{task}: expert did not succeed in {t} steps (phases {phases})"
+        assert "tip-push" in phases and phases.index("tip-push") < phases.index("grasp")
+        assert not pol.upright(0.7)  # carried lying, by the handle
+        m, d = pol.m_d()
+        assert abs(float(d.xpos[pol.rs.obj_body_id][2] - pol.arm.pos()[2])) < 0.03
+    finally:
+        env.close()
+
+
+@pytest.mark.slow
 def test_composuite_random_policy_fails():
     end, ever, t = _episode("composuite/Panda_Box_None_PickPlace", "random", episode_seed(0, 0), False)
     assert t == 500 and not ever

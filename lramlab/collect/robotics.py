@@ -282,6 +282,7 @@ class WaypointExpert(Policy):
                 jump = ph.check()
                 if jump is not None:  # e.g. the object slipped: start over from phase `jump`
                     self.phase_i, self.phase_t = jump, 0
+                    self.on_phase_start(self.phases[jump])
                     continue
             if self.phase_i < len(self.phases) and (done or self.phase_t >= ph.max_steps):
                 self.phase_i += 1
@@ -293,8 +294,18 @@ class WaypointExpert(Policy):
         self.phase_t += 1
         v = self.gain * err
         if self.arm.kind == "joint":  # integral term: the soft joint controller sags under gravity
-            self.err_sum = np.clip(0.97 * self.err_sum + err, -0.3, 0.3)
+            # only the steady-state error (< 3 cm) is integrated: a sum wound up during a long move
+            # overshoots the next waypoint by centimetres (fingers landing on a dumbbell's disk)
+            near = float(np.linalg.norm(err) < 0.03)
+            self.err_sum = np.clip(0.97 * self.err_sum + near * err, -0.3, 0.3)
             v = v + 0.05 * self.err_sum
+            # the height is held on its own: under one speed cap a long sideways move dilutes the vertical
+            # correction and the carried object drifts up by centimetres (Push's 10 cm height limit)
+            h = float(np.linalg.norm(v[:2]))
+            if h > ph.speed:
+                v = np.r_[v[:2] * (ph.speed / h), v[2]]
+            v[2] = float(np.clip(v[2], -ph.speed, ph.speed))
+            return self.arm.action(v, self.R_target, ph.grip, max_speed=1.5 * ph.speed, smooth=ph.smooth)
         return self.arm.action(v, self.R_target, ph.grip, max_speed=ph.speed, smooth=ph.smooth)
 
     def on_phase_start(self, phase) -> None:
@@ -336,10 +347,13 @@ class ComposuiteExpert(WaypointExpert):
         self.obj_h = float(hi[2] - lo[2])
         # approach height: fingertips above bins and obstacles
         self.z_clear = max(1.0, self.obstacle_top + 0.06)
+        self.R_y = self.R_target.copy()
         P = []
         P.append(Phase("rise", lambda: np.r_[self.phase_start_pos[:2], self.z_clear], OPEN, tol=0.03, max_steps=60))
-        P.append(Phase("over", lambda: np.r_[self.grasp_point()[:2], self.z_clear], OPEN, tol=0.03, max_steps=120))
-        P.append(Phase("pre", self.pre_grasp, OPEN, tol=0.006, max_steps=80))
+        P.extend(self._topple_phases(len(P)))
+        P.append(Phase("over", lambda: np.r_[self.grasp_point()[:2], self.z_clear], OPEN, tol=0.03, max_steps=120,
+                       rot=self.grasp_rot))
+        P.append(Phase("pre", self.pre_grasp, OPEN, tol=0.006, max_steps=80, rot=self.grasp_rot))
         P.append(Phase("down", lambda: self.grasp_point(), OPEN, tol=0.006, max_steps=60, speed=0.02))
         P.append(Phase("grasp", lambda: self.grasp_point(), CLOSE, tol=0.0, min_steps=12, max_steps=12, speed=0.01))
         self.grasp_phase = len(P) - 1
@@ -347,11 +361,107 @@ class ComposuiteExpert(WaypointExpert):
         self.phases = P
         self.phase_start_pos = arm.pos()
 
-    # -- grasp geometry (world frame; fingers close along y)
+    # -- grasp geometry (world frame)
+    #: objects that cannot be grasped top-down as they stand: a Dumbbell's 9 cm disks hide its 4 cm handle
+    #: from a gripper opening 6 cm (a chord of a disk's rim slips out: its contact normals lie outside the
+    #: friction cone), so it is pushed over at its top disk first and grasped by the handle lying between
+    #: its disks. (object type -> height of the gripper site below the object's top while pushing (the
+    #: fingertips just under the top disk's rim: lower pushes only lean it), push travel past its centre)
+    TOPPLE = {"Dumbbell": (0.012, 0.06)}
+
+    def _obj_axis(self) -> np.ndarray:
+        m, d = self.m_d()
+        return d.xmat[self.rs.obj_body_id].reshape(3, 3)[:, 2].copy()
+
+    def upright(self, cos_tilt: float = 0.9) -> bool:
+        return abs(float(self._obj_axis()[2])) > cos_tilt
+
+    def _free_room(self, c: np.ndarray, direction: np.ndarray) -> float:
+        """Free floor from the object's centre along a horizontal unit direction: to bin 1's walls and to
+        an obstacle standing in the bin."""
+        rs = self.rs
+        lo = np.asarray(rs.bin1_pos[:2]) - np.asarray(rs.bin1_size[:2]) + 0.01
+        hi = np.asarray(rs.bin1_pos[:2]) + np.asarray(rs.bin1_size[:2]) - 0.01
+        i = int(np.argmax(np.abs(direction)))
+        sgn = float(np.sign(direction[i]))
+        room = (hi[i] - c[i]) if sgn > 0 else (c[i] - lo[i])
+        if self.obstacle_kind is not None and self.obstacle_lo[2] < self.table_z + 0.1:
+            j = 1 - i
+            if self.obstacle_lo[j] - 0.05 < c[j] < self.obstacle_hi[j] + 0.05:  # the obstacle is in line
+                gap = (self.obstacle_lo[i] - c[i]) if sgn > 0 else (c[i] - self.obstacle_hi[i])
+                if gap > 0:
+                    room = min(room, gap)
+        return float(room)
+
+    def _topple_phases(self, start_i: int) -> list:
+        """Push a tall object over at its top (object-type table TOPPLE) along the horizontal axis with
+        the most free floor on both sides; skipped (check) once the object lies."""
+        if self.obj_type not in self.TOPPLE or not self.upright():
+            return []
+        below_top, travel = self.TOPPLE[self.obj_type]
+        c = self.obj_center()
+        lo, hi = self.geoms_aabb(self.obj_geoms)
+        r = 0.5 * float(hi[0] - lo[0])
+        h = float(hi[2] - lo[2])
+        best = None
+        for dirn in (np.array([1.0, 0, 0]), np.array([-1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0, -1.0, 0])):
+            ahead = self._free_room(c, dirn) - (h + r)  # it falls over its length
+            behind = self._free_room(c, -dirn) - (r + 0.04)  # the closed fingers start beside it
+            margin = min(ahead, behind)
+            if c[0] - dirn[0] * (r + 0.03) > 0.2:  # a start this far from the robot is at the edge of its reach
+                margin -= 0.1
+            if best is None or margin > best[0]:
+                best = (margin, dirn)
+        dirn = best[1]
+        z = float(hi[2]) - below_top
+        start = np.r_[c[:2] - dirn[:2] * (r + 0.03), z]
+        end = np.r_[c[:2] + dirn[:2] * travel, z]
+        after = start_i + 4  # the phase after these: the approach to the grasp ("over", then "pre")
+
+        def lying():
+            return after if not self.upright(0.7) else None
+
+        def fallen():
+            return after - 1 if not self.upright(0.7) else None
+
+        def up():
+            return np.r_[self.phase_start_pos[:2], max(self.phase_start_pos[2], self.geoms_aabb(self.obj_geoms)[1][2] + 0.05)]
+
+        def clear():  # straight on to "pre" once turned: the fingers are beside the object, nothing in between
+            R, Rt = self.arm.rot(), self.R_target
+            turned = np.linalg.norm(0.5 * sum(np.cross(R[:, i], Rt[:, i]) for i in range(3))) < 0.1
+            if self.phase_t >= 45 or (turned and np.linalg.norm(up() - self.arm.pos()) < 0.02):
+                return after + 1
+            return None
+
+        return [
+            Phase("tip-over", lambda: np.r_[start[:2], self.z_clear], CLOSE, tol=0.03, max_steps=120, check=lying),
+            Phase("tip-down", lambda: start, CLOSE, tol=0.008, max_steps=80, check=lying),
+            Phase("tip-push", lambda: end, CLOSE, tol=0.01, max_steps=100, speed=0.015, check=fallen),
+            Phase("tip-up", up, OPEN, tol=0.0, max_steps=60, check=clear, rot=self.grasp_rot, smooth=True),
+        ]
+
+    def grasp_rot(self) -> np.ndarray:
+        """Gripper orientation for the grasp: fingers down, closing along world y, or across a lying
+        dumbbell's handle (the sign nearest the current closing direction)."""
+        if self.obj_type == "Dumbbell" and not self.upright(0.7):
+            ax = self._obj_axis()
+            u = np.array([-ax[1], ax[0], 0.0])
+            if np.linalg.norm(u) > 1e-6:
+                u /= np.linalg.norm(u)
+                if u @ self.arm.closing_dir() < 0:
+                    u = -u
+                return self.arm.target_rot(u)
+        return self.R_y
+
     def grasp_point(self) -> np.ndarray:
         m, d = self.m_d()
         t = self.obj_type
-        if t == "Dumbbell":  # pinch a chord of the top disk beside the handle (the disks hide the handle)
+        if t == "Dumbbell":
+            if not self.upright(0.7):  # lying: the handle's middle, pads over its equator
+                c = d.xpos[self.rs.obj_body_id]
+                return np.array([c[0], c[1], c[2] - 0.005])
+            # upright: pinch a chord of the top disk beside the handle (rarely holds)
             disks = sorted(self.obj_geoms, key=lambda n: d.geom_xpos[m.geom(n).id][2])
             c = d.geom_xpos[m.geom(disks[-1]).id]
             return np.array([c[0] - 0.043, c[1], c[2] - 0.006])
@@ -457,7 +567,6 @@ class ComposuiteExpert(WaypointExpert):
         th = np.deg2rad(60.0)
         c, s_ = math.cos(th), math.sin(th)
         Rx = np.array([[1.0, 0, 0], [0, c, -s_], [0, s_, c]])  # fingers from down towards +y
-        R_down = self.R_target.copy()
 
         def to(y, bottom):
             def f():
@@ -470,7 +579,7 @@ class ComposuiteExpert(WaypointExpert):
 
         return self._carry_phases(lambda: np.array([x, front - 0.1]), board + 0.05) + [
             Phase("tilt", lambda: self.phase_start_pos, CLOSE, tol=0.0, min_steps=30, max_steps=30, speed=0.01,
-                  rot=lambda: Rx @ R_down, smooth=True),
+                  rot=lambda: Rx @ self.R_target, smooth=True),
             Phase("stage", to(front - 0.07, board + 0.025), CLOSE, tol=0.015, max_steps=80, speed=0.02,
                   check=self.slipped, smooth=True),
             Phase("slide", to(inside_y, board + 0.015), CLOSE, tol=0.015, max_steps=100, speed=0.015,
@@ -480,7 +589,9 @@ class ComposuiteExpert(WaypointExpert):
         ]
 
     def _plan_Push(self):
-        low = self.table_z + 0.02  # object bottom while carried: well under the 0.1 m height limit
+        # object bottom while carried: its centre well under the 0.1 m height limit (a dumbbell's centre is
+        # 4.5-4.9 cm above its bottom: it is dragged over the floor)
+        low = min(self.table_z + 0.02, float(self.rs.bin2_pos[2]) + 0.064 - (self.obj_center()[2] - self.obj_bottom()))
         gap_x = None
         if self.obstacle_kind == "GoalWall":  # the wall spans x up to hi[0]; pass beside it
             gap_x = float(self.obstacle_hi[0]) + 0.1
