@@ -4,13 +4,13 @@
         [--json out.json] [--noise 0.0] [--seed 0]
 
 Tasks: ids or globs (comma-separated); default all 64 Panda Composuite tasks plus Mimicgen Stack_D0,
-Stack_D1, StackThree_D0, StackThree_D1. Every episode runs through `lramlab.envs.make_env` with the
-per-episode seeds of `lramlab data generate` (episode_seed(seed, i)), the expert bound to the env
-(it reads the simulator's state). Success = `info["success"]` at any step of the episode (an expert
-episode stops at its first success; Mimicgen episodes end there anyway); random episodes run to
-the horizon. For an expert episode that fails, the waypoint phase it ended in is recorded as the
-reason. With --json the table is written after every task, and a re-run with the same file skips
-the tasks already there (resume).
+Stack_D1, StackThree_D0, StackThree_D1, Square_D0, NutAssembly_D0. Every episode runs through
+`lramlab.envs.make_env` with the per-episode seeds of `lramlab data generate` (episode_seed(seed, i)),
+the expert bound to the env (it reads the simulator's state). Success = `info["success"]` at any
+step of the episode (an expert episode stops at its first success; Mimicgen episodes end there
+anyway); random episodes run to the horizon. For an expert episode that fails, the waypoint phase
+it ended in is recorded as the reason. With --json the table is written after every task, and a
+re-run with the same file skips the tasks already there (resume).
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MIMICGEN = ("mimicgen/Stack_D0", "mimicgen/Stack_D1", "mimicgen/StackThree_D0", "mimicgen/StackThree_D1")
+DEFAULT_MIMICGEN = ("mimicgen/Stack_D0", "mimicgen/Stack_D1", "mimicgen/StackThree_D0", "mimicgen/StackThree_D1",
+                    "mimicgen/Square_D0", "mimicgen/NutAssembly_D0")
 
 
 def default_tasks() -> list[str]:
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", type=float, default=0.0, help="expert action noise std")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tasks", default=None, help="comma-separated ids or globs (default: 64 Panda Composuite "
-                                                   "tasks + 4 Mimicgen Stack tasks)")
+                                                   "tasks + the Mimicgen tasks of DEFAULT_MIMICGEN)")
     ap.add_argument("--json", default=None, help="write the table here (after every task; resumes from it)")
     args = ap.parse_args(argv)
     if args.episodes < 1:

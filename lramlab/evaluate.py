@@ -367,6 +367,9 @@ _WORKER_MODEL = None
 
 def _init_worker(model_cfg: dict, state: dict, device: str, threads: int) -> None:
     global _WORKER_MODEL
+    from lramlab._proc import die_with_parent
+
+    die_with_parent()
     torch.set_num_threads(max(1, threads))
     from lramlab.train.checkpoint import build_from_config_dict
 

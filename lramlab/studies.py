@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, get_args
 
+from lramlab._proc import die_with_parent
+
 BACKBONE_NAMES = ("xlstm", "mamba", "dt")
 LatencyMode = Literal["model", "env"]
 
@@ -314,7 +316,8 @@ def run_data_prep(cfg: DataPrepConfig, progress: bool = True) -> DataSummary:
         slow = {"specialist", "planner", *ALGORITHMS}
         jobs.sort(key=lambda j: parse_spec(j[2] or default_policy(*j[0].split("/", 1)))[0] not in slow)  # stable
         failed: dict[str, str] = {}
-        with cf.ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+        with cf.ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                    initializer=die_with_parent) as pool:
             futures = {pool.submit(_generate_task, j): j[0] for j in jobs}
             for fut in tqdm(cf.as_completed(futures), total=len(futures), desc="generate", unit="task",
                             disable=not progress):
@@ -357,7 +360,8 @@ def data_quality_rows(cfg: DataPrepConfig, tasks: list[str], progress: bool = Tr
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    with cf.ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+    with cf.ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                initializer=die_with_parent) as pool:
         return list(pool.map(_quality_task, jobs))
 
 

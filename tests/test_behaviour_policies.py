@@ -56,17 +56,21 @@ def test_dmcontrol_default_specs_name_train_tasks_and_parse():
     """Every tuned default names a DMControl train task of the manifest and is a valid SAC spec
     (a typo in a task name or an option would silently fall back to the generic default)."""
     from lramlab.collect.base import parse_spec
-    from lramlab.collect.specialists import DMC_DEFAULT_SPECS, SAC_NET, parse_specialist_spec
+    from lramlab.collect.specialists import DMC_DEFAULT_SPECS, SAC_NET, SAC_SPARSE, parse_specialist_spec
     from lramlab.manifests import list_tasks
 
     train = {t.name for t in list_tasks("dmcontrol", split="train")}
     assert set(DMC_DEFAULT_SPECS) <= train, set(DMC_DEFAULT_SPECS) - train
     assert len(DMC_DEFAULT_SPECS) >= 5
     for name, spec in DMC_DEFAULT_SPECS.items():
-        assert default_specialist(name) == spec and SAC_NET in spec
+        assert default_specialist(name) == spec and (SAC_NET in spec) != (SAC_SPARSE in spec)
         kind, rest = parse_spec(spec)
         algo, cfg = parse_specialist_spec(spec, kind, rest, f"dmcontrol/{name}", seed=0)
-        assert algo == "sac" and isinstance(cfg, SACConfig) and cfg.hidden == 64 and cfg.batch_size == 128
+        assert algo == "sac" and isinstance(cfg, SACConfig)
+        if SAC_SPARSE in spec:  # the sparse-reward recipe: a low initial entropy weight
+            assert (cfg.hidden, cfg.batch_size, cfg.ent_coef, cfg.learning_starts) == (256, 256, "auto_0.1", 2000)
+        else:
+            assert (cfg.hidden, cfg.batch_size, cfg.ent_coef) == (64, 128, "auto")
     untuned = sorted(train - set(DMC_DEFAULT_SPECS))[0]
     assert default_specialist(untuned) == f"sac:steps=50000,{SAC_NET}"
 

@@ -16,7 +16,7 @@ PKG = Path(lramlab.__file__).parent
 # Lowest first. A module belongs to the group named by its first component under lramlab
 # (`lramlab.data.store.episodes` -> "data"); `__main__` modules are entry points, the top.
 LAYERS = [
-    {"", "_optional", "_io", "_dataclass_cli"},    # the package root and its small utilities
+    {"", "_optional", "_io", "_proc", "_dataclass_cli"},    # the package root and its small utilities
     {"tokenizer", "manifests"},
     {"data"},                                       # store, sampling, history windows, importers
     {"envs", "models"},                             # simulators; networks

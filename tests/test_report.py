@@ -106,9 +106,9 @@ def test_six_domain_targets_say_met_or_not_per_domain(copy_root):
     assert "| darkroom | dt 0.20 | 0.36 | 0.26 | not met |" in t
 
 
-def _fake_study_run(root: Path, png: bool = True) -> Path:
+def _fake_study_run(root: Path, png: bool = True, name: str = "run") -> Path:
     """A pipeline --out directory as 06 leaves it: pipeline.json, metrics.json with absolute paths."""
-    nb = root / "run" / "06_multitask"
+    nb = root / name / "06_multitask"
     nb.mkdir(parents=True)
     fig = nb / "scores.png"
     if png:
@@ -123,9 +123,9 @@ def _fake_study_run(root: Path, png: bool = True) -> Path:
                "score": float("nan")}
     (nb / "metrics.json").write_text(json.dumps(metrics))
     (nb / "summary.json").write_text(json.dumps({"domains": {}}))
-    (root / "run" / "pipeline.json").write_text(json.dumps(
+    (root / name / "pipeline.json").write_text(json.dumps(
         {"runs": [{"name": "06_multitask", "status": "ran", "seconds": 600.0}]}))
-    return root / "run"
+    return root / name
 
 
 def test_publish_copies_a_run_into_docs_results_relative_and_keeps_wall_segments(tmp_path, copy_root, capsys):
@@ -154,6 +154,26 @@ def test_publish_copies_a_run_into_docs_results_relative_and_keeps_wall_segments
     assert "![Fig. 3 analogue" in sec and "(results/six-domain-cpu/scores.png)" in sec
     assert "| metaworld | `xlstm >= dt` | 0.05 | 0.10 | 2 / 2 | inside seed spread |" in sec
     assert "| dt | metaworld | 0.10 ± 0.05 | - |" in sec and "| dt | 0.250 | 0.500 | dt-s0 |" in sec
+    assert d["preset"].endswith("six-domain-cpu.yaml") and d["command"].endswith("--out runs/run")  # kept from segment 1
+    # another run of the study (a fresh --out directory) replaces the segments: its wall time is its own
+    fresh = _fake_study_run(tmp_path, name="fresh")
+    assert P.main([str(fresh), "06_multitask", str(dest), "--preset", str(ROOT / "studies/six-domain-cpu.yaml"),
+                   "--note", "from scratch"]) == 0
+    d = json.loads((dest / "results.json").read_text())
+    assert d["wall"] == [{"seconds": 600.0, "finished": None, "note": "from scratch"}] and d["run_out"] == "fresh"
+    assert not (dest / "quality.json").exists()  # a study without a data quality table writes none
+
+
+def test_publish_writes_the_data_quality_table(tmp_path):
+    from lramlab.analysis import publish as P
+
+    nb = tmp_path / "run" / "01_data_prep"
+    nb.mkdir(parents=True)
+    rows = [{"task": "dmcontrol/a", "domain": "dmcontrol", "data_score": float("nan"), "random_score": 0.1}]
+    (nb / "metrics.json").write_text(json.dumps({"quality": rows, "n_tasks": 1}))
+    (nb.parent / "pipeline.json").write_text(json.dumps({"runs": [{"name": "01_data_prep", "status": "ran", "seconds": 60.0}]}))
+    assert P.main([str(nb.parent), "01_data_prep", str(tmp_path / "dest")]) == 0
+    assert json.loads((tmp_path / "dest" / "quality.json").read_text()) == [{**rows[0], "data_score": None}]
 
 
 def test_publish_names_what_is_missing(tmp_path, capsys):
@@ -170,3 +190,14 @@ def test_publish_names_what_is_missing(tmp_path, capsys):
     (run / "06_multitask" / "metrics.json").write_text("{not json")
     assert P.main([str(run), "06_multitask", str(tmp_path / "d")]) == 2
     assert "metrics.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_quality_targets_name_misses_and_targets_a_random_policy_meets_too():
+    rows = [{"task": "dmcontrol/a", "domain": "dmcontrol", "data_score": 0.8, "random_score": 0.0},
+            {"task": "dmcontrol/fish", "domain": "dmcontrol", "data_score": 1.17, "random_score": 1.04},
+            {"task": "dmcontrol/b", "domain": "dmcontrol", "data_score": 0.3, "random_score": 0.1},
+            {"task": "procgen/x", "domain": "procgen", "data_score": 0.9, "random_score": 0.8}]
+    lines = R._quality_targets(rows).splitlines()
+    assert lines[0] == ("- dmcontrol: 2 of 3 tasks meet data-normalised >= 0.5; mean data score 0.76; missed: b 0.300; "
+                        "met by a random policy too: fish (random 1.04)")
+    assert lines[1].startswith("- procgen: 0 of 1 tasks meet") and "random policy too" not in lines[1]

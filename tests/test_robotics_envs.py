@@ -128,6 +128,29 @@ def test_mimicgen_success_is_the_tasks_check_with_sparse_reward_and_termination(
         env.close()
 
 
+def test_sawyer_swings_its_shoulder_under_the_osc():
+    """Sawyer's first link touches the arm base; unexcluded, that contact's friction held right_j0
+    still under MuJoCo 3 and the end effector could not move sideways (NutAssembly_D0's robot)."""
+    task = "mimicgen/NutAssembly_D0"
+    _need(task)
+    env = make_env(task, seed=0)
+    try:
+        env.reset(seed=0)
+        rs = env.unwrapped.rs
+        robot = rs.robots[0]
+        assert robot.name == "Sawyer"
+        j0 = robot._ref_joint_pos_indexes[0]
+        q0, y0 = float(rs.sim.data.qpos[j0]), float(rs.sim.data.site_xpos[robot.eef_site_id][1])
+        a = np.zeros(7)
+        a[1] = -1.0  # -y: a swing of the vertical shoulder joint
+        for _ in range(20):
+            env.step(a)
+        assert float(rs.sim.data.qpos[j0]) - q0 < -0.1
+        assert float(rs.sim.data.site_xpos[robot.eef_site_id][1]) - y0 < -0.1
+    finally:
+        env.close()
+
+
 def test_horizon_end_is_truncation_and_the_callers_global_rng_is_left_alone():
     _need("robosuite/Lift")
     np.random.seed(123)

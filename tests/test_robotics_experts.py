@@ -1,8 +1,9 @@
 """Scripted Composuite / Mimicgen experts (lramlab.collect.robotics) solve seeded episodes of the real
 suites through `make_env`, where a random policy does not; `data generate --policy expert` writes them.
 
-CI runs one Panda task per Composuite objective and one Mimicgen Stack_D0 episode; the sweep over
-all 64 Panda tasks is `exhaustive` (pytest --exhaustive).
+CI runs one Panda task per Composuite objective and one Mimicgen Stack_D0, Square_D0 and
+NutAssembly_D0 episode; the sweeps (all 64 Panda tasks, 3 episodes per Mimicgen task) are
+`exhaustive` (pytest --exhaustive).
 """
 from __future__ import annotations
 
@@ -61,18 +62,59 @@ def test_composuite_expert_passes_goal_wall_and_object_door(task):
 
 
 @pytest.mark.slow
+def test_composuite_expert_topples_the_dumbbell_and_carries_it_by_the_handle():
+    """A dumbbell's disks hide its handle from above: the expert pushes it over at its top disk, grasps
+    the handle lying between the disks and places it in bin 2."""
+    task = "composuite/Panda_Dumbbell_None_PickPlace"
+    seed = episode_seed(0, 0)
+    env = make_env(task, seed=seed)
+    try:
+        pol = make_policy("expert", task)
+        bind_policy(pol, env)
+        obs, _ = env.reset(seed=seed)
+        pol.reset(seed)
+        phases, ever, t = [], False, 0
+        while not ever and t < 500:
+            obs, _r, term, trunc, info = env.step(pol.act(obs))
+            t += 1
+            ever = bool(info["success"])
+            name = pol.phases[min(pol.phase_i, len(pol.phases) - 1)].name
+            if not phases or phases[-1] != name:
+                phases.append(name)
+            if term or trunc:
+                break
+        assert ever, f"{task}: expert did not succeed in {t} steps (phases {phases})"
+        assert "tip-push" in phases and phases.index("tip-push") < phases.index("grasp")
+        assert not pol.upright(0.7)  # carried lying, by the handle
+        m, d = pol.m_d()
+        assert abs(float(d.xpos[pol.rs.obj_body_id][2] - pol.arm.pos()[2])) < 0.03
+    finally:
+        env.close()
+
+
+@pytest.mark.slow
 def test_composuite_random_policy_fails():
     end, ever, t = _episode("composuite/Panda_Box_None_PickPlace", "random", episode_seed(0, 0), False)
     assert t == 500 and not ever
 
 
-def test_mimicgen_stack_expert_solves_and_random_does_not():
-    seed = episode_seed(0, 0)
-    end, ever, t = _episode("mimicgen/Stack_D0", "expert", seed, stop_on_success=False)
-    assert end, f"Stack_D0: expert ended without success after {t} steps"
-    assert t < 400  # Mimicgen episodes end on success
-    end_r, ever_r, t_r = _episode("mimicgen/Stack_D0", "random", seed, stop_on_success=False)
-    assert not ever_r and t_r == 400
+@pytest.mark.parametrize("task,episode,horizon", [
+    ("mimicgen/Stack_D0", 0, 400),
+    # the suite's own check: the nut around the square peg, below table + 5 cm, the gripper off it
+    pytest.param("mimicgen/Square_D0", 1, 400, marks=pytest.mark.slow),
+    # both nuts, each on its own peg (Sawyer)
+    pytest.param("mimicgen/NutAssembly_D0", 2, 500, marks=pytest.mark.slow),
+])
+def test_mimicgen_expert_solves_and_random_does_not(task, episode, horizon):
+    from lramlab.collect.policies import default_policy
+
+    assert default_policy("mimicgen", task.split("/")[1]) == "expert"
+    seed = episode_seed(0, episode)
+    end, ever, t = _episode(task, "expert", seed, stop_on_success=False)
+    assert end, f"{task}: expert ended without success after {t} steps"
+    assert t < horizon  # Mimicgen episodes end on success
+    end_r, ever_r, t_r = _episode(task, "random", seed, stop_on_success=False)
+    assert not ever_r and t_r == horizon
 
 
 def test_expert_noise_changes_actions_and_stays_in_range():
@@ -129,7 +171,8 @@ def test_composuite_panda_sweep_mean_success():
 
 
 @pytest.mark.exhaustive
-@pytest.mark.parametrize("task", ["mimicgen/Stack_D1", "mimicgen/StackThree_D0", "mimicgen/StackThree_D1"])
+@pytest.mark.parametrize("task", ["mimicgen/Stack_D1", "mimicgen/StackThree_D0", "mimicgen/StackThree_D1",
+                                  "mimicgen/Square_D0", "mimicgen/NutAssembly_D0"])
 def test_mimicgen_expert_sweep(task):
     succ = [_episode(task, "expert", episode_seed(0, i), stop_on_success=False)[0] for i in range(3)]
     assert np.mean(succ) >= 2 / 3, succ

@@ -5,10 +5,12 @@
 
 writes DEST/results.json = {"preset", "command", "pipeline_seconds", "wall": [...], "code", "versions",
 "config", "metrics"} (the notebook's metrics.json with the run directory's absolute paths made
-relative to it), DEST/summary.json when the run has one, and copies each PNG figure the metrics name
+relative to it), DEST/summary.json when the run has one, DEST/quality.json when the metrics hold a
+data quality table (01_data_prep's `quality`), and copies each PNG figure the metrics name
 to DEST/<figure>.png (the metrics' `figures[<name>]["png"]` then reads `<name>.png`). Every write is
-atomic; an existing DEST/results.json whose `wall` list holds earlier segments of the same run keeps
-them (a study resumed over several sessions reports every segment's wall time).
+atomic; an existing DEST/results.json whose `wall` list holds earlier segments of the same run (the
+same --out directory name) keeps them (a study resumed over several sessions reports every segment's
+wall time); a results.json of another run is replaced whole.
 
 Errors name the file and what was expected: a run directory without `pipeline.json`, a notebook
 that did not run there, a metrics file that is not a JSON object.
@@ -30,6 +32,14 @@ from lramlab._io import atomic_write_text
 def atomic_json(path: Path, data: Any) -> None:
     """Strict JSON (a NaN score becomes null), written atomically."""
     atomic_write_text(path, json_dumps(data, indent=1) + "\n")
+
+
+def _run_name(doc: dict) -> str | None:
+    """The run directory's name an earlier results.json came from (`run_out`, else its command's --out)."""
+    if doc.get("run_out"):
+        return str(doc["run_out"])
+    parts = str(doc.get("command") or "").split()
+    return Path(parts[parts.index("--out") + 1]).name if "--out" in parts[:-1] else None
 
 
 def _relative(x: Any, root: str) -> Any:
@@ -104,21 +114,26 @@ def publish(run_out: str | Path, notebook: str, dest: str | Path, preset: str | 
     seconds = float(run.get("seconds") or 0.0)
     segment = {"seconds": round(seconds, 1), "finished": pipe.get("finished") or run.get("finished"), "note": note}
     old_path = dest / "results.json"
-    wall = []
-    if old_path.is_file():
-        try:
-            old = json.loads(old_path.read_text())
-            wall = [w for w in old.get("wall", []) if isinstance(w, dict) and w != segment]
-        except (json.JSONDecodeError, AttributeError):
-            wall = []
-    wall.append(segment)
     out_name = run_out.name
     cmd = (f"lramlab pipeline --params {preset} --only {notebook.split('_')[0]} --out runs/{out_name}"
            if preset else None)
+    wall = []
+    try:
+        old = json.loads(old_path.read_text()) if old_path.is_file() else {}
+    except json.JSONDecodeError:
+        old = {}
+    old = old if isinstance(old, dict) else {}
+    if _run_name(old) == out_name:  # a segment of the same run (resumed): keep the earlier ones
+        wall = [w for w in old.get("wall", []) if isinstance(w, dict) and w != segment]
+        if preset is None:
+            preset, cmd, config = old.get("preset"), old.get("command"), old.get("config")
+    wall.append(segment)
     vers = _versions()
-    doc = {"preset": preset, "command": cmd, "pipeline_seconds": {notebook: round(seconds, 1)}, "wall": wall,
-           "code": vers.get("git_commit"), "versions": vers, "config": config, "metrics": metrics}
+    doc = {"preset": preset, "command": cmd, "run_out": out_name, "pipeline_seconds": {notebook: round(seconds, 1)},
+           "wall": wall, "code": vers.get("git_commit"), "versions": vers, "config": config, "metrics": metrics}
     atomic_json(old_path, doc)
+    if isinstance(metrics.get("quality"), list):  # 01_data_prep's quality table (`lramlab data quality`)
+        atomic_json(dest / "quality.json", metrics["quality"])
     if (nb_dir / "summary.json").is_file():
         atomic_json(dest / "summary.json", _read_json(nb_dir / "summary.json", "the study's summary"))
     return old_path

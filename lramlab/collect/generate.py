@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = ArgumentParser(
         prog="lramlab data generate",
         description="Generate trajectories by running a policy in a real simulator (resumable).",
-        epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World, Composuite, Mimicgen Stack*) | "
+        epilog="Policies: random | noisy:<eps>[:<inner>] | expert[:noise=<std>] (Meta-World, Composuite, Mimicgen Stack*, Square*, NutAssembly*) | "
                "checkpoint:<path> | ppo|sac|dqn|specialist[:steps=<n>,...] (stable-baselines3) | history[:explore_episodes=<n>,...] | mbq[:eps_start=<e>,histories=<h>,...] (Dark-Room). "
                 "atari[:kind=<k>,...] (Atari RAM-scripted / look-ahead). "
                 "Defaults: darkroom -> history, metaworld -> expert, dmcontrol -> its SAC specialist, "

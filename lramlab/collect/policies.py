@@ -12,7 +12,8 @@ Policy specs (the string given to ``--policy``; recorded in meta.json with the r
 - ``expert`` / ``expert:noise=<std>`` -- scripted expert, with optional Gaussian action noise of
   that std (clipped to [-1, 1]) for mixed-quality data: Meta-World's own
   (``metaworld.policies.Sawyer<Task>V3Policy``); Composuite (all objectives) and Mimicgen
-  (``Stack_D*``, ``StackThree_D*``) waypoint experts reading the simulator's privileged state
+  (``Stack_D*``, ``StackThree_D*``, ``Square_D*``, ``NutAssembly_D*``)
+  waypoint experts reading the simulator's privileged state
   (`lramlab.collect.robotics`; they need ``policy.bind(env)``, which generate does).
 - ``checkpoint:<path>`` -- a model file, one of (checked in this order):
   1. a stable-baselines3 model ``.zip`` (PPO, A2C, SAC, TD3, DQN; e.g. from :func:`train_specialist`),
@@ -65,7 +66,7 @@ def default_policy(domain: str, name: str | None = None) -> str:
     """The default spec of task `domain/name`: DMControl -> its SAC specialist
     (`specialists.default_specialist`), the Procgen games the planner plays well
     (`planners.PLANNER_GAMES`) -> ``planner``, the Atari games in ``GAME_POLICIES`` -> ``atari``,
-    Composuite and Mimicgen Stack* / StackThree* -> ``expert`` (`lramlab.collect.robotics`),
+    Composuite and Mimicgen Stack* / StackThree* / Square* / NutAssembly* -> ``expert`` (`lramlab.collect.robotics`),
     else the domain's (`base.default_policy`: Dark-Room -> history, Meta-World -> expert, else random)."""
     if domain == "dmcontrol" and name is not None:
         return default_specialist(name)
@@ -111,7 +112,7 @@ def make_policy(spec: str, task, work_dir: str | Path | None = None, progress: b
             return robotics_expert(t.id, RoboticsExpertConfig(**_parse_kv(rest, RoboticsExpertConfig, spec)))
         if t.domain != "metaworld":
             raise ValueError(f"policy {spec!r}: scripted experts exist for Meta-World, Composuite and Mimicgen "
-                             f"(Stack*, StackThree*) only, not {t.id!r}")
+                             f"(Stack*, StackThree*, Square*, NutAssembly*) only, not {t.id!r}")
         return MetaWorldExpert(t.name, ExpertConfig(**_parse_kv(rest, ExpertConfig, spec)))
     if kind == "checkpoint":
         if not rest:

@@ -29,7 +29,7 @@ from lramlab.collect.base import Policy
 from lramlab.collect.experts import ExpertConfig
 
 COMPOSUITE_OBJECTIVES = ("PickPlace", "Push", "Shelf", "Trashcan")
-MIMICGEN_TASKS = ("Stack", "StackThree")  # <Task>_D<n> with these base names
+MIMICGEN_TASKS = ("Stack", "StackThree", "Square", "NutAssembly")  # <Task>_D<n> with these base names
 
 
 def find_robosuite(env):
@@ -282,6 +282,7 @@ class WaypointExpert(Policy):
                 jump = ph.check()
                 if jump is not None:  # e.g. the object slipped: start over from phase `jump`
                     self.phase_i, self.phase_t = jump, 0
+                    self.on_phase_start(self.phases[jump])
                     continue
             if self.phase_i < len(self.phases) and (done or self.phase_t >= ph.max_steps):
                 self.phase_i += 1
@@ -293,8 +294,18 @@ class WaypointExpert(Policy):
         self.phase_t += 1
         v = self.gain * err
         if self.arm.kind == "joint":  # integral term: the soft joint controller sags under gravity
-            self.err_sum = np.clip(0.97 * self.err_sum + err, -0.3, 0.3)
+            # only the steady-state error (< 3 cm) is integrated: a sum wound up during a long move
+            # overshoots the next waypoint by centimetres (fingers landing on a dumbbell's disk)
+            near = float(np.linalg.norm(err) < 0.03)
+            self.err_sum = np.clip(0.97 * self.err_sum + near * err, -0.3, 0.3)
             v = v + 0.05 * self.err_sum
+            # the height is held on its own: under one speed cap a long sideways move dilutes the vertical
+            # correction and the carried object drifts up by centimetres (Push's 10 cm height limit)
+            h = float(np.linalg.norm(v[:2]))
+            if h > ph.speed:
+                v = np.r_[v[:2] * (ph.speed / h), v[2]]
+            v[2] = float(np.clip(v[2], -ph.speed, ph.speed))
+            return self.arm.action(v, self.R_target, ph.grip, max_speed=1.5 * ph.speed, smooth=ph.smooth)
         return self.arm.action(v, self.R_target, ph.grip, max_speed=ph.speed, smooth=ph.smooth)
 
     def on_phase_start(self, phase) -> None:
@@ -339,10 +350,13 @@ class ComposuiteExpert(WaypointExpert):
         # object (ObjectWall / ObjectDoor); the GoalWall stands between the bins, beside the approach
         between = obst in ("ObjectWall", "ObjectDoor")
         self.z_clear = max(1.0, self.obstacle_top + 0.06 if between else 0.0)
+        self.R_y = self.R_target.copy()
         P = []
         P.append(Phase("rise", lambda: np.r_[self.phase_start_pos[:2], self.z_clear], OPEN, tol=0.03, max_steps=60))
-        P.append(Phase("over", lambda: np.r_[self.grasp_point()[:2], self.z_clear], OPEN, tol=0.03, max_steps=120))
-        P.append(Phase("pre", self.pre_grasp, OPEN, tol=0.006, max_steps=80))
+        P.extend(self._topple_phases(len(P)))
+        P.append(Phase("over", lambda: np.r_[self.grasp_point()[:2], self.z_clear], OPEN, tol=0.03, max_steps=120,
+                       rot=self.grasp_rot))
+        P.append(Phase("pre", self.pre_grasp, OPEN, tol=0.006, max_steps=80, rot=self.grasp_rot))
         P.append(Phase("down", lambda: self.grasp_point(), OPEN, tol=0.006, max_steps=60, speed=0.02))
         P.append(Phase("grasp", lambda: self.grasp_point(), CLOSE, tol=0.0, min_steps=12, max_steps=12, speed=0.01))
         self.grasp_phase = len(P) - 1
@@ -350,17 +364,113 @@ class ComposuiteExpert(WaypointExpert):
         if obst in ("GoalWall", "ObjectDoor"):
             # every command saturates the joint controller on these long paths: scale the joint deltas
             # together (clipping each joint bends the path into the door frame / above Push's limit)
-            # (not the first rise / over: short, nearly single-joint moves, faster clipped)
-            for ph in P[2:]:
-                ph.smooth = True
+            # (not the rise / over of the approach: short, nearly single-joint moves, faster clipped)
+            for ph in P:
+                ph.smooth = ph.smooth or ph.name not in ("rise", "over")
         self.phases = P
         self.phase_start_pos = arm.pos()
 
-    # -- grasp geometry (world frame; fingers close along y)
+    # -- grasp geometry (world frame)
+    #: objects that cannot be grasped top-down as they stand: a Dumbbell's 9 cm disks hide its 4 cm handle
+    #: from a gripper opening 6 cm (a chord of a disk's rim slips out: its contact normals lie outside the
+    #: friction cone), so it is pushed over at its top disk first and grasped by the handle lying between
+    #: its disks. (object type -> height of the gripper site below the object's top while pushing (the
+    #: fingertips just under the top disk's rim: lower pushes only lean it), push travel past its centre)
+    TOPPLE = {"Dumbbell": (0.012, 0.06)}
+
+    def _obj_axis(self) -> np.ndarray:
+        m, d = self.m_d()
+        return d.xmat[self.rs.obj_body_id].reshape(3, 3)[:, 2].copy()
+
+    def upright(self, cos_tilt: float = 0.9) -> bool:
+        return abs(float(self._obj_axis()[2])) > cos_tilt
+
+    def _free_room(self, c: np.ndarray, direction: np.ndarray) -> float:
+        """Free floor from the object's centre along a horizontal unit direction: to bin 1's walls and to
+        an obstacle standing in the bin."""
+        rs = self.rs
+        lo = np.asarray(rs.bin1_pos[:2]) - np.asarray(rs.bin1_size[:2]) + 0.01
+        hi = np.asarray(rs.bin1_pos[:2]) + np.asarray(rs.bin1_size[:2]) - 0.01
+        i = int(np.argmax(np.abs(direction)))
+        sgn = float(np.sign(direction[i]))
+        room = (hi[i] - c[i]) if sgn > 0 else (c[i] - lo[i])
+        if self.obstacle_kind is not None and self.obstacle_lo[2] < self.table_z + 0.1:
+            j = 1 - i
+            if self.obstacle_lo[j] - 0.05 < c[j] < self.obstacle_hi[j] + 0.05:  # the obstacle is in line
+                gap = (self.obstacle_lo[i] - c[i]) if sgn > 0 else (c[i] - self.obstacle_hi[i])
+                if gap > 0:
+                    room = min(room, gap)
+        return float(room)
+
+    def _topple_phases(self, start_i: int) -> list:
+        """Push a tall object over at its top (object-type table TOPPLE) along the horizontal axis with
+        the most free floor on both sides; skipped (check) once the object lies."""
+        if self.obj_type not in self.TOPPLE or not self.upright():
+            return []
+        below_top, travel = self.TOPPLE[self.obj_type]
+        c = self.obj_center()
+        lo, hi = self.geoms_aabb(self.obj_geoms)
+        r = 0.5 * float(hi[0] - lo[0])
+        h = float(hi[2] - lo[2])
+        best = None
+        for dirn in (np.array([1.0, 0, 0]), np.array([-1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0, -1.0, 0])):
+            ahead = self._free_room(c, dirn) - (h + r)  # it falls over its length
+            behind = self._free_room(c, -dirn) - (r + 0.04)  # the closed fingers start beside it
+            margin = min(ahead, behind)
+            if c[0] - dirn[0] * (r + 0.03) > 0.2:  # a start this far from the robot is at the edge of its reach
+                margin -= 0.1
+            if best is None or margin > best[0]:
+                best = (margin, dirn)
+        dirn = best[1]
+        z = float(hi[2]) - below_top
+        start = np.r_[c[:2] - dirn[:2] * (r + 0.03), z]
+        end = np.r_[c[:2] + dirn[:2] * travel, z]
+        after = start_i + 4  # the phase after these: the approach to the grasp ("over", then "pre")
+
+        def lying():
+            return after if not self.upright(0.7) else None
+
+        def fallen():
+            return after - 1 if not self.upright(0.7) else None
+
+        def up():
+            return np.r_[self.phase_start_pos[:2], max(self.phase_start_pos[2], self.geoms_aabb(self.obj_geoms)[1][2] + 0.05)]
+
+        def clear():  # straight on to "pre" once turned: the fingers are beside the object, nothing in between
+            R, Rt = self.arm.rot(), self.R_target
+            turned = np.linalg.norm(0.5 * sum(np.cross(R[:, i], Rt[:, i]) for i in range(3))) < 0.1
+            if self.phase_t >= 45 or (turned and np.linalg.norm(up() - self.arm.pos()) < 0.02):
+                return after + 1
+            return None
+
+        return [
+            Phase("tip-over", lambda: np.r_[start[:2], self.z_clear], CLOSE, tol=0.03, max_steps=120, check=lying),
+            Phase("tip-down", lambda: start, CLOSE, tol=0.008, max_steps=80, check=lying),
+            Phase("tip-push", lambda: end, CLOSE, tol=0.01, max_steps=100, speed=0.015, check=fallen),
+            Phase("tip-up", up, OPEN, tol=0.0, max_steps=60, check=clear, rot=self.grasp_rot, smooth=True),
+        ]
+
+    def grasp_rot(self) -> np.ndarray:
+        """Gripper orientation for the grasp: fingers down, closing along world y, or across a lying
+        dumbbell's handle (the sign nearest the current closing direction)."""
+        if self.obj_type == "Dumbbell" and not self.upright(0.7):
+            ax = self._obj_axis()
+            u = np.array([-ax[1], ax[0], 0.0])
+            if np.linalg.norm(u) > 1e-6:
+                u /= np.linalg.norm(u)
+                if u @ self.arm.closing_dir() < 0:
+                    u = -u
+                return self.arm.target_rot(u)
+        return self.R_y
+
     def grasp_point(self) -> np.ndarray:
         m, d = self.m_d()
         t = self.obj_type
-        if t == "Dumbbell":  # pinch a chord of the top disk beside the handle (the disks hide the handle)
+        if t == "Dumbbell":
+            if not self.upright(0.7):  # lying: the handle's middle, pads over its equator
+                c = d.xpos[self.rs.obj_body_id]
+                return np.array([c[0], c[1], c[2] - 0.005])
+            # upright: pinch a chord of the top disk beside the handle (rarely holds)
             disks = sorted(self.obj_geoms, key=lambda n: d.geom_xpos[m.geom(n).id][2])
             c = d.geom_xpos[m.geom(disks[-1]).id]
             return np.array([c[0] - 0.043, c[1], c[2] - 0.006])
@@ -415,8 +525,7 @@ class ComposuiteExpert(WaypointExpert):
         fingers down and the object low, the forearm / wrist ride on the wall's or the frame's top."""
         th = np.deg2rad(self.push_wall_pitch)
         Ry = np.array([[math.cos(th), 0.0, math.sin(th)], [0.0, 1.0, 0.0], [-math.sin(th), 0.0, math.cos(th)]])
-        R0 = self.R_target.copy()
-        return lambda: Ry @ R0
+        return lambda: Ry @ self.R_target  # at the phase's start: the grasp's orientation
 
     def _past_wall(self, z, speed=0.04):
         """Waypoints carrying the object past the GoalWall (28 cm tall, between the bins, in x from
@@ -515,7 +624,6 @@ class ComposuiteExpert(WaypointExpert):
         th = np.deg2rad(45.0 if wall else 60.0)
         c, s_ = math.cos(th), math.sin(th)
         Rx = np.array([[1.0, 0, 0], [0, c, -s_], [0, s_, c]])  # fingers from down towards +y
-        R_down = self.R_target.copy()
 
         def to(y, bottom):
             def f():
@@ -528,7 +636,7 @@ class ComposuiteExpert(WaypointExpert):
 
         return self._carry_phases(lambda: np.array([x, dest_y]), board + max(0.05, stage_z)) + [
             Phase("tilt", lambda: self.phase_start_pos, CLOSE, tol=0.0, min_steps=30, max_steps=30, speed=0.01,
-                  rot=lambda: Rx @ R_down, smooth=True),
+                  rot=lambda: Rx @ self.R_target, smooth=True),
             Phase("stage", to(stage_y, board + stage_z), CLOSE, tol=0.015, max_steps=80, speed=0.02,
                   check=self.slipped, smooth=True),
             Phase("slide", to(inside_y, board + 0.015), CLOSE, tol=0.015, max_steps=100, speed=0.015,
@@ -538,7 +646,9 @@ class ComposuiteExpert(WaypointExpert):
         ]
 
     def _plan_Push(self):
-        low = self.table_z + 0.02  # object bottom while carried: well under the 0.1 m height limit
+        # object bottom while carried: its centre well under the 0.1 m height limit (a dumbbell's centre is
+        # 4.5-4.9 cm above its bottom: it is dragged over the floor)
+        low = min(self.table_z + 0.02, float(self.rs.bin2_pos[2]) + 0.064 - (self.obj_center()[2] - self.obj_bottom()))
 
         def lift():
             return np.r_[self.phase_start_pos[:2], self.carry_z(low)]
@@ -565,9 +675,24 @@ class ComposuiteExpert(WaypointExpert):
 class MimicgenExpert(WaypointExpert):
     """Mimicgen Stack / StackThree (and their D1 variants): pick a cube with the fingers turned to its
     faces, carry it over the target cube, lower until it rests on it, release, rise; StackThree
-    does it twice (A on B, then C on A)."""
+    does it twice (A on B, then C on A). Square / NutAssembly: put the nut(s) on their pegs
+    (`_nut_on_peg`)."""
 
     gain = 1.0
+    #: integral gain on the position error (per step, leaky); the nut tasks turn it on: the OSC leaves
+    #: Sawyer (NutAssembly's robot) 2-3 cm short of its targets
+    i_gain = 0.0
+
+    def step_phases(self) -> np.ndarray:
+        a = super().step_phases()
+        if self.i_gain > 0:
+            i = min(self.phase_i, len(self.phases) - 1)
+            if i != getattr(self, "_i_phase", None):  # a new phase: forget the old error
+                self._i_phase, self.i_err = i, np.zeros(3)
+            err = self.phases[i].target() - self.arm.pos()
+            self.i_err = np.clip(0.95 * self.i_err + err, -0.15, 0.15)
+            a[:3] = np.clip(a[:3] + self.i_gain * self.i_err / self.arm.out_max[:3], -1.0, 1.0)
+        return a
 
     def plan(self) -> None:
         rs, arm = self.rs, self.arm
@@ -576,13 +701,24 @@ class MimicgenExpert(WaypointExpert):
         self.table_z = float(rs.table_offset[2])
         self.close_dir = arm.closing_dir()
         self.R_target = arm.target_rot(self.close_dir)
+        if base in ("Square", "NutAssembly"):  # Square: the square nut; NutAssembly: both nuts, each on its peg
+            self.i_gain, self._i_phase = 0.1, None
+            pegs = (rs.peg1_body_id, rs.peg2_body_id)
+            ids = [rs.nut_id] if base == "Square" else range(len(rs.nuts))
+            P = []
+            for i in ids:
+                P += self._nut_on_peg(rs.nuts[i], pegs[i], first=len(P), square=rs.nuts[i].name == "SquareNut")
+            P.append(Phase("wait", lambda: self.phase_start_pos, OPEN, tol=0.0, max_steps=10 ** 6, speed=0.01))
+            self.phases = P
+            self.phase_start_pos = arm.pos()
+            return
         if base == "Stack":
             pairs = [(rs.cubeA_body_id, rs.cubeA, rs.cubeB_body_id, rs.cubeB)]
         elif base == "StackThree":
             pairs = [(rs.cubeA_body_id, rs.cubeA, rs.cubeB_body_id, rs.cubeB),
                      (rs.cubeC_body_id, rs.cubeC, rs.cubeA_body_id, rs.cubeA)]
         else:
-            raise ValueError(f"mimicgen expert: no scripted expert for {name} (have: Stack_D*, StackThree_D*)")
+            raise ValueError(f"mimicgen expert: no scripted expert for {name} (have: {MIMICGEN_HAVE})")
         P = []
         self._n_phases = 0
         for pick_id, pick_obj, place_id, place_obj in pairs:
@@ -646,6 +782,133 @@ class MimicgenExpert(WaypointExpert):
         self._n_phases = first + len(P)
         return P
 
+    def _nut_on_peg(self, nut, peg_id, first: int = 0, square: bool = True):
+        """Square / NutAssembly: grasp the nut by its handle (fingers closing across it), lift it over the
+        peg's top, turn it (handle towards the robot; a square nut square to its peg), centre its hole
+        over the peg, lower it down the peg, release, rise. `first`: index of the first phase (a
+        slipped nut restarts there).
+
+        robosuite's check (`NutAssembly.on_peg`): the nut's centre within 3 cm (x and y) of the peg's
+        axis, below table + 5 cm, and the gripper off it (> ~4 cm from the nut's centre)."""
+        m, d = self.m_d()
+        nut_id = m.body(nut.root_body).id
+        handle = m.site(nut.important_sites["handle"]).id
+        peg_geom = [g for g in range(m.ngeom) if m.geom_bodyid[g] == peg_id][0]
+        peg_top = float(_aabb(m, d, peg_geom)[1][2])
+        half_t = 0.01  # the nut's plates are 2 cm thick
+        carry_c = peg_top + half_t + 0.035  # nut centre while carried: its bottom 3.5 cm over the peg
+        low_c = self.table_z + half_t + 0.012  # nut centre lowered to (ends within 1 cm; success: < table + 5 cm)
+
+        def nut_c():
+            return d.xpos[nut_id].copy()
+
+        def peg_xy():
+            return d.xpos[peg_id][:2].copy()
+
+        def held():  # eef - nut centre while held
+            return self.arm.pos() - nut_c()
+
+        q7 = self.arm.qpos_idx[-1]  # the wrist's last joint turns the gripper about the vertical
+        # +1: this joint turns the gripper like a world yaw (its axis points up), -1: the other way
+        q7_sign = 1.0 if d.xaxis[self.arm.robot._ref_joint_indexes[-1]][2] >= 0 else -1.0
+        q7_lim = 0.95 * float(np.min(np.abs(m.jnt_range[self.arm.robot._ref_joint_indexes[-1]])))
+        plan = {}
+
+        def nut_yaw():
+            R = d.xmat[nut_id].reshape(3, 3)
+            return math.atan2(R[1, 0], R[0, 0])  # the handle's direction
+
+        def grasp_rot():
+            """Fingers close across the handle (the nut's y axis). Of the two grasps (180 deg apart) and
+            the handle's final directions (nut square to the peg; handle towards the robot, else
+            sideways: the far side is out of the arm's reach), the pair nearest the robot that keeps
+            the wrist joint inside its limits, then the least turning."""
+            yaw, cur = nut_yaw(), self.arm.closing_dir()
+            c0, q_now = math.atan2(cur[1], cur[0]), float(d.qpos[q7])
+            best = None
+            for sign in (0.0, math.pi):
+                turn_g = _wrap(yaw + math.pi / 2 + sign - c0)
+                q_g = q_now + q7_sign * turn_g
+                for pref, phi in enumerate((math.pi, math.pi / 2, -math.pi / 2)):
+                    turn = _wrap(phi - yaw)
+                    q_f = q_g + q7_sign * turn
+                    if abs(q_g) > q7_lim or abs(q_f) > q7_lim:
+                        continue
+                    key = (pref, abs(turn_g) + abs(turn))
+                    if best is None or key < best[0]:
+                        best = (key, yaw + math.pi / 2 + sign, q_f)
+            if best is None:  # no turn keeps the joint in range: grasp the nearest way, turn later as far as it goes
+                best = (None, yaw + math.pi / 2 + (0.0 if math.cos(yaw + math.pi / 2 - c0) >= 0 else math.pi),
+                        float(np.clip(q_now, -q7_lim, q7_lim)))
+            plan["q7_final"] = best[2]
+            return self.arm.target_rot(np.array([math.cos(best[1]), math.sin(best[1]), 0.0]))
+
+        def _turn_left():
+            return q7_sign * (plan["q7_final"] - float(d.qpos[q7]))  # world yaw still to turn
+
+        def turning():
+            """Head for the peg at the carry height while turning the held nut to its planned direction
+            (<= 0.4 rad per step); turned: the target is where the eef is (the phase ends)."""
+            rem = _turn_left()
+            if abs(rem) < 0.05:
+                return self.arm.pos()
+            self.R_target = _rot_z(float(np.clip(rem, -0.4, 0.4))) @ self.arm.rot()
+            return at_c(carry_c)()
+
+        def square_rot():
+            """Turn the held nut so that its sides are parallel to the peg's (yaw error mod 90 deg)."""
+            if not square:  # a round nut fits its round peg at any yaw
+                return self.arm.rot()
+            err = (nut_yaw() + math.pi / 4) % (math.pi / 2) - math.pi / 4
+            return _rot_z(-err) @ self.arm.rot()
+
+        def slipped():
+            if np.linalg.norm(self.arm.pos() - d.site_xpos[handle]) > 0.035:
+                return first
+            return None
+
+        def at_c(z, xy=None):
+            def f():
+                h = held()
+                base = peg_xy() if xy is None else xy()
+                return np.r_[base + h[:2], z + h[2]]
+            return f
+
+        def grasp_point():
+            return d.site_xpos[handle] + [0.0, 0.0, 0.002]
+
+        z_clear = max(self.table_z + 0.15, carry_c + 0.02)
+        return [
+            Phase("rise", lambda: np.r_[self.phase_start_pos[:2], max(self.phase_start_pos[2], z_clear)], OPEN,
+                  tol=0.02, max_steps=40),
+            Phase("over", lambda: np.r_[d.site_xpos[handle][:2], z_clear], OPEN, tol=0.015, max_steps=80,
+                  rot=grasp_rot),
+            Phase("pre", lambda: grasp_point() + [0, 0, 0.05], OPEN, tol=0.006, max_steps=60),
+            Phase("down", grasp_point, OPEN, tol=0.006, max_steps=30, speed=0.015),
+            Phase("grasp", grasp_point, CLOSE, tol=0.0, min_steps=12, max_steps=12, speed=0.005),
+            Phase("lift", at_c(carry_c, lambda: nut_c()[:2]), CLOSE, tol=0.015, max_steps=60, check=slipped),
+            Phase("turn", turning, CLOSE, tol=1e-9, max_steps=40, check=slipped),
+            Phase("carry", at_c(carry_c), CLOSE, tol=0.01, max_steps=100, check=slipped, rot=square_rot),
+            Phase("align", at_c(peg_top + half_t + 0.01), CLOSE, tol=0.003, max_steps=60, speed=0.01,
+                  check=slipped),
+            Phase("lower", at_c(low_c), CLOSE, tol=0.01, max_steps=80, speed=0.01, check=slipped),
+            Phase("release", lambda: self.phase_start_pos, OPEN, tol=0.0, min_steps=10, max_steps=10),
+            Phase("up", lambda: self.phase_start_pos + [0, 0, 0.1], OPEN, tol=0.01, max_steps=30, speed=0.03),
+        ]
+
+
+def _wrap(a: float) -> float:
+    """Angle in [-pi, pi)."""
+    return (a + math.pi) % (2 * math.pi) - math.pi
+
+
+def _rot_z(a: float) -> np.ndarray:
+    c, s_ = math.cos(a), math.sin(a)
+    return np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+MIMICGEN_HAVE = ", ".join(f"{t}_D*" for t in MIMICGEN_TASKS)
+
 
 def robotics_expert(task_id: str, config: RoboticsExpertConfig | None = None) -> WaypointExpert:
     """The scripted expert for a ``composuite/...`` or ``mimicgen/...`` task id (or TaskSpec)."""
@@ -660,6 +923,6 @@ def robotics_expert(task_id: str, config: RoboticsExpertConfig | None = None) ->
     if domain == "mimicgen":
         base = name.split("-")[0].rsplit("_D", 1)[0]
         if base not in MIMICGEN_TASKS:
-            raise ValueError(f"mimicgen expert: no scripted expert for {tid!r}; have Stack_D*, StackThree_D*")
+            raise ValueError(f"mimicgen expert: no scripted expert for {tid!r}; have {MIMICGEN_HAVE}")
         return MimicgenExpert(name, config)
     raise ValueError(f"robotics expert: {tid!r} is not a composuite/ or mimicgen/ task")

@@ -198,7 +198,12 @@ def choose_algorithm(kind: str, action_kind: str, where: str = "specialist") -> 
 #:   lramlab data quality DIR --json -
 #: CPU s = user time of the training (`/usr/bin/time -v`, 2-core machine shared with a study).
 #: Tasks not listed: `sac:steps=50000,{SAC_NET}`.
+#: Sparse-reward tasks (finger-spin, point_mass-easy, reacher-easy) did not learn with SB3's initial
+#: entropy weight 1.0: against rewards <= 1 per step it keeps the policy acting at random for tens of
+#: thousands of decisions (training returns stayed ~0 up to 50K decisions). `SAC_SPARSE` starts the
+#: weight at 0.1 (pytorch_sac's initial temperature), with 256-unit nets and 2000 random decisions first.
 SAC_NET = "hidden=64,batch_size=128"
+SAC_SPARSE = "hidden=256,batch_size=256,learning_starts=2000,ent_coef=auto_0.1"
 DMC_DEFAULT_SPECS: dict[str, str] = {
     # data 0.56 (return 515.9), random 0.30
     "ball_in_cup-catch": f"sac:steps=30000,{SAC_NET},deterministic=1",
@@ -212,14 +217,19 @@ DMC_DEFAULT_SPECS: dict[str, str] = {
     # walker-run: cheetah-run's recipe (dense reward; a standing walker earns ~1/6 of the maximum):
     # data score 0.42 (random 0.00), 40K decisions; 80K gave 0.42 too (589 s CPU) -- under 0.5 (return 184)
     "walker-run": f"sac:steps=40000,{SAC_NET},action_repeat=4,deterministic=1",
-    # data 0.05 (76.2), random 0.003: does NOT learn here. 50K decisions (408 CPU s) did not help:
-    # 20K 0.05, 30K 0.05, 40K 0.05, 50K -0.03 (sampling instead of the mode: -0.03); the policy
-    # reaches the target in 2 of 10 episodes. Needs another recipe (larger nets, lr, entropy).
-    "reacher-easy": f"sac:steps=15000,{SAC_NET},action_repeat=4,deterministic=1",
-    # data 0.00 (0.4), random 0.002: did not learn in this budget
-    "finger-spin": f"sac:steps=15000,{SAC_NET},action_repeat=2,deterministic=1",
-    # data 0.04 (29.8), random 0.004: did not learn in this budget (a few rewarded episodes in training)
-    "point_mass-easy": f"sac:steps=10000,{SAC_NET},action_repeat=4,deterministic=1",
+    # SAC_NET (entropy weight from 1.0): 0.05 from 15K to 50K decisions, training returns never rose.
+    # SAC_SPARSE: 0.82 after 30K decisions (return 698.8), random 0.003 (the data6 preset's run)
+    "reacher-easy": f"sac:steps=30000,{SAC_SPARSE},action_repeat=4,deterministic=1",
+    # SAC_NET: 0.00 after 15K decisions. SAC_SPARSE: 0.31 / 0.51 / 0.57 after 20K / 30K / 40K decisions
+    # (returns 260 / 422 / 474; 0.5 is 417), random 0.002
+    "finger-spin": f"sac:steps=40000,{SAC_SPARSE},action_repeat=2,deterministic=1",
+    # SAC_NET: 0.04 after 10K decisions. SAC_SPARSE: 0.01 after 10K, 1.16 after 20K (return 900.0;
+    # training returns 28 -> 874 between 10K and 20K), random 0.004
+    "point_mass-easy": f"sac:steps=20000,{SAC_SPARSE},action_repeat=4,deterministic=1",
+    # dense reward; 0.72 / 0.75 / 1.18 / 1.17 after 10K / 20K / 30K / 40K decisions (return 605 at
+    # 30K) -- but a uniform random policy scores 1.04 (return 560): the paper's constants (its data's
+    # returns 229-548) lie below random here, so >= 0.5 says little for this task
+    "fish-upright": f"sac:steps=30000,{SAC_NET},action_repeat=4,deterministic=1",
 }
 
 

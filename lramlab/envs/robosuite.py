@@ -26,6 +26,11 @@ Every env made here is a `RobosuiteEnv` (a gymnasium.Env): flat float32 observat
 Sawyer (Mimicgen's NutAssembly_D0, PickPlace_D0 and the -Sawyer variants): robosuite 1.4.1's model
 does not compile under MuJoCo 3 ("mesh volume is too small: robot0_head_1"); its massless visual
 meshes get inertia="shell" here (`_visual_meshes_shell_inertia`), which leaves the physics as is.
+Under MuJoCo 3 its first link's collision sphere also rests on the arm base's cylinder (a contact
+MuJoCo does not filter: the base is welded to the world), and that contact's friction holds the
+first joint (right_j0, the vertical shoulder pan) still: the OSC never swings the arm sideways.
+The same subclass excludes that pair of bodies (`ROBOT_CONTACT_EXCLUDES`), as MuJoCo does for any
+other parent and child.
 
 Composuite and Mimicgen (and the robosuite task zoo that Mimicgen's HammerCleanup/Kitchen import)
 are not on the package registries: `make install` puts them on the path from ../shared/vendor or
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import xml.etree.ElementTree as ET
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -178,7 +184,8 @@ def _visual_meshes_shell_inertia(robot: str) -> None:
     robosuite 1.4.1's Sawyer has visual head meshes (geom group 1) too thin for MuJoCo 3's volume
     check ("mesh volume is too small: robot0_head_1"). Those geoms carry no mass (the base model
     counts only group-0 geoms, and the head body has its own <inertial>), so the physics is
-    unchanged. Done by registering a subclass under the robot's name, once per process."""
+    unchanged. The same subclass excludes the contacts of `ROBOT_CONTACT_EXCLUDES` (a Sawyer joint
+    held still by one). Done by registering a subclass under the robot's name, once per process."""
     from robosuite.models.robots import robot_model
 
     base = robot_model.REGISTERED_ROBOTS.get(robot)
@@ -195,6 +202,8 @@ def _visual_meshes_shell_inertia(robot: str) -> None:
             for mesh in self.asset.iter("mesh"):
                 if mesh.get("name") not in massive:
                     mesh.set("inertia", "shell")
+            for b1, b2 in ROBOT_CONTACT_EXCLUDES.get(robot, ()):  # names are prefixed by now (robot0_...)
+                ET.SubElement(self.contact, "exclude", body1=self.naming_prefix + b1, body2=self.naming_prefix + b2)
 
     ShellVisualMeshes.__name__ = ShellVisualMeshes.__qualname__ = base.__name__
     robot_model.REGISTERED_ROBOTS[robot] = ShellVisualMeshes
@@ -202,6 +211,8 @@ def _visual_meshes_shell_inertia(robot: str) -> None:
 
 #: robots whose robosuite 1.4.1 model needs _visual_meshes_shell_inertia under MuJoCo 3
 SHELL_MESH_ROBOTS = ("Sawyer",)
+#: body pairs of those models whose contact locks a joint under MuJoCo 3 (excluded by the same subclass)
+ROBOT_CONTACT_EXCLUDES = {"Sawyer": (("right_arm_base_link", "right_l0"),)}
 
 
 def _check_horizon(horizon: int) -> int:

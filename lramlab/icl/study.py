@@ -331,6 +331,10 @@ def run_agent(cfg, eval_sets: Sequence[str] = EVAL_SETS, max_goals: int = 0) -> 
 def _init_worker(threads: int) -> None:
     import os
 
+    from lramlab._proc import die_with_parent
+
+    die_with_parent()  # a killed study (or its notebook kernel) leaves no agent training
+
     if threads:  # one core per agent process: torch, OpenMP and numba (Mamba's CPU kernels)
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
             os.environ[var] = str(threads)

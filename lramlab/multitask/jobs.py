@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from lramlab._dataclass_cli import strict_json
 from lramlab._io import file_sha256
+from lramlab._proc import die_with_parent
+from lramlab.analysis.publish import atomic_json
 
 
 #: NaN / inf -> None, numpy -> Python, tuples -> lists (strict JSON)
@@ -38,13 +40,6 @@ class Job:
     log: str = ""
     seconds: float = 0.0
     error: str = ""
-
-
-def atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(clean_json(data), indent=1, allow_nan=False))
-    os.replace(tmp, path)
 
 
 def _train_done(run_dir: Path, steps: int) -> bool:
@@ -96,7 +91,9 @@ def _redirect(log: str) -> None:
 
 
 def _child(kind: str, args: dict, log: str) -> None:
-    """A job's process (spawned): output to its log, one torch thread pool of `threads`."""
+    """A job's process (spawned): output to its log, one torch thread pool of `threads`; it ends when
+    the process that started it dies (a killed pipeline kernel leaves no job running)."""
+    die_with_parent()
     _redirect(log)
     import torch
 
