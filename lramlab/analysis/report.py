@@ -665,12 +665,23 @@ def _robotics_table(d: Mapping) -> str:
         for name, v in sm.get(key, {}).items():
             n = sum(1 for t in cs if name in t["task"].split("/", 1)[1].split("_"))
             groups.append([label, name, _rate(v), count(n)])
-    out += ["Composuite, expert success by factor (one episode per task; other robots: Box tasks only):", "",
+    eps = sorted({int(t["expert_episodes"]) for t in cs})
+    eps_txt = "?" if not eps else str(eps[0]) if len(eps) == 1 else f"{eps[0]}-{eps[-1]}"
+    mean = sm.get("composuite_panda_mean")
+    met = "**met**" if mean is not None and mean >= 0.8 else "**not met**"
+    below = [t for t in cs if t["task"] in set(sm.get("composuite_below_0.5", []))]
+    out += [f"Composuite, expert success by factor ({eps_txt} episode(s) per task; other robots: Box tasks only):", "",
             table(["factor", "value", "success", "tasks"], groups, ["l", "l", "r", "r"]), "",
-            f"Composuite Panda: mean success **{num(sm.get('composuite_panda_mean'), 2)}** over "
-            f"{count(sm.get('composuite_panda_tasks'))} tasks (target: >= 0.8, **not met**); "
-            f"{len(sm.get('composuite_below_0.5', []))} tasks below 0.5 (per task: the JSON's `tasks`). "
+            f"Composuite Panda: mean success **{num(mean, 2)}** over "
+            f"{count(sm.get('composuite_panda_tasks'))} tasks (target: >= 0.8, {met}); "
+            f"{len(below)} tasks below 0.5. "
             f"Wall time of the longest shard: {minutes(d['wall_seconds_longest_shard'])} ({d['how']})."]
+    if below:  # each miss named with where its episodes ended (the waypoint phase): the reason's first clue
+        out += ["", "Composuite tasks below 0.5 and the phase each failed episode ended in:", "",
+                table(["task", "expert success", "failed episodes ended in"],
+                      [[t["task"], _rate(t["expert_success"]),
+                        ", ".join(m.get("ended_in_phase", "?") for m in t.get("expert_misses", [])) or "-"]
+                       for t in below], ["l", "r", "l"])]
     return "\n".join(out)
 
 
