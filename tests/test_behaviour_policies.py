@@ -104,3 +104,23 @@ def test_default_dmcontrol_policy_reuses_the_specialist_beside_the_data(tmp_path
     pol1 = SB3Policy.load(zip_path, task, repeat=1)  # deciding at every step differs
     pol1.reset(episode_seed(0, 0))
     assert not np.allclose(np.stack([pol1.act(s) for s in ep["states"]]), acts)
+
+
+def test_sparse_reward_recipe_reaches_sb3_as_a_low_initial_entropy_weight():
+    """SAC_SPARSE's point is SB3's initial entropy weight 0.1 (not 1.0, SB3's default, under which the
+    sparse tasks never left random acting): the option must arrive in the built model, with its nets."""
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+
+    from lramlab.collect.base import parse_spec
+    from lramlab.collect.specialists import DMC_DEFAULT_SPECS, _algo_kwargs, parse_specialist_spec
+
+    weights = {}
+    for name in ("point_mass-easy", "cheetah-run"):
+        spec = DMC_DEFAULT_SPECS[name]
+        kind, rest = parse_spec(spec)
+        algo, cfg = parse_specialist_spec(spec, kind, rest, f"dmcontrol/{name}", seed=0)
+        model = SAC("MlpPolicy", gym.make("Pendulum-v1"), **_algo_kwargs(algo, cfg))
+        weights[name] = float(model.log_ent_coef.exp())
+        assert model.policy.actor.latent_pi[0].out_features == cfg.hidden
+    assert weights["point_mass-easy"] == pytest.approx(0.1) and weights["cheetah-run"] == pytest.approx(1.0)
