@@ -201,3 +201,27 @@ def test_quality_targets_name_misses_and_targets_a_random_policy_meets_too():
     assert lines[0] == ("- dmcontrol: 2 of 3 tasks meet data-normalised >= 0.5; mean data score 0.76; missed: b 0.300; "
                         "met by a random policy too: fish (random 1.04)")
     assert lines[1].startswith("- procgen: 0 of 1 tasks meet") and "random policy too" not in lines[1]
+
+
+def test_icl_token_layout_section_renders_claims_with_spreads(copy_root):
+    d = {"command": "lramlab pipeline --params studies/icl-tokens-cpu.yaml --only 01 03 --out runs/icl-tokens-cpu",
+         "wall": [{"seconds": 1800.0, "finished": None, "note": "first"}], "code": "abc1234def",
+         "versions": {"machine": "x86_64, 2 CPUs"},
+         "metrics": {"config": {"seeds": [0, 1, 2], "steps": 800, "batch_size": 32, "trials": 40},
+                     "params": {"tolerance": 0.1, "layouts": {"srr": {"params": {"xlstm:7:1": 1000, "dt": 1050},
+                                                                      "ratio": 1.05}}},
+                     "table": [{"variant": "DT", "tokens": "srr", "goals": "holdout (20)", "seeds": 3,
+                                "first": 1.5, "last": 7.25, "params": 1050}],
+                     "claims": [{"claim": "xLSTM [7:1] >= DT", "goals": "holdout", "compared": "a vs b",
+                                 "means": "7.0 vs 6.0", "gap": 1.0, "std over seeds": 2.0,
+                                 "verdict": "inside the seed spread"}],
+                     "figures": {"icl_srr": {"png": "icl_srr.png"}}}}
+    (copy_root / R.RESULTS / "icl-tokens-cpu").mkdir(parents=True, exist_ok=True)
+    (copy_root / R.RESULTS / "icl-tokens-cpu" / "results.json").write_text(json.dumps(d))
+    sec = R.values(copy_root)["icltok.section"].splitlines()
+    assert sec[0].startswith("Run: `lramlab pipeline --params studies/icl-tokens-cpu.yaml") and "wall 30.0 min (first)" in sec[0]
+    assert "3 seeds, 800 updates of batch 32, 40 trials per goal." in sec[0] and "(code abc1234," in sec[0]
+    assert "| srr | xlstm:7:1 1,000, dt 1,050 | 1.050 |" in sec
+    assert "| DT | srr | holdout (20) | 3 | 1.5 | 7.25 | 1,050 |" in sec
+    assert "| xLSTM [7:1] >= DT | holdout | a vs b | 7.0 vs 6.0 | 1.0 | 2.0 | inside the seed spread |" in sec
+    assert "![icl_srr](results/icl-tokens-cpu/icl_srr.png)" in sec

@@ -707,6 +707,46 @@ def _atari_table(d: Mapping) -> str:
               f"{num(d['median_score'], 2)}. Protocol: {d['protocol']}. Command: `{d['command']}`.")
 
 
+def _icl_tokens(d: Mapping) -> str:
+    """The token-layout ICL study (publish.py's results.json of 03_icl): run, parameter matching per
+    layout, the per-agent table, the paper's claims with their seed spreads, the figures."""
+    m = d["metrics"]
+    cfg = m.get("config", {})
+    out = [f"Run: `{d.get('command')}` -- wall {_segments(d.get('wall') or [])} (code {str(d.get('code') or '?')[:7]}, "
+           f"{d.get('versions', {}).get('machine', '?')}); {len(cfg.get('seeds', []))} seeds, {cfg.get('steps')} updates "
+           f"of batch {cfg.get('batch_size')}, {cfg.get('trials')} trials per goal.", ""]
+    lay = (m.get("params") or {}).get("layouts", {})
+    if lay:
+        out += ["Parameters per layout (DT matched to xLSTM [7:1] within "
+                f"{num(100 * ((m.get('params') or {}).get('tolerance') or 0.1), 0)} %):", "",
+                table(["tokens", "parameters", "largest / smallest"],
+                      [[k, ", ".join(f"{v} {count(n)}" for v, n in c["params"].items()), num(c["ratio"], 3)]
+                       for k, c in lay.items()], ["l", "l", "r"]), ""]
+    rows = m.get("table") or []
+    if rows:
+        cols = list(rows[0])
+        out += ["Per agent (mean over goals and seeds):", "",
+                table(cols, [["-" if r.get(c) is None else (count(r[c]) if c == "params" else str(r[c])) for c in cols]
+                             for r in rows]), ""]
+    claims = m.get("claims") or []
+    if claims:
+        cols = ["claim", "goals", "compared", "means", "gap", "std over seeds", "verdict"]
+        out += ["The paper's ICL claims (a gap counts only beyond the larger std over seeds):", "",
+                table(cols, [[str(r.get(c, "")) for c in cols] for r in claims]), ""]
+    for name, fig in (m.get("figures") or {}).items():
+        if isinstance(fig, Mapping) and fig.get("png"):
+            out.append(f"![{name}](results/icl-tokens-cpu/{fig['png']})")
+    return "\n".join(out).rstrip()
+
+
+def section_icl_tokens(root: Path) -> dict[str, str]:
+    return _optional(root, "icltok.section", f"{RESULTS}/icl-tokens-cpu/results.json",
+                     "the ICL token-layout study",
+                     "lramlab pipeline --params studies/icl-tokens-cpu.yaml --only 01 03 --out runs/icl-tokens-cpu "
+                     "&& python -m lramlab.analysis.publish runs/icl-tokens-cpu 03_icl docs/results/icl-tokens-cpu "
+                     "--preset studies/icl-tokens-cpu.yaml", _icl_tokens)
+
+
 def section_atari_policies(root: Path) -> dict[str, str]:
     return _optional(root, "atari.section", f"{RESULTS}/atari-policies/policies.json", "the Atari policies",
                      "python benchmarks/atari_policies.py --episodes 3 --json docs/results/atari-policies/policies.json",
@@ -715,7 +755,7 @@ def section_atari_policies(root: Path) -> dict[str, str]:
 
 SECTIONS: list[Callable[[Path], dict[str, str]]] = [
     section_demo, section_icl, section_multitask, section_attempts, section_throughput, section_benchmarks,
-    section_six_domain, section_quality, section_robotics_experts, section_atari_policies,
+    section_six_domain, section_quality, section_robotics_experts, section_atari_policies, section_icl_tokens,
 ]
 
 
