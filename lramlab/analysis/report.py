@@ -669,7 +669,8 @@ def _robotics_table(d: Mapping) -> str:
     eps_txt = "?" if not eps else str(eps[0]) if len(eps) == 1 else f"{eps[0]}-{eps[-1]}"
     mean = sm.get("composuite_panda_mean")
     met = "**met**" if mean is not None and mean >= 0.8 else "**not met**"
-    below = [t for t in cs if t["task"] in set(sm.get("composuite_below_0.5", []))]
+    below_ids = set(sm.get("composuite_below_0.5", []))
+    below = [t for t in cs if t["task"] in below_ids]
     out += [f"Composuite, expert success by factor ({eps_txt} episode(s) per task; other robots: Box tasks only):", "",
             table(["factor", "value", "success", "tasks"], groups, ["l", "l", "r", "r"]), "",
             f"Composuite Panda: mean success **{num(mean, 2)}** over "
@@ -715,10 +716,11 @@ def _icl_tokens(d: Mapping) -> str:
     out = [f"Run: `{d.get('command')}` -- wall {_segments(d.get('wall') or [])} (code {str(d.get('code') or '?')[:7]}, "
            f"{d.get('versions', {}).get('machine', '?')}); {len(cfg.get('seeds', []))} seeds, {cfg.get('steps')} updates "
            f"of batch {cfg.get('batch_size')}, {cfg.get('trials')} trials per goal.", ""]
-    lay = (m.get("params") or {}).get("layouts", {})
+    params = m.get("params") or {}
+    lay = params.get("layouts", {})
     if lay:
         out += ["Parameters per layout (DT matched to xLSTM [7:1] within "
-                f"{num(100 * ((m.get('params') or {}).get('tolerance') or 0.1), 0)} %):", "",
+                f"{num(100 * (params.get('tolerance') or 0.1), 0)} %):", "",
                 table(["tokens", "parameters", "largest / smallest"],
                       [[k, ", ".join(f"{v} {count(n)}" for v, n in c["params"].items()), num(c["ratio"], 3)]
                        for k, c in lay.items()], ["l", "l", "r"]), ""]
